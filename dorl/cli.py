@@ -1,0 +1,35 @@
+"""The `dorl` command line: a thin typer app joining one module per command."""
+
+from __future__ import annotations
+
+import typer
+
+from dorl.commands import info
+from dorl.commands.common import not_ready
+
+app = typer.Typer(
+    name="dorl",
+    help="DoRL blood-cell classification: train, evaluate, export, calibrate, build, predict, adapt, bench.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("info", help="Print versions and the backends and accelerators usable here.")(info.info)
+app.command("train", help="Train LoRA-SAM, the CAE and the heads on domains of cell images.")(not_ready("train", 3))
+app.command("evaluate", help="Cross-domain evaluation with the paper's protocol.")(not_ready("evaluate", 3))
+app.command("export", help="Export a bundle to a verified ONNX graph (fp32, fp16, int8).")(not_ready("export", 4))
+app.command("calibrate", help="Draw and save an INT8 calibration set.")(not_ready("calibrate", 4))
+app.command("build", help="Build a TensorRT engine from an exported ONNX graph.")(not_ready("build", 5))
+app.command("predict", help="Classify and segment cell images with an exported artifact.")(not_ready("predict", 5))
+app.command("adapt", help="Write a site profile from a new lab's unlabelled cells.")(not_ready("adapt", 7))
+app.command("bench", help="Benchmark latency, throughput, memory and accuracy per backend.")(not_ready("bench", 6))
+app.command("demo", help="Run the whole path on the bundled sample and write a report.")(not_ready("demo", 6))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Optional dependencies: checked with find_spec, imported late, with a clear error."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from functools import lru_cache
+from importlib import metadata
+from types import ModuleType
+
+from dorl.errors import MissingDependencyError
+
+# module name -> (pip extra, distribution name)
+_EXTRAS = {
+    "torch": ("train", "torch"),
+    "torchvision": ("train", "torchvision"),
+    "segment_anything": ("train", "segment-anything"),
+    "peft": ("train", "peft"),
+    "sklearn": ("train", "scikit-learn"),
+    "matplotlib": ("train", "matplotlib"),
+    "onnx": ("export", "onnx"),
+    "onnxruntime": ("export", "onnxruntime"),
+    "onnxscript": ("export", "onnxscript"),
+    "tensorrt": ("trt", "tensorrt"),
+    "pycuda": ("trt", "pycuda"),
+}
+
+
+@lru_cache(maxsize=None)
+def is_available(module: str) -> bool:
+    """True when `module` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require(module: str, purpose: str = "this operation") -> ModuleType:
+    """Import an optional dependency or raise an error that says how to install it."""
+    extra, dist = _EXTRAS.get(module, ("all", module))
+    if not is_available(module):
+        raise MissingDependencyError(
+            f"{purpose} needs the Python package '{dist}', which is not installed: "
+            f"run `pip install 'dorl[{extra}]'` (or `pip install {dist}`)."
+        )
+    return importlib.import_module(module)
+
+
+def version_of(dist: str) -> str | None:
+    """Installed version of a distribution, read from its metadata without importing it."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions(*dists: str) -> dict[str, str]:
+    """Versions of the given distributions that are installed (plus dorl itself)."""
+    from dorl import __version__
+
+    found = {"dorl": __version__}
+    for dist in dists:
+        v = version_of(dist)
+        if v is not None:
+            found[dist] = v
+    return found
