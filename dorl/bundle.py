@@ -1,0 +1,98 @@
+"""Model bundles: a trained DoRL model as safetensors + a JSON manifest.
+
+A bundle folder holds `weights.safetensors` (LoRA merged into plain weights) and
+`manifest.json` (format version, model config, class names, normalisation, sha256 of every
+file, tool versions). `load_bundle` refuses a changed, missing or truncated file and never
+touches pickle.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dorl.artifacts import read_manifest, write_manifest
+from dorl.config import ModelConfig, from_dict, to_dict
+from dorl.deps import versions
+from dorl.errors import ArtifactError
+from dorl.models.dorl_model import DoRLModel
+from dorl.models.lora import is_lora, merge_lora
+from dorl.models.registry import build_model
+
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def merged_copy(model: DoRLModel) -> DoRLModel:
+    """A copy of `model` with any LoRA adapters merged into plain encoder weights."""
+    plain = copy.deepcopy(model)
+    if is_lora(plain.encoder):
+        plain.encoder = merge_lora(plain.encoder)
+    return plain
+
+
+def save_bundle(model: DoRLModel, folder: str | Path, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write `model` as a bundle folder.
+
+    Args:
+        model: the trained model (LoRA adapters, if any, are merged in a copy).
+        folder: output folder (created).
+        metadata: JSON-ready extras recorded in the manifest (training summary, data...).
+
+    Returns:
+        The manifest written.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = merged_copy(model)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in plain.state_dict().items()
+             if v.is_floating_point()}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "dorl_kind": "bundle"})
+    config = model.config
+    return write_manifest(
+        folder,
+        "bundle",
+        [WEIGHTS_FILE],
+        config=to_dict(config),
+        class_names=list(config.class_names),
+        normalisation={"pixel_mean": list(config.pixel_mean), "pixel_std": list(config.pixel_std), "scale": 255},
+        lora_merged=is_lora(model.encoder),
+        versions=versions("torch", "segment-anything", "peft", "safetensors", "numpy"),
+        metadata=metadata or {},
+    )
+
+
+def read_bundle_manifest(path: str | Path) -> dict[str, Any]:
+    """The verified manifest of a bundle folder."""
+    return read_manifest(path, "bundle")
+
+
+def load_bundle(path: str | Path, device: str = "cpu") -> DoRLModel:
+    """Load a bundle written by `save_bundle`, in eval mode.
+
+    Raises:
+        ArtifactError: the folder is not a bundle, a file changed, or the weights do not fit the config.
+    """
+    from safetensors.torch import load_file
+
+    manifest = read_bundle_manifest(path)
+    folder = Path(manifest["folder"])
+    config = from_dict(ModelConfig, manifest["config"])
+    model = build_model(config)
+    state = load_file(str(folder / WEIGHTS_FILE), device=device)
+    target = model.state_dict()
+    missing = [k for k in target if target[k].is_floating_point() and k not in state]
+    unexpected = [k for k in state if k not in target]
+    wrong = [k for k in state if k in target and state[k].shape != target[k].shape]
+    if missing or unexpected or wrong:
+        raise ArtifactError(
+            f"{folder} holds weights that do not fit its own config ({len(missing)} missing, {len(unexpected)} "
+            f"unexpected, {len(wrong)} of another shape, e.g. {(missing + unexpected + wrong)[:2]}): re-create the "
+            "bundle with this version of dorl."
+        )
+    model.load_state_dict(state, strict=False)
+    return model.to(device).eval()

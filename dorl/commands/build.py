@@ -1,0 +1,38 @@
+"""`dorl build`: a TensorRT engine from an exported ONNX artifact, on the machine that will run it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dorl.commands.common import user_errors
+
+
+@user_errors
+def build(
+    onnx: Annotated[Path, typer.Argument(help="The ONNX artifact folder written by `dorl export`.")],
+    precision: Annotated[str, typer.Option("--precision", help="Engine precision: fp16 or int8.")] = "fp16",
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the engine accepts.")] = 8,
+    opt_batch: Annotated[int | None, typer.Option(
+        "--opt-batch", help="Batch TensorRT tunes for (default: --max-batch).")] = None,
+    workspace: Annotated[int, typer.Option(
+        "--workspace", help="Builder workspace limit in MB (keep it low on a Jetson).")] = 1024,
+    timing_cache: Annotated[Path | None, typer.Option(
+        "--timing-cache", help="Timing cache file, read and updated: rebuilds get faster.")] = None,
+    calibration_cache: Annotated[Path | None, typer.Option(
+        "--calibration-cache", help="Legacy INT8 calibration cache (TensorRT 10, FP32 graph only).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Engine artifact folder (default: beside the ONNX artifact).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Print TensorRT's verbose build log.")] = False,
+) -> None:
+    from dorl.runtime.engine import build_engine, default_engine_dir, validate_build_options
+
+    validate_build_options(precision, max_batch, opt_batch, workspace)
+    folder = build_engine(
+        onnx, output if output is not None else default_engine_dir(onnx, precision), precision=precision,
+        max_batch=max_batch, opt_batch=opt_batch, workspace_mb=workspace, timing_cache=timing_cache,
+        calibrator_cache=calibration_cache, verbose=verbose,
+    )
+    typer.echo(f"wrote {folder}")

@@ -1,0 +1,447 @@
+"""Build a TensorRT engine from a verified ONNX artifact, describe it, and check that it fits here.
+
+TensorRT 10 (JetPack 6, Orin) builds the FP32 graph with the FP16 flag and LayerNormalization
+pinned to FP32, or the Q/DQ graph with the INT8 flag (explicit quantization); the legacy
+entropy calibrator is kept for an FP32 graph only. TensorRT 11 (JetPack 7, Thor) has no
+precision flags and no calibrators: it builds strongly typed networks, so the precision must
+already be in the graph (the FP16 or the Q/DQ ONNX artifact). `plan_build` decides which, as a
+pure function; `build_engine` applies it. An engine only runs on the TensorRT version and GPU it
+was built for, so its manifest records both and the command that re-creates it.
+
+TensorRT and pycuda are imported inside functions: this module imports without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dorl.artifacts import read_manifest, write_manifest
+from dorl.deps import is_available, versions
+from dorl.errors import ArtifactError, ConfigError, MissingDependencyError
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+ENGINE_FILE = "model.engine"
+ENGINE_PRECISIONS = ("fp16", "int8")
+ONNX_PRECISIONS = ("fp32", "fp16", "int8")
+TENSORRT_HINT = (
+    "on a Jetson it comes with JetPack (python3-libnvinfer), on x86 install it from NVIDIA's index with "
+    "`pip install --extra-index-url https://pypi.nvidia.com tensorrt` (and `pip install pycuda`)"
+)
+
+
+# -- what is installed and what GPU this is -----------------------------------------------
+def require_tensorrt(purpose: str) -> None:
+    """Raise MissingDependencyError unless the real TensorRT (not only its type stubs) imports."""
+    reason = "it is not installed"
+    if is_available("tensorrt"):
+        try:
+            import tensorrt
+
+            if hasattr(tensorrt, "Builder"):  # tensorrt-stubs alone leaves an empty namespace package
+                return
+        except (ImportError, OSError) as exc:
+            reason = f"it does not import ({exc})"
+    raise MissingDependencyError(f"{purpose} needs TensorRT, but {reason}: {TENSORRT_HINT}.")
+
+
+def require_pycuda(purpose: str) -> None:
+    """Raise MissingDependencyError unless pycuda is installed."""
+    if not is_available("pycuda"):
+        raise MissingDependencyError(f"{purpose} needs pycuda, which is not installed: `pip install pycuda`.")
+
+
+def tensorrt_usable() -> bool:
+    """True when TensorRT and pycuda are both importable (what the engine tests need)."""
+    try:
+        require_tensorrt("this")
+        require_pycuda("this")
+    except MissingDependencyError:
+        return False
+    return True
+
+
+def query_gpu(device: int = 0) -> tuple[str, str]:
+    """Name and compute capability ("8.7") of a CUDA device, from pycuda or else cuda-python."""
+    if is_available("pycuda"):
+        import pycuda.driver as cuda
+
+        cuda.init()
+        dev = cuda.Device(device)
+        major, minor = dev.compute_capability()
+        return str(dev.name()), f"{major}.{minor}"
+    try:
+        from cuda.bindings import driver as cu
+    except ImportError as exc:
+        raise MissingDependencyError("querying the GPU needs pycuda: `pip install pycuda`.") from exc
+    attr = cu.CUdevice_attribute
+    cu.cuInit(0)
+    _, dev = cu.cuDeviceGet(device)
+    _, raw = cu.cuDeviceGetName(256, dev)
+    _, major = cu.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev)
+    _, minor = cu.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev)
+    return bytes(raw).split(b"\0", 1)[0].decode(), f"{major}.{minor}"
+
+
+@contextlib.contextmanager
+def cuda_context(device: int = 0) -> Iterator[None]:
+    """Make the device's primary CUDA context (the one TensorRT uses) current for pycuda."""
+    import pycuda.driver as cuda
+
+    cuda.init()
+    context = cuda.Device(device).retain_primary_context()
+    context.push()
+    try:
+        yield
+    finally:
+        cuda.Context.pop()
+
+
+# -- the engine's system description and the compatibility check (pure) --------------------
+@dataclass(frozen=True)
+class SystemDescription:
+    """What an engine is tied to: the TensorRT version and the GPU."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> SystemDescription:
+        try:
+            return cls(str(manifest["tensorrt_version"]), str(manifest["gpu_name"]), str(manifest["compute_capability"]))
+        except KeyError as exc:
+            raise ArtifactError(
+                f"the engine manifest in {manifest.get('folder')} lacks {exc.args[0]!r}: rebuild the engine with "
+                "`dorl build`."
+            ) from exc
+
+
+def describe_system(device: int = 0) -> SystemDescription:
+    """The running TensorRT version and GPU."""
+    require_tensorrt("describing this machine's TensorRT")
+    import tensorrt as trt
+
+    name, capability = query_gpu(device)
+    return SystemDescription(trt.__version__, name, capability)
+
+
+def trt_major(version: str) -> int:
+    """Major number of a TensorRT version string ("10.3.0.30" -> 10)."""
+    return int(version.split(".")[0])
+
+
+def engine_mismatches(recorded: SystemDescription, running: SystemDescription) -> list[str]:
+    """Why an engine built on `recorded` cannot run on `running` (empty when it can).
+
+    Versions are compared on major.minor.patch: the build number may differ between wheels.
+    """
+    problems = []
+    if recorded.tensorrt_version.split(".")[:3] != running.tensorrt_version.split(".")[:3]:
+        problems.append(f"it was built with TensorRT {recorded.tensorrt_version}, this machine has "
+                        f"{running.tensorrt_version}")
+    if recorded.compute_capability != running.compute_capability:
+        problems.append(f"it was built for a {recorded.gpu_name} (compute capability {recorded.compute_capability}), "
+                        f"this GPU is a {running.gpu_name} (compute capability {running.compute_capability})")
+    elif recorded.gpu_name != running.gpu_name:
+        problems.append(f"it was built on a {recorded.gpu_name}, this GPU is a {running.gpu_name}")
+    return problems
+
+
+def check_compatible(manifest: Mapping[str, Any], running: SystemDescription) -> None:
+    """Raise ArtifactError, with the `dorl build` command to run, if the engine cannot run on `running`."""
+    problems = engine_mismatches(SystemDescription.from_manifest(manifest), running)
+    if problems:
+        command = manifest.get("rebuild_command", "dorl build <onnx artifact> ...")
+        raise ArtifactError(
+            f"the TensorRT engine in {manifest.get('folder')} cannot run here: {'; '.join(problems)}. An engine is "
+            f"tied to the TensorRT version and GPU it was built on: rebuild it on this machine with `{command}`."
+        )
+
+
+def check_engine_compatible(manifest: Mapping[str, Any], device: int = 0) -> None:
+    """`check_compatible` against the TensorRT and GPU of this machine."""
+    check_compatible(manifest, describe_system(device))
+
+
+# -- what to build (pure) -----------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildPlan:
+    """How TensorRT is asked for a precision: network typing, builder flags, FP32 pins, calibrator."""
+
+    strongly_typed: bool
+    flags: tuple[str, ...] = ()
+    pin_layernorm_fp32: bool = False
+    calibrate: bool = False
+
+
+def validate_build_options(precision: str, max_batch: int, opt_batch: int | None, workspace_mb: int) -> None:
+    """Raise ConfigError for an unknown precision or an impossible batch range or workspace."""
+    if precision not in ENGINE_PRECISIONS:
+        raise ConfigError(f"unknown engine precision {precision!r}: choose {' or '.join(ENGINE_PRECISIONS)}.")
+    if max_batch < 1:
+        raise ConfigError(f"--max-batch must be at least 1, got {max_batch}.")
+    if opt_batch is not None and not 1 <= opt_batch <= max_batch:
+        raise ConfigError(f"--opt-batch must be between 1 and --max-batch ({max_batch}), got {opt_batch}.")
+    if workspace_mb < 1:
+        raise ConfigError(f"--workspace must be at least 1 MB, got {workspace_mb}.")
+
+
+def plan_build(trt_version: str, precision: str, onnx_precision: str, calibration: bool = False) -> BuildPlan:
+    """Decide how to build `precision` from an ONNX graph of `onnx_precision` on this TensorRT.
+
+    Args:
+        trt_version: `tensorrt.__version__`.
+        precision: the engine precision, "fp16" or "int8".
+        onnx_precision: the ONNX artifact's manifest precision, "fp32", "fp16" or "int8" (Q/DQ).
+        calibration: a calibration set or calibration cache is given (legacy INT8, TRT 10 only).
+
+    Returns:
+        The BuildPlan.
+
+    Raises:
+        ConfigError: the combination cannot be built here; the message says what to export.
+        ArtifactError: the ONNX precision is unknown.
+    """
+    if onnx_precision not in ONNX_PRECISIONS:
+        raise ArtifactError(f"the ONNX artifact has unknown precision {onnx_precision!r}: re-export it with dorl.")
+    major = trt_major(trt_version)
+    if major < 10:
+        raise ConfigError(f"TensorRT {trt_version} is too old: dorl builds with TensorRT 10 or 11; {TENSORRT_HINT}.")
+    export = f"run `dorl export <bundle> --precision {precision}` and build from that artifact"
+    if onnx_precision == "int8" and precision != "int8":
+        raise ConfigError(f"this ONNX artifact is the INT8 Q/DQ graph: build it with --precision int8, or {export}.")
+    if major >= 11:
+        if onnx_precision != precision:
+            what = "an FP16 engine needs the FP16 graph" if precision == "fp16" else (
+                "INT8 calibrators are gone, an INT8 engine needs the Q/DQ graph")
+            raise ConfigError(f"TensorRT {trt_version} builds only strongly typed networks ({what}, this artifact is "
+                              f"{onnx_precision}): {export}.")
+        return BuildPlan(strongly_typed=True)
+    if onnx_precision == precision == "fp16":
+        return BuildPlan(strongly_typed=True)  # the graph already says which nodes stay FP32
+    if onnx_precision == "fp16":
+        raise ConfigError(f"an INT8 engine cannot be built from the FP16 graph: {export}.")
+    flags = ("FP16", "OBEY_PRECISION_CONSTRAINTS")  # FP32 graph (FP16 engine) or Q/DQ graph (INT8 engine)
+    if precision == "fp16":
+        return BuildPlan(strongly_typed=False, flags=flags, pin_layernorm_fp32=True)
+    if onnx_precision == "int8":
+        return BuildPlan(strongly_typed=False, flags=flags + ("INT8",), pin_layernorm_fp32=True)
+    if not calibration:
+        raise ConfigError(f"an INT8 engine from the FP32 graph needs the Q/DQ graph ({export}), or on TensorRT 10 a "
+                          "calibration cache or calibration set for the deprecated implicit quantization.")
+    return BuildPlan(strongly_typed=False, flags=flags + ("INT8",), pin_layernorm_fp32=True, calibrate=True)
+
+
+def rebuild_command(onnx_folder: str | Path, output_dir: str | Path, precision: str, max_batch: int,
+                    opt_batch: int | None, workspace_mb: int, timing_cache: str | Path | None = None,
+                    calibration_cache: str | Path | None = None) -> str:
+    """The `dorl build` command line that re-creates an engine with these settings."""
+    parts = ["dorl", "build", str(onnx_folder), "--precision", precision, "--max-batch", str(max_batch)]
+    if opt_batch is not None:
+        parts += ["--opt-batch", str(opt_batch)]
+    parts += ["--workspace", str(workspace_mb)]
+    if timing_cache is not None:
+        parts += ["--timing-cache", str(timing_cache)]
+    if calibration_cache is not None:
+        parts += ["--calibration-cache", str(calibration_cache)]
+    return shlex.join(parts + ["-o", str(output_dir)])
+
+
+def engine_manifest_fields(onnx_manifest: Mapping[str, Any], system: SystemDescription, precision: str,
+                           max_batch: int, opt_batch: int, workspace_mb: int, plan: BuildPlan,
+                           command: str) -> dict[str, Any]:
+    """The description written into an engine's manifest (beside the file hashes)."""
+    return {
+        "tensorrt_version": system.tensorrt_version,
+        "gpu_name": system.gpu_name,
+        "compute_capability": system.compute_capability,
+        "precision": precision,
+        "max_batch": max_batch,
+        "opt_batch": opt_batch,
+        "workspace_mb": workspace_mb,
+        "strongly_typed": plan.strongly_typed,
+        "builder_flags": list(plan.flags),
+        "implicit_int8_calibration": plan.calibrate,
+        "source_onnx": {
+            "folder": str(onnx_manifest.get("folder")),
+            "sha256": onnx_model_entry(onnx_manifest)[1],
+            "precision": onnx_manifest.get("precision", "fp32"),
+        },
+        "inputs": onnx_manifest["inputs"],
+        "outputs": onnx_manifest["outputs"],
+        "class_names": onnx_manifest.get("class_names"),
+        "image_size": onnx_manifest.get("image_size"),
+        "rebuild_command": command,
+        "versions": versions("numpy", "tensorrt", "pycuda") | {"tensorrt": system.tensorrt_version},
+    }
+
+
+def onnx_model_entry(manifest: Mapping[str, Any]) -> tuple[str, str]:
+    """File name and sha256 of an ONNX artifact's graph (model.onnx, or its only .onnx file)."""
+    names = [name for name in manifest["files"] if name.endswith(".onnx")]
+    name = "model.onnx" if "model.onnx" in names else (names[0] if len(names) == 1 else None)
+    if name is None:
+        raise ArtifactError(f"{manifest.get('folder')} lists no single .onnx graph: re-export the artifact.")
+    return name, str(manifest["files"][name]["sha256"])
+
+
+def batch_input_spec(manifest: Mapping[str, Any]) -> tuple[str, tuple[int, ...]]:
+    """Name and per-item shape of the single, batch-first input the engine profile is built for."""
+    inputs = manifest.get("inputs") or []
+    if len(inputs) != 1:
+        raise ArtifactError(f"{manifest.get('folder')} has {len(inputs)} inputs; dorl engines take exactly one.")
+    shape = list(inputs[0]["shape"])
+    if not shape or not all(isinstance(d, int) for d in shape[1:]):
+        raise ArtifactError(f"input {inputs[0]['name']!r} has shape {shape}: only the batch dimension may be dynamic.")
+    return str(inputs[0]["name"]), tuple(int(d) for d in shape[1:])
+
+
+def default_engine_dir(onnx_folder: str | Path, precision: str) -> Path:
+    """Where `dorl build` writes an engine when -o is not given: beside the ONNX artifact."""
+    folder = Path(onnx_folder).resolve()
+    return folder.with_name(f"{folder.name}-{precision}-engine")
+
+
+# -- the build (TensorRT) -----------------------------------------------------------------
+def build_engine(onnx_artifact: str | Path, output_dir: str | Path, precision: str = "fp16", max_batch: int = 8,
+                 opt_batch: int | None = None, workspace_mb: int = 1024, timing_cache: str | Path | None = None,
+                 calibrator_cache: str | Path | None = None,
+                 calibration_set: Iterable[dict[str, np.ndarray]] | None = None, verbose: bool = False) -> Path:
+    """Build `model.engine` + manifest from an ONNX artifact.
+
+    Args:
+        onnx_artifact: the "onnx" artifact folder (checked against its manifest first).
+        output_dir: the engine artifact folder to write.
+        precision: "fp16" or "int8"; see `plan_build` for what each needs per TensorRT version.
+        max_batch: largest batch of the optimisation profile (1..max_batch).
+        opt_batch: batch TensorRT tunes for; None means max_batch.
+        workspace_mb: limit of the builder's workspace pool (Jetson builds run out of memory).
+        timing_cache: file read before and written after the build, to make rebuilds fast.
+        calibrator_cache: legacy INT8 calibration cache (read if present, written after calibrating).
+        calibration_set: batches keyed by input name for legacy INT8 calibration (TensorRT 10 only).
+        verbose: TensorRT's verbose log.
+
+    Returns:
+        The engine artifact folder.
+    """
+    validate_build_options(precision, max_batch, opt_batch, workspace_mb)
+    onnx_manifest = read_manifest(onnx_artifact, kinds="onnx")
+    require_tensorrt("building a TensorRT engine")
+    import tensorrt as trt
+
+    has_cache = calibrator_cache is not None and Path(calibrator_cache).is_file()
+    plan = plan_build(trt.__version__, precision, str(onnx_manifest.get("precision", "fp32")),
+                      calibration=calibration_set is not None or has_cache)
+    input_name, item_shape = batch_input_spec(onnx_manifest)
+    system = describe_system()  # before the build: fail fast when the GPU cannot be queried
+    opt = opt_batch or max_batch
+    output_dir = Path(output_dir)
+    if plan.calibrate and calibrator_cache is None:
+        calibrator_cache = output_dir / "calibration.cache"
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = _parse(builder, logger, plan, Path(onnx_manifest["folder"]) / onnx_model_entry(onnx_manifest)[0])
+    found = [network.get_input(i).name for i in range(network.num_inputs)]
+    if found != [input_name]:
+        raise ArtifactError(f"the ONNX graph's inputs {found} differ from its manifest's [{input_name!r}]: re-export it.")
+    if plan.pin_layernorm_fp32:
+        _pin_layernorm_fp32(network)
+    config = _configure(builder, plan, input_name, item_shape, max_batch, opt, workspace_mb, timing_cache)
+    with contextlib.ExitStack() as stack:
+        calibrator = None
+        if plan.calibrate:
+            calibrator = _attach_calibrator(builder, config, stack, input_name, (opt, *item_shape),
+                                            calibration_set, calibrator_cache)
+        serialized = builder.build_serialized_network(network, config)
+        if calibrator is not None and calibrator.error is not None:
+            raise calibrator.error
+    if serialized is None:
+        raise ArtifactError("TensorRT could not build the engine (its log above says why): rerun with --verbose, "
+                            "or lower --max-batch or raise --workspace if it ran out of memory.")
+    if timing_cache is not None:
+        Path(timing_cache).parent.mkdir(parents=True, exist_ok=True)
+        Path(timing_cache).write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / ENGINE_FILE).write_bytes(bytes(memoryview(serialized)))
+    command = rebuild_command(Path(onnx_manifest["folder"]), output_dir.resolve(), precision, max_batch, opt_batch,
+                              workspace_mb, timing_cache, calibrator_cache if plan.calibrate else None)
+    write_manifest(output_dir, "engine", [ENGINE_FILE],
+                   **engine_manifest_fields(onnx_manifest, system, precision, max_batch, opt, workspace_mb, plan, command))
+    return output_dir
+
+
+def _parse(builder: trt.Builder, logger: trt.ILogger, plan: BuildPlan, onnx_path: Path) -> trt.INetworkDefinition:
+    """Parse the ONNX file (external data beside it) into a network; report every parser error."""
+    import tensorrt as trt
+
+    # TRT 11 keeps STRONGLY_TYPED only as an ignored, deprecated flag: every network is strongly typed there.
+    strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(1 << int(strongly) if plan.strongly_typed and strongly is not None else 0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        messages = "\n".join(f"  {parser.get_error(i)}" for i in range(parser.num_errors))
+        raise ArtifactError(f"TensorRT's ONNX parser rejected {onnx_path}:\n{messages}\n"
+                            "Check the graph with `polygraphy inspect model`, or re-export it.")
+    return network
+
+
+def _pin_layernorm_fp32(network: trt.INetworkDefinition) -> int:
+    """Keep LayerNormalization in FP32 under the FP16 flag (it overflows after attention)."""
+    import tensorrt as trt
+
+    pinned = 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type == trt.LayerType.NORMALIZATION:
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                layer.set_output_type(output, trt.float32)
+            pinned += 1
+    return pinned
+
+
+def _configure(builder: trt.Builder, plan: BuildPlan, input_name: str, item_shape: tuple[int, ...], max_batch: int,
+               opt: int, workspace_mb: int, timing_cache: str | Path | None) -> trt.IBuilderConfig:
+    """Builder config: workspace limit, precision flags, the 1..max_batch profile, the timing cache."""
+    import tensorrt as trt
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    for flag in plan.flags:  # names, so that TRT 11 (which has none of them) never looks them up
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, trt.Dims([1, *item_shape]), trt.Dims([opt, *item_shape]),
+                      trt.Dims([max_batch, *item_shape]))
+    config.add_optimization_profile(profile)
+    if timing_cache is not None:
+        cache_bytes = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+    return config
+
+
+def _attach_calibrator(builder: trt.Builder, config: trt.IBuilderConfig, stack: contextlib.ExitStack[Any],
+                       input_name: str, shape: tuple[int, ...],
+                       calibration_set: Iterable[dict[str, np.ndarray]] | None, cache: str | Path | None) -> Any:
+    """Legacy implicit INT8 (TensorRT 10): an entropy calibrator over a fixed-shape profile."""
+    from dorl.calibration.trt_calibrator import make_entropy_calibrator
+
+    import tensorrt as trt
+
+    require_pycuda("INT8 calibration")
+    stack.enter_context(cuda_context())
+    calibrator = make_entropy_calibrator(calibration_set or [], input_name, shape[0], cache)
+    profile = builder.create_optimization_profile()
+    dims = trt.Dims(list(shape))
+    profile.set_shape(input_name, dims, dims, dims)
+    config.set_calibration_profile(profile)
+    config.int8_calibrator = calibrator
+    return calibrator
