@@ -30,9 +30,12 @@ _EXTRAS = {
 def is_available(module: str) -> bool:
     """True when `module` can be imported (without importing it)."""
     try:
-        return importlib.util.find_spec(module) is not None
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         return False
+    # A namespace package (spec.origin None) is not the real thing: tensorrt-stubs leaves a
+    # `tensorrt` folder of .pyi files where TensorRT itself is absent.
+    return spec is not None and spec.origin is not None
 
 
 def require(module: str, purpose: str = "this operation") -> ModuleType:

@@ -32,9 +32,9 @@ def cell_paths(wbc_dir: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def cell_batch(cell_paths: list[Path]) -> np.ndarray:
     """The six cells as uint8 [6,224,224,3], resized the way training and the runtime do."""
-    from PIL import Image
+    from dorl.data.images import load_rgb, resize_square
 
-    return np.stack([np.asarray(Image.open(p).convert("RGB").resize((224, 224), Image.BILINEAR)) for p in cell_paths])
+    return np.stack([resize_square(load_rgb(p), 224) for p in cell_paths])
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -24,7 +24,7 @@ def predict(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV with one probability column per class.")] = False,
     save_masks: Annotated[
-        Optional[Path], typer.Option("--save-masks", help="Write each cell mask as a PNG into this folder.")
+        Path | None, typer.Option("--save-masks", help="Write each cell mask as a PNG into this folder.")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")] = 8,
     threshold: Annotated[
@@ -121,8 +121,13 @@ def _print_table(records: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("source", "label", "confidence", "uncertain", "error")
+    table = Table()
+    table.add_column("source", overflow="fold")
+    for name in ("label", "confidence", "uncertain"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("error", overflow="fold")
     for r in records:
         confidence = f"{r['confidence']:.3f}" if r["confidence"] is not None else "-"
-        table.add_row(r["source"], r["label"] or "-", confidence, "yes" if r["uncertain"] else "no", r["error"] or "")
+        uncertain = "-" if r["error"] else ("yes" if r["uncertain"] else "no")
+        table.add_row(r["source"], r["label"] or "-", confidence, uncertain, r["error"] or "")
     Console(soft_wrap=False).print(table)

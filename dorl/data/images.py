@@ -12,14 +12,14 @@ import io
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Union
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dorl.errors import ImageError
 
-ImageSource = Union[str, Path, bytes, np.ndarray]
+ImageSource = str | Path | bytes | np.ndarray
 
 MIN_SIDE = 8  # px; smaller crops hold no cell worth classifying
 MAX_PIXELS = 40_000_000  # 40 MP: far above any cell crop, far below a memory problem
@@ -73,7 +73,7 @@ def load_rgb(source: ImageSource, *, min_side: int = MIN_SIDE, max_pixels: int =
     raise ImageError(f"cannot read an image from a {type(source).__name__}: give a path, bytes or a numpy array.")
 
 
-def _decode(stream: io.BufferedIOBase | io.BytesIO, name: str, min_side: int, max_pixels: int) -> np.ndarray:
+def _decode(stream: IO[bytes], name: str, min_side: int, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             # Our own max_pixels check below replaces PIL's decompression-bomb warning.
@@ -185,14 +185,14 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
         paths: files and folders; a folder is searched recursively for IMAGE_SUFFIXES.
 
     Returns:
-        The files, in the order given, each folder's files sorted by path.
+        The files, in the order given, each folder's files sorted by path, each file once.
     """
-    found: list[Path] = []
+    found: dict[Path, Path] = {}  # resolved -> as given; dicts keep insertion order
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            )
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         else:
-            found.append(path)
-    return found
+            files = [path]
+        for file in files:
+            found.setdefault(file.resolve(), file)
+    return list(found.values())

@@ -18,7 +18,7 @@ import numpy as np
 
 from dorl.artifacts import read_manifest
 from dorl.data.images import ImageSource, describe_source, load_rgb, resize_square
-from dorl.errors import ArtifactError, ImageError
+from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.runtime import postprocess
 from dorl.runtime.base import BaseRunner
 from dorl.runtime.loader import load_runner
@@ -69,7 +69,7 @@ class Analyzer:
         Args:
             artifact: an "onnx" or "engine" artifact folder.
             backend: "auto", "onnxruntime" or "tensorrt" (see `load_runner`).
-            batch_size: images per inference call.
+            batch_size: images per inference call (at most an engine's max batch).
             threshold: a top probability below this marks a cell uncertain.
             threads: ONNX Runtime intra-op threads (None: its default).
         """
@@ -102,9 +102,9 @@ class Analyzer:
         self, runner: BaseRunner, class_names: list[str], batch_size: int, threshold: float, image_size: Any
     ) -> None:
         if batch_size < 1:
-            raise ArtifactError(f"batch_size must be at least 1, got {batch_size}.")
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
         if not 0.0 <= threshold <= 1.0:
-            raise ArtifactError(f"threshold must be within [0, 1], got {threshold}.")
+            raise ConfigError(f"threshold must be within [0, 1], got {threshold}.")
         if len(runner.input_specs) != 1:
             raise ArtifactError(f"{runner.name} has inputs {sorted(runner.input_specs)}; the analyzer needs one image input.")
         spec = next(iter(runner.input_specs.values()))
@@ -124,7 +124,9 @@ class Analyzer:
                 f"{runner.name} outputs {head.shape[-1]} classes but names {len(class_names)}: re-export the artifact."
             )
         self.runner, self.class_names, self.input_name, self.image_size = runner, class_names, spec.name, size
-        self.batch_size, self.threshold = batch_size, threshold
+        max_batch = getattr(runner, "max_batch", None)  # an engine's optimisation profile caps the batch
+        self.batch_size = min(batch_size, max_batch) if isinstance(max_batch, int) else batch_size
+        self.threshold = threshold
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> Analyzer:

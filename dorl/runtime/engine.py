@@ -70,25 +70,14 @@ def tensorrt_usable() -> bool:
 
 
 def query_gpu(device: int = 0) -> tuple[str, str]:
-    """Name and compute capability ("8.7") of a CUDA device, from pycuda or else cuda-python."""
-    if is_available("pycuda"):
-        import pycuda.driver as cuda
+    """Name and compute capability ("8.7") of a CUDA device, from pycuda."""
+    require_pycuda("querying the GPU")
+    import pycuda.driver as cuda
 
-        cuda.init()
-        dev = cuda.Device(device)
-        major, minor = dev.compute_capability()
-        return str(dev.name()), f"{major}.{minor}"
-    try:
-        from cuda.bindings import driver as cu
-    except ImportError as exc:
-        raise MissingDependencyError("querying the GPU needs pycuda: `pip install pycuda`.") from exc
-    attr = cu.CUdevice_attribute
-    cu.cuInit(0)
-    _, dev = cu.cuDeviceGet(device)
-    _, raw = cu.cuDeviceGetName(256, dev)
-    _, major = cu.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev)
-    _, minor = cu.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev)
-    return bytes(raw).split(b"\0", 1)[0].decode(), f"{major}.{minor}"
+    cuda.init()
+    dev = cuda.Device(device)
+    major, minor = dev.compute_capability()
+    return str(dev.name()), f"{major}.{minor}"
 
 
 @contextlib.contextmanager
@@ -149,10 +138,10 @@ def engine_mismatches(recorded: SystemDescription, running: SystemDescription) -
         problems.append(f"it was built with TensorRT {recorded.tensorrt_version}, this machine has "
                         f"{running.tensorrt_version}")
     if recorded.compute_capability != running.compute_capability:
-        problems.append(f"it was built for a {recorded.gpu_name} (compute capability {recorded.compute_capability}), "
-                        f"this GPU is a {running.gpu_name} (compute capability {running.compute_capability})")
+        problems.append(f"it was built for GPU {recorded.gpu_name!r} (compute capability {recorded.compute_capability}), "
+                        f"this one is {running.gpu_name!r} (compute capability {running.compute_capability})")
     elif recorded.gpu_name != running.gpu_name:
-        problems.append(f"it was built on a {recorded.gpu_name}, this GPU is a {running.gpu_name}")
+        problems.append(f"it was built on GPU {recorded.gpu_name!r}, this one is {running.gpu_name!r}")
     return problems
 
 
@@ -356,24 +345,16 @@ def build_engine(onnx_artifact: str | Path, output_dir: str | Path, precision: s
     if plan.pin_layernorm_fp32:
         _pin_layernorm_fp32(network)
     config = _configure(builder, plan, input_name, item_shape, max_batch, opt, workspace_mb, timing_cache)
-    with contextlib.ExitStack() as stack:
-        calibrator = None
-        if plan.calibrate:
-            calibrator = _attach_calibrator(builder, config, stack, input_name, (opt, *item_shape),
-                                            calibration_set, calibrator_cache)
-        serialized = builder.build_serialized_network(network, config)
-        if calibrator is not None and calibrator.error is not None:
-            raise calibrator.error
-    if serialized is None:
-        raise ArtifactError("TensorRT could not build the engine (its log above says why): rerun with --verbose, "
-                            "or lower --max-batch or raise --workspace if it ran out of memory.")
+    calibration = (calibration_set, calibrator_cache, has_cache) if plan.calibrate else None
+    serialized = _build(builder, network, config, input_name, (opt, *item_shape), calibration)
     if timing_cache is not None:
         Path(timing_cache).parent.mkdir(parents=True, exist_ok=True)
         Path(timing_cache).write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / ENGINE_FILE).write_bytes(bytes(memoryview(serialized)))
+    calibration_cache = Path(calibrator_cache).resolve() if plan.calibrate and calibrator_cache else None
     command = rebuild_command(Path(onnx_manifest["folder"]), output_dir.resolve(), precision, max_batch, opt_batch,
-                              workspace_mb, timing_cache, calibrator_cache if plan.calibrate else None)
+                              workspace_mb, Path(timing_cache).resolve() if timing_cache else None, calibration_cache)
     write_manifest(output_dir, "engine", [ENGINE_FILE],
                    **engine_manifest_fields(onnx_manifest, system, precision, max_batch, opt, workspace_mb, plan, command))
     return output_dir
@@ -428,13 +409,33 @@ def _configure(builder: trt.Builder, plan: BuildPlan, input_name: str, item_shap
     return config
 
 
+def _build(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig, input_name: str,
+           calibration_shape: tuple[int, ...], calibration: tuple[Any, Any, bool] | None) -> trt.IHostMemory:
+    """Run the builder, with the legacy calibrator attached when `calibration` is (set, cache, has_cache)."""
+    calibration_set, cache, has_cache = calibration if calibration is not None else (None, None, False)
+    with contextlib.ExitStack() as stack:
+        calibrator = None
+        if calibration is not None:
+            calibrator = _attach_calibrator(builder, config, stack, input_name, calibration_shape, calibration_set, cache)
+        serialized = builder.build_serialized_network(network, config)
+    if calibrator is not None and calibrator.error is not None:
+        raise calibrator.error
+    if serialized is None and calibrator is not None and calibrator.batches_fed == 0 and not has_cache:
+        raise ConfigError(f"the calibration set gave no full batch of {calibration_shape[0]} cells (the calibration "
+                          "batch is --opt-batch): give a larger calibration set or a calibration cache.")
+    if serialized is None:
+        raise ArtifactError("TensorRT could not build the engine (its log above says why): rerun with --verbose, "
+                            "or lower --max-batch or raise --workspace if it ran out of memory.")
+    return serialized
+
+
 def _attach_calibrator(builder: trt.Builder, config: trt.IBuilderConfig, stack: contextlib.ExitStack[Any],
                        input_name: str, shape: tuple[int, ...],
                        calibration_set: Iterable[dict[str, np.ndarray]] | None, cache: str | Path | None) -> Any:
     """Legacy implicit INT8 (TensorRT 10): an entropy calibrator over a fixed-shape profile."""
-    from dorl.calibration.trt_calibrator import make_entropy_calibrator
-
     import tensorrt as trt
+
+    from dorl.calibration.trt_calibrator import make_entropy_calibrator
 
     require_pycuda("INT8 calibration")
     stack.enter_context(cuda_context())

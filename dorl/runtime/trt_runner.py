@@ -24,8 +24,13 @@ import numpy as np
 from dorl.artifacts import read_manifest
 from dorl.errors import ArtifactError, ConfigError
 from dorl.runtime.base import BaseRunner, RunnerError, TensorSpec
-from dorl.runtime.engine import (ENGINE_FILE, check_engine_compatible, cuda_context, require_pycuda,
-                                 require_tensorrt)
+from dorl.runtime.engine import (
+    ENGINE_FILE,
+    check_engine_compatible,
+    cuda_context,
+    require_pycuda,
+    require_tensorrt,
+)
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -82,12 +87,13 @@ class TensorRTRunner(BaseRunner):
 
         self._stack.enter_context(cuda_context(self.device))
         try:
-            logger = trt.Logger(trt.Logger.WARNING)
-            engine = trt.Runtime(logger).deserialize_cuda_engine((Path(self.manifest["folder"]) / ENGINE_FILE).read_bytes())
+            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # must outlive the engine
+            engine = runtime.deserialize_cuda_engine((Path(self.manifest["folder"]) / ENGINE_FILE).read_bytes())
             if engine is None:
                 raise ArtifactError(f"TensorRT could not deserialize the engine in {self.manifest['folder']} (see its "
                                     f"log): rebuild it with `{self.manifest.get('rebuild_command', 'dorl build ...')}`.")
-            self._state = {"engine": engine, "stream": cuda.Stream(), "context": engine.create_execution_context()}
+            self._state = {"runtime": runtime, "engine": engine, "stream": cuda.Stream(),
+                           "context": engine.create_execution_context()}
             self._state["bindings"] = self._allocate(engine, self._state["context"])
             self._state["batch"] = self.max_batch
             if self.cuda_graph_batch is not None:
@@ -97,10 +103,12 @@ class TensorRTRunner(BaseRunner):
             raise
 
     def deactivate_impl(self) -> None:
-        bindings: dict[str, _Binding] = self._state.get("bindings", {})
-        for binding in bindings.values():
+        # Dependants first (graph, contexts, engine, runtime), then memory, then the CUDA context.
+        for key in ("graph", "graph_template", "graph_context", "context", "engine", "runtime"):
+            self._state.pop(key, None)
+        for binding in self._state.pop("bindings", {}).values():
             binding.device.free()
-        self._state.clear()  # graph, contexts and engine go before the CUDA context is popped
+        self._state.clear()
         self._stack.close()
 
     # -- inference ---------------------------------------------------------------------------
@@ -130,7 +138,7 @@ class TensorRTRunner(BaseRunner):
                 state["batch"] = n
             self._enqueue(context, list(bindings.values()), n)
         stream.synchronize()
-        return {name: bindings[name].host[:n].copy() for name in self.output_specs}
+        return {name: bindings[name].host[:n].astype(spec.dtype) for name, spec in self.output_specs.items()}
 
     def _enqueue(self, context: trt.IExecutionContext, bindings: list[_Binding], n: int) -> None:
         """Copy inputs in, run the engine, copy outputs out, all queued on the stream."""
@@ -158,6 +166,9 @@ class TensorRTRunner(BaseRunner):
             raise ArtifactError(f"the engine's tensors {sorted(names)} differ from its manifest's {sorted(expected)}: "
                                 "rebuild the engine from its ONNX artifact.")
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if sorted(inputs) != sorted(self.input_specs):
+            raise ArtifactError(f"the engine's inputs {sorted(inputs)} differ from its manifest's "
+                                f"{sorted(self.input_specs)}: rebuild the engine from its ONNX artifact.")
         for name in inputs:
             item = tuple(int(d) for d in self.input_specs[name].shape[1:])
             context.set_input_shape(name, (self.max_batch, *item))
@@ -168,6 +179,9 @@ class TensorRTRunner(BaseRunner):
             if any(d < 0 for d in shape):
                 raise ArtifactError(f"the engine's tensor {name!r} has unresolved shape {shape}: rebuild the engine.")
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            if name in inputs and dtype != np.dtype(self.input_specs[name].dtype):
+                raise ArtifactError(f"the engine takes {name!r} as {dtype}, its manifest says "
+                                    f"{self.input_specs[name].dtype}: rebuild the engine from its ONNX artifact.")
             host = cuda.pagelocked_empty(shape, dtype)
             bindings[name] = _Binding(name, name in inputs, host, cuda.mem_alloc(max(host.nbytes, 1)))
             context.set_tensor_address(name, int(bindings[name].device))

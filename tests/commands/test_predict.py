@@ -55,7 +55,7 @@ def cells(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pbc = sorted((root / "pbc" / "neutrophil").glob("*.jpg"))[:2]
     shutil.copy(pbc[0], folder / "pbc" / "a.jpg")
     shutil.copy(pbc[1], folder / "pbc" / "b.jpg")
-    shutil.copy(sorted((root / "jtsc" / "neutrophil").glob("*.bmp"))[0], folder / "nested" / "jtsc" / "c.bmp")
+    shutil.copy(min((root / "jtsc" / "neutrophil").glob("*.bmp")), folder / "nested" / "jtsc" / "c.bmp")
     (folder / "README.txt").write_text("not an image\n")
     return folder
 

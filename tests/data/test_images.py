@@ -47,7 +47,7 @@ def huge_png(path: Path, side: int = 10_000) -> None:
 # -- real images --------------------------------------------------------------------------------
 @pytest.mark.parametrize("lab,pattern", [("pbc", "*/*.jpg"), ("bccd", "*/*.jpg"), ("jtsc", "neutrophil/*.bmp")])
 def test_real_cell_images_decode_like_pil(wbc_root: Path, lab: str, pattern: str) -> None:
-    path = sorted((wbc_root / lab).glob(pattern))[0]
+    path = min((wbc_root / lab).glob(pattern))
     rgb = load_rgb(path)
     with Image.open(path) as img:
         expected = np.asarray(img.convert("RGB"))
@@ -58,7 +58,7 @@ def test_real_cell_images_decode_like_pil(wbc_root: Path, lab: str, pattern: str
 
 
 def test_real_jtsc_mask_png_is_grayscale_expanded(wbc_root: Path) -> None:
-    path = sorted((wbc_root / "jtsc" / "masks").rglob("*.png"))[0]
+    path = min((wbc_root / "jtsc" / "masks").rglob("*.png"))
     rgb = load_rgb(path)
     grey = np.asarray(Image.open(path).convert("L"))
     assert set(np.unique(grey)) <= {0, 128, 255}
@@ -237,7 +237,7 @@ def test_find_images_recurses_and_skips_non_images(tmp_path: Path) -> None:
     for name in ("a/z.JPG", "a/b/y.png", "a/b/x.bmp", "a/readme.txt", "a/b/c.tiff"):
         (tmp_path / name).write_bytes(b"x")
     explicit = tmp_path / "a" / "readme.txt"
-    found = find_images([tmp_path / "a", explicit])
+    found = find_images([tmp_path / "a", explicit, tmp_path / "a" / "b" / "x.bmp"])  # x.bmp only once
     rel = [p.relative_to(tmp_path).as_posix() for p in found]
     assert rel == ["a/b/c.tiff", "a/b/x.bmp", "a/b/y.png", "a/z.JPG", "a/readme.txt"]
 

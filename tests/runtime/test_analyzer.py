@@ -10,7 +10,7 @@ from PIL import Image
 
 from dorl.artifacts import write_manifest
 from dorl.data.images import load_rgb, resize_square
-from dorl.errors import ArtifactError
+from dorl.errors import ArtifactError, ConfigError
 from dorl.runtime.analyzer import Analyzer, CellResult
 from dorl.runtime.base import BaseRunner
 from dorl.runtime.onnxrt import OnnxRuntimeRunner
@@ -121,15 +121,17 @@ def test_from_runner_checks_the_contract(tiny_artifact) -> None:
     runner = OnnxRuntimeRunner(tiny_artifact.folder)
     with pytest.raises(ArtifactError, match="outputs 5 classes but names 2"):
         Analyzer.from_runner(runner, ["a", "b"])
-    with pytest.raises(ArtifactError, match="batch_size must be at least 1"):
+    with pytest.raises(ConfigError, match="batch_size must be at least 1"):
         Analyzer.from_runner(runner, tiny_artifact.class_names, batch_size=0)
-    with pytest.raises(ArtifactError, match="threshold must be within"):
+    with pytest.raises(ConfigError, match="threshold must be within"):
         Analyzer.from_runner(runner, tiny_artifact.class_names, threshold=1.5)
     analyzer = Analyzer.from_runner(runner, tiny_artifact.class_names)
     assert analyzer.image_size == 224 and analyzer.input_name == "images"
     with analyzer:
         assert runner.is_active
     assert not runner.is_active
+    runner.max_batch = 2  # type: ignore[attr-defined]  # as a TensorRT engine's profile would
+    assert Analyzer.from_runner(runner, tiny_artifact.class_names, batch_size=8).batch_size == 2
 
 
 def test_artifact_that_is_not_runnable(tmp_path: Path) -> None:
