@@ -31,6 +31,9 @@ def predict(
         float, typer.Option(min=0.0, max=1.0, help="Top probability below which a cell is flagged uncertain.")
     ] = 0.5,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
+    site: Annotated[
+        Path | None, typer.Option(help="Site profile from `dorl adapt` to re-centre features for this lab.")
+    ] = None,
 ) -> None:
     """Classify and segment cell images; bad images are reported per image, not fatal."""
     from dorl.data.images import find_images
@@ -41,7 +44,7 @@ def predict(
     files = find_images(images)
     if not files:
         fail(f"no image files found in {', '.join(map(str, images))}: give image files or folders holding them.")
-    with Analyzer(artifact, backend=backend, batch_size=batch_size, threshold=threshold) as analyzer:
+    with Analyzer(artifact, backend=backend, batch_size=batch_size, threshold=threshold, site=site) as analyzer:
         results = list(_with_progress(analyzer.iter_analyze(files), len(files)))
         class_names = analyzer.class_names
     mask_files = _save_masks(results, save_masks) if save_masks is not None else [None] * len(results)

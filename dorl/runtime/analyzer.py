@@ -63,6 +63,7 @@ class Analyzer:
         batch_size: int = 8,
         threshold: float = 0.5,
         threads: int | None = None,
+        site: str | Path | None = None,
     ) -> None:
         """Load (not yet activate) the runner for `artifact`.
 
@@ -72,11 +73,23 @@ class Analyzer:
             batch_size: images per inference call (at most an engine's max batch).
             threshold: a top probability below this marks a cell uncertain.
             threads: ONNX Runtime intra-op threads (None: its default).
+            site: a site profile folder written by `dorl adapt` for this artifact (None: unadapted).
         """
         options = {"threads": threads} if threads is not None else {}
         runner = load_runner(artifact, backend, **options)
         manifest = getattr(runner, "manifest", None) or read_manifest(artifact, verify=False)
         self._setup(runner, list(manifest.get("class_names", [])), batch_size, threshold, manifest.get("image_size"))
+        if site is not None:
+            self.use_site(site, manifest)
+
+    def use_site(self, site: str | Path, manifest: dict[str, Any]) -> None:
+        """Apply a site profile between the graph's `feature` output and the head, on the host."""
+        from dorl.runtime.head import load_head
+        from dorl.runtime.site_profile import artifact_id, load_profile
+
+        head, _ = load_head(manifest)
+        self.site_profile = load_profile(site, artifact_id(manifest))
+        self.site_head = head
 
     @classmethod
     def from_runner(
@@ -184,6 +197,9 @@ class Analyzer:
 
         A later site profile (issue 7) re-centres the `feature` output and applies the head here.
         """
+        profile = getattr(self, "site_profile", None)
+        if profile is not None and FEATURE in outputs:
+            return postprocess.softmax(self.site_head.logits(profile.apply(outputs[FEATURE])))
         if PROBS in outputs:
             return outputs[PROBS]
         return postprocess.softmax(outputs[LOGITS])

@@ -169,6 +169,15 @@ def load_profile(path: str | Path, artifact_sha256: str | None = None) -> SitePr
                        arrays["a"], arrays["b"], float(manifest["drift"]), manifest["date"])
 
 
+def artifact_id(manifest: dict[str, Any]) -> str:
+    """What a profile is tied to: the trained weights (same bundle → same features), so one profile
+    serves the FP32, FP16 and INT8 graphs and engines exported from one bundle."""
+    if manifest.get("source_bundle_sha256"):
+        return str(manifest["source_bundle_sha256"])
+    files = manifest.get("files", {})
+    return str(next(iter(files.values()))["sha256"]) if files else ""
+
+
 def describe(profile: SiteProfile) -> str:
     return json.dumps({"site": profile.site, "method": profile.method, "cells": profile.stats.n,
                        "drift": round(profile.drift, 3)})

@@ -123,11 +123,12 @@ def test_same_system_is_compatible_even_with_another_build_number() -> None:
 
 def test_mismatches_name_version_and_gpu() -> None:
     problems = engine_mismatches(ORIN, THOR)
-    assert problems == ["it was built with TensorRT 10.3.0.30, this machine has 11.0.0.8",
-                        "it was built for a Orin (compute capability 8.7), this GPU is a NVIDIA Thor "
-                        "(compute capability 11.0)"]
+    assert problems == [
+        "it was built with TensorRT 10.3.0.30, this machine has 11.0.0.8",
+        "it was built for GPU 'Orin' (compute capability 8.7), this one is 'NVIDIA Thor' (compute capability 11.0)",
+    ]
     other_model = engine_mismatches(ORIN, SystemDescription("10.3.0.30", "NVIDIA A10", "8.7"))
-    assert other_model == ["it was built on a Orin, this GPU is a NVIDIA A10"]
+    assert other_model == ["it was built on GPU 'Orin', this one is 'NVIDIA A10'"]
 
 
 def test_incompatible_engine_error_gives_the_exact_rebuild_command() -> None:
