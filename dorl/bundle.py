@@ -23,6 +23,7 @@ from dorl.models.lora import is_lora, merge_lora
 from dorl.models.registry import build_model
 
 WEIGHTS_FILE = "weights.safetensors"
+STATS_FILE = "feature_stats.safetensors"
 
 
 def merged_copy(model: DoRLModel) -> DoRLModel:
@@ -33,13 +34,21 @@ def merged_copy(model: DoRLModel) -> DoRLModel:
     return plain
 
 
-def save_bundle(model: DoRLModel, folder: str | Path, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+def save_bundle(
+    model: DoRLModel,
+    folder: str | Path,
+    metadata: dict[str, Any] | None = None,
+    source_features: Any | None = None,
+) -> dict[str, Any]:
     """Write `model` as a bundle folder.
 
     Args:
         model: the trained model (LoRA adapters, if any, are merged in a copy).
         folder: output folder (created).
         metadata: JSON-ready extras recorded in the manifest (training summary, data...).
+        source_features: the source (anchor) domain's classification features [N, D] (array or
+            tensor); their mean, std and covariance are stored so that site profiles (`dorl adapt`)
+            can map a new lab's features onto the source's.
 
     Returns:
         The manifest written.
@@ -52,11 +61,15 @@ def save_bundle(model: DoRLModel, folder: str | Path, metadata: dict[str, Any] |
     state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in plain.state_dict().items()
              if v.is_floating_point()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "dorl_kind": "bundle"})
+    files = [WEIGHTS_FILE]
+    if source_features is not None:
+        save_file(feature_statistics(source_features), str(folder / STATS_FILE))
+        files.append(STATS_FILE)
     config = model.config
     return write_manifest(
         folder,
         "bundle",
-        [WEIGHTS_FILE],
+        files,
         config=to_dict(config),
         class_names=list(config.class_names),
         normalisation={"pixel_mean": list(config.pixel_mean), "pixel_std": list(config.pixel_std), "scale": 255},
@@ -64,6 +77,27 @@ def save_bundle(model: DoRLModel, folder: str | Path, metadata: dict[str, Any] |
         versions=versions("torch", "segment-anything", "peft", "safetensors", "numpy"),
         metadata=metadata or {},
     )
+
+
+def feature_statistics(features: Any) -> dict[str, torch.Tensor]:
+    """Mean, std (ddof 1), covariance and count of features [N, D], as float32 tensors."""
+    x = torch.as_tensor(features, dtype=torch.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"source features must be [N>=2, D], got {tuple(x.shape)}")
+    centred = x - x.mean(0)
+    cov = centred.T @ centred / (x.shape[0] - 1)
+    return {"mean": x.mean(0).float(), "std": x.std(0).float(), "cov": cov.float(),
+            "n": torch.tensor([float(x.shape[0])])}
+
+
+def load_feature_stats(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The source feature statistics of a bundle (None for bundles saved without them)."""
+    from safetensors.torch import load_file
+
+    manifest = read_bundle_manifest(path)
+    if STATS_FILE not in manifest["files"]:
+        return None
+    return load_file(str(Path(manifest["folder"]) / STATS_FILE))
 
 
 def read_bundle_manifest(path: str | Path) -> dict[str, Any]:

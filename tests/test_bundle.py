@@ -68,3 +68,16 @@ def test_manifest_of_another_kind_is_refused(tmp_path, lora_model):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="'onnx' artifact"):
         load_bundle(folder)
+
+
+def test_source_feature_statistics_travel_with_the_bundle(tmp_path, lora_model):
+    from dorl.bundle import load_feature_stats
+
+    features = torch.randn(40, 96) * 2 + 1
+    save_bundle(lora_model, tmp_path / "b", source_features=features)
+    stats = load_feature_stats(tmp_path / "b")
+    assert torch.allclose(stats["mean"], features.mean(0), atol=1e-5)
+    assert torch.allclose(stats["std"], features.std(0), atol=1e-5)
+    assert torch.allclose(stats["cov"], torch.cov(features.T), atol=1e-4)
+    save_bundle(lora_model, tmp_path / "plain")
+    assert load_feature_stats(tmp_path / "plain") is None
