@@ -17,6 +17,7 @@ _EXTRAS = {
     "segment_anything": ("train", "segment-anything"),
     "peft": ("train", "peft"),
     "sklearn": ("train", "scikit-learn"),
+    "scipy": ("train", "scipy"),
     "matplotlib": ("train", "matplotlib"),
     "onnx": ("export", "onnx"),
     "onnxruntime": ("export", "onnxruntime"),
