@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dorl.commands import adapt, build, info, predict
+from dorl.commands import adapt, bench, build, info, predict
 from dorl.commands.common import not_ready
 
 app = typer.Typer(
@@ -23,7 +23,7 @@ app.command("calibrate", help="Draw and save an INT8 calibration set.")(not_read
 app.command("build", help="Build a TensorRT engine from an exported ONNX graph.")(build.build)
 app.command("predict", help="Classify and segment cell images with an exported artifact.")(predict.predict)
 app.command("adapt", help="Write a site profile from a new lab's unlabelled cells.")(adapt.adapt)
-app.command("bench", help="Benchmark latency, throughput, memory and accuracy per backend.")(not_ready("bench", 6))
+app.command("bench", help="Benchmark latency, throughput, memory and accuracy per backend.")(bench.bench)
 app.command("demo", help="Run the whole path on the bundled sample and write a report.")(not_ready("demo", 6))
 
 
