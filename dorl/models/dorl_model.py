@@ -19,11 +19,14 @@ class DoRLModel(nn.Module):
     the export wrapper — shares one normalisation.
     """
 
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+
     def __init__(self, config: ModelConfig, encoder: nn.Module) -> None:
         super().__init__()
         self.config = config
         self.encoder = encoder
-        dim = int(encoder.embed_dim)
+        dim = int(getattr(encoder, "embed_dim"))
         self.mask_decoder = CellMaskDecoder(config.grid, config.image_size, config.num_mask_channels)
         self.cae = CAE(
             dim,

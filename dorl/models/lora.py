@@ -37,6 +37,12 @@ def qkv_row_indices(dim: int, num_heads: int, layout: str) -> dict[str, torch.Te
 class SplitQKV(nn.Module):
     """A fused qkv Linear as three Linears (q, k, v) giving the same output."""
 
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    order: torch.Tensor
+    inverse: torch.Tensor
+
     def __init__(self, fused: nn.Linear, num_heads: int, layout: str) -> None:
         super().__init__()
         dim = fused.out_features // 3
@@ -84,7 +90,7 @@ def split_qkv(encoder: nn.Module) -> None:
     layout = getattr(encoder, "qkv_layout")
     for attn in _attention_modules(encoder):
         if isinstance(attn.qkv, nn.Linear):
-            attn.qkv = SplitQKV(attn.qkv, num_heads=int(attn.num_heads), layout=layout)
+            attn.qkv = SplitQKV(attn.qkv, num_heads=int(getattr(attn, "num_heads")), layout=layout)
 
 
 def fuse_qkv(encoder: nn.Module) -> None:
@@ -111,7 +117,7 @@ def apply_lora(encoder: nn.Module, config: LoraConfig) -> nn.Module:
     targets = [f"qkv.{p}" for p in config.parts] + list(config.extra_modules)
     peft_config = PeftLoraConfig(
         r=config.rank,
-        lora_alpha=config.lora_alpha,
+        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]
         lora_dropout=config.dropout,
         target_modules=targets,
         bias="none",
