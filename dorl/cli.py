@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dorl.commands import adapt, bench, build, info, predict
-from dorl.commands.common import not_ready
+from dorl.commands import adapt, bench, build, calibrate, demo, evaluate, export, info, predict, train
 
 app = typer.Typer(
     name="dorl",
@@ -16,15 +15,15 @@ app = typer.Typer(
 )
 
 app.command("info", help="Print versions and the backends and accelerators usable here.")(info.info)
-app.command("train", help="Train LoRA-SAM, the CAE and the heads on domains of cell images.")(not_ready("train", 3))
-app.command("evaluate", help="Cross-domain evaluation with the paper's protocol.")(not_ready("evaluate", 3))
-app.command("export", help="Export a bundle to a verified ONNX graph (fp32, fp16, int8).")(not_ready("export", 4))
-app.command("calibrate", help="Draw and save an INT8 calibration set.")(not_ready("calibrate", 4))
+app.command("train", help="Train LoRA-SAM, the CAE and the heads on domains of cell images.")(train.train)
+app.command("evaluate", help="Cross-domain evaluation with the paper's protocol.")(evaluate.evaluate)
+app.command("export", help="Export a bundle to a verified ONNX graph (fp32, fp16, int8).")(export.export)
+app.command("calibrate", help="Draw and save an INT8 calibration set.")(calibrate.calibrate)
 app.command("build", help="Build a TensorRT engine from an exported ONNX graph.")(build.build)
 app.command("predict", help="Classify and segment cell images with an exported artifact.")(predict.predict)
 app.command("adapt", help="Write a site profile from a new lab's unlabelled cells.")(adapt.adapt)
 app.command("bench", help="Benchmark latency, throughput, memory and accuracy per backend.")(bench.bench)
-app.command("demo", help="Run the whole path on the bundled sample and write a report.")(not_ready("demo", 6))
+app.command("demo", help="Run the whole path on the bundled sample and write a report.")(demo.demo)
 
 
 def main() -> None:

@@ -167,7 +167,6 @@ def test_no_stale_attention_bias_when_eval_precedes_loading(weights_path: Path) 
         assert torch.equal(early(x)[1], late(x)[1])
 
 
-@pytest.mark.slow
 def test_parity_with_reference_onnx_at_1024(
     weights_path: Path, pbc_images: list[np.ndarray], encoder_1024: TinyViT
 ) -> None:

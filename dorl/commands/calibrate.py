@@ -1,0 +1,45 @@
+"""`dorl calibrate`: draw an INT8 calibration set across domains and classes and save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dorl.commands.common import fail, user_errors
+
+DOMAIN_HELP = "A domain as NAME=PATH (a folder of class sub-folders); repeat once per lab."
+
+
+def parse_domains(options: list[str]) -> dict[str, Path]:
+    """NAME=PATH options -> {name: path}."""
+    try:
+        from dorl.data.domains import parse_domain_option  # type: ignore[import-not-found,unused-ignore]
+
+        return dict(parse_domain_option(option) for option in options)
+    except ImportError:
+        pass
+    domains: dict[str, Path] = {}
+    for option in options:
+        name, sep, path = option.partition("=")
+        if not sep or not name.strip() or not path.strip() or name in domains:
+            fail(f"--domain {option!r} is not NAME=PATH with a new name: write e.g. --domain pbc=data/pbc.")
+        domains[name.strip()] = Path(path.strip())
+    return domains
+
+
+@user_errors
+def calibrate(
+    domain: Annotated[list[str], typer.Option("--domain", help=DOMAIN_HELP)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The calibration-set folder to write.")],
+    size: Annotated[int, typer.Option(min=1, help="How many cells to draw (stratified by domain and class).")] = 512,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed and folders give the same set.")] = 0,
+) -> None:
+    """Draw a reproducible INT8 calibration set and write it as a manifest of paths and sha256."""
+    from dorl.calibration.calibration_set import write_calibration_set
+
+    manifest = write_calibration_set(parse_domains(domain), output, size=size, seed=seed)
+    for name, classes in manifest["counts"].items():
+        typer.echo(f"{name}: " + ", ".join(f"{label} {n}" for label, n in classes.items()), err=True)
+    typer.echo(f"wrote a calibration set of {manifest['size']} cells (seed {seed}) to {output}")

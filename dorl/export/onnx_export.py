@@ -1,0 +1,264 @@
+"""Export a DoRL bundle to one verified ONNX graph: export, checker, shapes, parity, manifest.
+
+The graph comes from the dynamo exporter (`torch.onnx.export(..., dynamo=True)`) at opset 18:
+it keeps LayerNormalization as one node and matched SAM ViT-B to 4.5e-6, where the TorchScript
+exporter at opset 17 drifted to 8e-4 and cannot trace TinyViT's neck norm with a dynamic batch
+(DESIGN.md, and measured again for this module). Every export is run in ONNX Runtime on real
+cell images beside the PyTorch model before its manifest is written; the FP16 and INT8 graphs
+are derived from the verified FP32 one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from dorl.artifacts import write_manifest
+from dorl.config import to_dict
+from dorl.deps import require, versions
+from dorl.errors import ArtifactError, ConfigError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_OPSET = 18
+MIN_OPSET = 17  # LayerNormalization is a single ONNX op from opset 17 on
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+EXTERNAL_DATA_BYTES = 2**31 - 2**27  # protobuf's 2 GB limit, less room for the graph itself
+MAX_BATCH = 4096
+EXPORT_VERSIONS = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy")
+
+Reporter = Callable[[str], None]
+
+
+def check_precision(precision: str, opset: int = DEFAULT_OPSET) -> None:
+    """Raise ConfigError unless `precision` is one of PRECISIONS and `opset` keeps LayerNorm whole."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}.")
+    if opset < MIN_OPSET:
+        raise ConfigError(f"opset {opset} splits LayerNormalization into pieces that overflow in FP16: use {MIN_OPSET}+.")
+
+
+@contextlib.contextmanager
+def staged(out_dir: str | Path) -> Iterator[Path]:
+    """A scratch folder beside `out_dir` whose files move into `out_dir` only if the block succeeds,
+    so a failed check leaves no half-written artifact behind."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
+        yield Path(tmp)
+        out.mkdir(exist_ok=True)
+        for path in Path(tmp).iterdir():
+            shutil.move(str(path), str(out / path.name))
+
+
+def load_source(source: Any) -> tuple[Any, str | None]:
+    """The model to export, in eval mode with LoRA merged, and its bundle's weights sha256.
+
+    Args:
+        source: a bundle folder (str or Path) or a DoRLModel (None is returned as the sha256).
+    """
+    from dorl.bundle import WEIGHTS_FILE, load_bundle, merged_copy, read_bundle_manifest
+
+    if isinstance(source, (str, Path)):
+        if not Path(source).exists():
+            raise ArtifactError(f"bundle {source} does not exist: give the folder written by `dorl train`.")
+        manifest = read_bundle_manifest(source)
+        return load_bundle(source), str(manifest["files"][WEIGHTS_FILE]["sha256"])
+    return merged_copy(source).eval(), None
+
+
+def export_graph(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> list[str]:
+    """Write the wrapped model as `folder/model.onnx` (plus external data past 2 GB).
+
+    Returns:
+        The file names written, relative to `folder`.
+    """
+    torch = require("torch", "exporting to ONNX")
+    require("onnxscript", "the dynamo ONNX exporter")
+    from dorl.export.wrapper import INPUT_NAME, OUTPUT_NAMES, ExportWrapper
+
+    check_precision("fp32", opset)
+    size = model.config.image_size
+    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)  # batch 2: batch 1 would be specialised
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    big = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
+    with torch.no_grad():
+        program = torch.onnx.export(
+            ExportWrapper(model).eval(), (example,), dynamo=True, opset_version=opset, verbose=False,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_shapes={INPUT_NAME: {0: batch}},
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    program.save(str(folder / MODEL_FILE), external_data=big)
+    return [MODEL_FILE] + ([DATA_FILE] if (folder / DATA_FILE).exists() else [])
+
+
+def check_graph(path: Path, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run the ONNX checker and shape inference; check names, dtypes and shapes against the specs.
+
+    Returns:
+        Graph facts for the manifest (node count, opset, LayerNormalization count).
+    """
+    onnx = require("onnx", "checking an ONNX graph")
+    onnx.checker.check_model(str(path))  # by path: works for graphs with external data
+    graph_model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False), strict_mode=True)
+    graph = graph_model.graph
+    found = [_spec(v) for v in graph.input] + [_spec(v) for v in graph.output]
+    wanted = [(s["name"], s["dtype"], list(s["shape"])) for s in inputs + outputs]
+    if found != wanted:
+        raise ArtifactError(f"the exported graph's inputs/outputs {found} differ from the contract {wanted}: "
+                            "this is a bug in the export wrapper.")
+    ops = [n.op_type for n in graph.node]
+    return {
+        "nodes": len(ops),
+        "layer_norm_nodes": ops.count("LayerNormalization"),
+        "opset": next(o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx")),
+    }
+
+
+def _spec(value: Any) -> tuple[str, str, list[int | str]]:
+    import onnx
+
+    tensor = value.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    return value.name, dtype, [d.dim_param or d.dim_value for d in tensor.shape.dim]
+
+
+def base_fields(model: Any, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], graph: dict[str, Any],
+                source_sha256: str | None) -> dict[str, Any]:
+    """The manifest fields every precision shares (the FP32 graph's description)."""
+    config = model.config
+    return {
+        "precision": "fp32",
+        "class_names": list(config.class_names),
+        "image_size": config.image_size,
+        "inputs": inputs,
+        "outputs": outputs,
+        "config": to_dict(config),
+        "opset": graph["opset"],
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "graph": graph,
+        "versions": versions(*EXPORT_VERSIONS),
+        "source_bundle_sha256": source_sha256,
+    }
+
+
+def derived_fields(fp32_manifest: dict[str, Any], precision: str) -> dict[str, Any]:
+    """The manifest fields of a graph derived from an FP32 artifact (same I/O, new precision)."""
+    skip = ("format_version", "kind", "created", "files", "folder", "parity", "graph")
+    fields = {k: v for k, v in fp32_manifest.items() if k not in skip}
+    fields["precision"] = precision
+    fields["source_fp32_sha256"] = fp32_manifest["files"][MODEL_FILE]["sha256"]
+    fields["versions"] = versions(*EXPORT_VERSIONS)
+    return fields
+
+
+def export_fp32(model: Any, out_dir: str | Path, images: Any, opset: int = DEFAULT_OPSET,
+                source_sha256: str | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Export, check and verify the FP32 graph; write its manifest.
+
+    Args:
+        model: a DoRLModel in eval mode (see `load_source`).
+        out_dir: the artifact folder (created).
+        images: uint8 [N,S,S,3] real cells for the parity check (see `parity.prepare_images`).
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        ParityError: ONNX Runtime and PyTorch disagree beyond the FP32 thresholds.
+    """
+    from dorl.export.parity import check_fp32, compare, run_onnx, run_torch
+    from dorl.export.wrapper import io_specs
+
+    say = reporter or (lambda message: None)
+    inputs, outputs = io_specs(model)
+    with staged(out_dir) as stage:
+        say(f"exporting the {model.config.encoder} model to ONNX (opset {opset})")
+        files = export_graph(model, stage, opset)
+        graph = check_graph(stage / MODEL_FILE, inputs, outputs)
+        say(f"checking parity with PyTorch on {len(images)} real cells")
+        report = compare(run_torch(model, images), run_onnx(stage / MODEL_FILE, images))
+        check_fp32(report)
+    fields = base_fields(model, inputs, outputs, graph, source_sha256)
+    return write_manifest(out_dir, "onnx", files, **fields, parity={"reference": "pytorch", **report.to_dict()})
+
+
+def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
+                images: Sequence[Any] | None = None, calibration: str | Path | None = None,
+                gate_images: Sequence[Any] | None = None, exclude: Sequence[str] = (),
+                reporter: Reporter | None = None) -> dict[str, Any]:
+    """Export a bundle (or model) to a verified ONNX artifact of `precision`.
+
+    Args:
+        source: a bundle folder or a DoRLModel.
+        out_dir: the artifact folder. For int8 the CPU variant goes beside it, in `<out_dir>-cpu`.
+        precision: "fp32", "fp16" or "int8" (Q/DQ, symmetric, for TensorRT).
+        images: real cell images (paths or arrays) for the parity checks; required.
+        calibration: an INT8 calibration-set folder from `dorl calibrate` (int8 only).
+        gate_images: labelled held-out cells for the INT8 accuracy gate (int8 only; paths whose
+            parent folder is the class name).
+        exclude: extra node-name or module patterns kept out of INT8 quantization.
+
+    Returns:
+        The manifest of the artifact in `out_dir`.
+    """
+    from dorl.export.parity import prepare_images
+
+    check_precision(precision, opset)
+    images = list(images) if images is not None else []
+    if precision == "int8":
+        return _export_int8(source, out_dir, opset, images, calibration, gate_images, exclude, reporter)
+    cells = prepare_images(images, _image_size(source))
+    model, sha = load_source(source)
+    if precision == "fp32":
+        return export_fp32(model, out_dir, cells, opset, sha, reporter)
+    from dorl.export.fp16 import export_fp16
+
+    with tempfile.TemporaryDirectory(prefix="dorl-fp32-") as tmp:
+        export_fp32(model, tmp, cells, opset, sha, reporter)
+        return export_fp16(tmp, out_dir, cells, reporter)
+
+
+def _export_int8(source: Any, out_dir: str | Path, opset: int, images: list[Any],
+                 calibration: str | Path | None, gate_images: Sequence[Any] | None, exclude: Sequence[str],
+                 reporter: Reporter | None) -> dict[str, Any]:
+    from dorl.calibration.calibration_set import read_calibration_set
+    from dorl.calibration.gate import gate_set
+    from dorl.calibration.qdq import quantize_artifact
+    from dorl.export.parity import prepare_images
+
+    if calibration is None:
+        raise ConfigError("an INT8 export needs a calibration set: create one with `dorl calibrate` and pass "
+                          "--calibration DIR.")
+    calibration_set = read_calibration_set(calibration)
+    cells = prepare_images(images, _image_size(source))
+    class_names = _class_names(source)
+    held_out = gate_set(list(gate_images) if gate_images is not None else images, class_names,
+                        frozenset(c.sha256 for c in calibration_set.cells))
+    model, sha = load_source(source)
+    with tempfile.TemporaryDirectory(prefix="dorl-fp32-") as tmp:
+        export_fp32(model, tmp, cells, opset, sha, reporter)
+        return quantize_artifact(tmp, out_dir, calibration_set, held_out, exclude, reporter)
+
+
+def _class_names(source: Any) -> list[str]:
+    if isinstance(source, (str, Path)):
+        from dorl.bundle import read_bundle_manifest
+
+        return list(read_bundle_manifest(source)["class_names"])
+    return list(source.config.class_names)
+
+
+def _image_size(source: Any) -> int:
+    """The model input size, read before the (slow) model load so bad images fail first."""
+    if isinstance(source, (str, Path)):
+        from dorl.bundle import read_bundle_manifest
+
+        if not Path(source).exists():
+            raise ArtifactError(f"bundle {source} does not exist: give the folder written by `dorl train`.")
+        return int(read_bundle_manifest(source)["config"]["image_size"])
+    return int(source.config.image_size)

@@ -1,0 +1,272 @@
+"""Per-cell features for the evaluation (the CAE CLS token, pooled encoder tokens) and the
+evaluation of a bundle: tokens once, the baseline CAE, every row of the table.
+
+DoRL's classification feature is the CAE encoder's CLS token (masking off); the baseline
+feature is the same encoder's pre-neck token map averaged over its grid (no CAE). Both come
+from one encoder pass, either directly from images (`extract_features`) or from token maps
+already computed once (`dorl.training.token_cache`), so that every row of the table, the
+CAE trained without the mean-matching term included, is scored on the very same tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dorl.data.images import load_rgb, resize_square
+from dorl.models.cae import CAE
+from dorl.models.dorl_model import DoRLModel
+from dorl.training.config import CaeTrainConfig, TrainConfig, cpu_schedule, train_config_from_dict
+from dorl.training.evaluation import HEADS, Evaluation, Method, Protocol, evaluate, standardise_per_domain
+from dorl.training.progress import NullReporter, Reporter
+from dorl.training.token_cache import TokenSet, model_fingerprint
+
+DORL_METHOD = "DoRL (CAE CLS)"
+NO_MMD_METHOD = "CAE without mean-matching"
+POOLED_METHOD = "pooled encoder tokens"
+STANDARDISED_METHOD = "pooled tokens, each domain standardised"
+# What `dorl adapt --method standardise` does on the analyzer: a site's features mapped onto the
+# source's mean/std before the source-fitted scaler + head, i.e. each domain standardised by its own
+# unlabelled cells' statistics.
+ADAPTED_METHOD = "DoRL + site adaptation"
+
+
+@dataclass(frozen=True)
+class CellFeatures:
+    """Features of N cells, row i belonging to the i-th image given.
+
+    Attributes:
+        cls: CAE CLS features [N,C] float32 (DoRL's classification feature).
+        pooled: pre-neck tokens averaged over the grid [N,C] float32 (the baseline feature).
+        tokens: pre-neck token maps [N,C,g,g] float16 (the token cache's dtype), or None when not kept.
+    """
+
+    cls: np.ndarray
+    pooled: np.ndarray
+    tokens: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.cls.shape[0])
+
+
+def load_cells(paths: Sequence[str | Path], size: int) -> np.ndarray:
+    """Decode and resize cells with the shared preprocessing: uint8 [B,size,size,3]."""
+    return np.stack([resize_square(load_rgb(p), size) for p in paths])
+
+
+def to_model_input(cells: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 NHWC cells → float NCHW on the 0–255 scale (the model normalises)."""
+    return torch.from_numpy(np.ascontiguousarray(cells)).to(device).permute(0, 3, 1, 2).float()
+
+
+@torch.no_grad()
+def encode_cells(model: DoRLModel, cells: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One encoder pass: (pre-neck tokens [B,C,g,g], pooled [B,C], CAE CLS [B,C])."""
+    device = next(model.parameters()).device
+    tokens, _ = model.encode(to_model_input(cells, device))
+    return tokens, tokens.mean(dim=(2, 3)), model.cae.feature(tokens)
+
+
+def extract_features(
+    model: DoRLModel,
+    paths: Sequence[str | Path],
+    batch_size: int = 16,
+    keep_tokens: bool = False,
+    reporter: Reporter | None = None,
+    task: str = "features",
+) -> CellFeatures:
+    """Features of every image in `paths`, in order.
+
+    Args:
+        model: a DoRL model (put in eval mode here: BatchNorm must not update).
+        paths: cell image files.
+        batch_size: cells per encoder pass.
+        keep_tokens: also return the token maps (float16), e.g. to train or score another CAE.
+        reporter: progress, one step per cell, under the name `task`.
+        task: the progress task's name (e.g. "features pbc").
+
+    Returns:
+        The features; arrays with 0 rows for no paths.
+    """
+    reporter = reporter or NullReporter()
+    model.eval()
+    dim, grid, size = model.feature_dim, model.config.grid, model.config.image_size
+    cls, pooled, tokens = [], [], []
+    reporter.start(task, len(paths))
+    for start in range(0, len(paths), batch_size):
+        batch = load_cells(paths[start:start + batch_size], size)
+        t, p, c = encode_cells(model, batch)
+        cls.append(c.float().cpu().numpy())
+        pooled.append(p.float().cpu().numpy())
+        if keep_tokens:
+            tokens.append(t.cpu().to(torch.float16).numpy())
+        reporter.advance(task, len(batch))
+    reporter.finish(task)
+    return CellFeatures(
+        _stack(cls, (0, dim), np.float32),
+        _stack(pooled, (0, dim), np.float32),
+        _stack(tokens, (0, dim, grid, grid), np.float16) if keep_tokens else None,
+    )
+
+
+def pooled_tokens(tokens: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Token maps [N,C,g,g] (any float dtype) averaged over the grid, in float32: [N,C]."""
+    data = tokens.numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
+    out = [data[i:i + batch_size].astype(np.float32).mean(axis=(2, 3)) for i in range(0, len(data), batch_size)]
+    return _stack(out, (0, data.shape[1]), np.float32)
+
+
+@torch.no_grad()
+def cae_features(cae: CAE, tokens: np.ndarray | torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """CLS features [N,C] of a CAE (masking off) from token maps [N,C,g,g] (any float dtype)."""
+    cae.eval()
+    device = next(cae.parameters()).device
+    data = tokens if isinstance(tokens, torch.Tensor) else torch.from_numpy(np.asarray(tokens))
+    out = [cae.feature(data[i:i + batch_size].to(device, torch.float32)).cpu().numpy()
+           for i in range(0, len(data), batch_size)]
+    return _stack(out, (0, int(cae.dim)), np.float32)
+
+
+def _stack(parts: list[np.ndarray], empty_shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(empty_shape, dtype=dtype)
+
+
+def token_set_arrays(token_sets: Sequence[TokenSet],
+                     features: Callable[[TokenSet], np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """domain -> (features of its cells, their labels), in the token sets' order."""
+    return {t.domain: (features(t), np.asarray(t.labels)) for t in token_sets}
+
+
+def baseline_cae(model: DoRLModel, token_sets: Sequence[TokenSet], config: CaeTrainConfig, device: torch.device,
+                 cache_dir: str | Path | None = None, seed: int = 1234, reporter: Reporter | None = None) -> CAE:
+    """The "CAE without mean-matching" baseline: a fresh CAE of the model's shape, trained on the same
+    tokens with the same schedule but `mmd_weight` 0; read from `cache_dir` when trained there before.
+
+    Args:
+        model: the evaluated model (its CAE's shape; its encoder made the tokens).
+        token_sets: every domain's cached tokens and SSIM targets, anchor first.
+        config: the bundle's CAE schedule (its `mmd_weight` is replaced by 0).
+        device: where to train.
+        cache_dir: where the trained baseline is kept (keyed by the encoder's weights, the images, the
+            schedule, the CAE's shape and the seed); None: not kept.
+        seed: initialisation and sampling seed.
+        reporter: progress and notes.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from dorl.training.cae import train_cae
+
+    reporter = reporter or NullReporter()
+    config = dataclasses.replace(config, mmd_weight=0.0)
+    c = model.config
+    key = json.dumps({"encoder": model_fingerprint(model), "tokens": [[t.domain, *t.keys] for t in token_sets],
+                      "schedule": dataclasses.asdict(config),
+                      "shape": [model.feature_dim, c.grid, c.cae_depth, c.cae_decoder_depth, c.cae_heads,
+                                c.cae_mask_ratio, c.projector_dim], "seed": seed}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    torch.manual_seed(seed)
+    cae = CAE(model.feature_dim, c.grid, depth=c.cae_depth, decoder_depth=c.cae_decoder_depth, num_heads=c.cae_heads,
+              mask_ratio=c.cae_mask_ratio, projector_dim=c.projector_dim)
+    path = Path(cache_dir) / f"cae_without_mmd_{digest[:16]}.safetensors" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        cae.load_state_dict(load_file(str(path)))
+        reporter.note(f"CAE without mean-matching: read from {path}")
+        return cae.eval()
+    train_cae(cae, token_sets, config, device, reporter, seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in cae.state_dict().items()}, str(path))
+    return cae.eval()
+
+
+def bundle_methods(model: DoRLModel, token_sets: Sequence[TokenSet], baseline: CAE | None = None,
+                   pooled_baselines: bool = True) -> list[Method]:
+    """The table's rows for one model: DoRL's CAE CLS, then the baselines on the same encoder.
+
+    Args:
+        model: the evaluated model.
+        token_sets: every domain's cached tokens, source first.
+        baseline: the CAE trained without mean-matching (None: no such row).
+        pooled_baselines: add the pooled-token rows (plain, and each domain standardised by its own statistics).
+
+    Returns:
+        The methods for `dorl.training.evaluation.evaluate`; the standardised row computes each
+        domain's statistics from the cells of the class setting being scored.
+    """
+    dorl = token_set_arrays(token_sets, lambda t: cae_features(model.cae, t.tokens))
+    methods = [Method(DORL_METHOD, dorl), Method(ADAPTED_METHOD, dorl, standardise_per_domain)]
+    if baseline is not None:
+        methods.append(Method(NO_MMD_METHOD, token_set_arrays(token_sets, lambda t: cae_features(baseline, t.tokens))))
+    if pooled_baselines:
+        pooled = token_set_arrays(token_sets, lambda t: pooled_tokens(t.tokens))
+        methods += [Method(POOLED_METHOD, pooled), Method(STANDARDISED_METHOD, pooled, standardise_per_domain)]
+    return methods
+
+
+def evaluate_bundle(
+    bundle: str | Path,
+    domains: Sequence[str | tuple[str, str | Path]],
+    cache_dir: str | Path,
+    heads: Sequence[str] = HEADS,
+    folds: int = 5,
+    seed: int = 1234,
+    cae_baseline: bool = True,
+    pooled_baselines: bool = True,
+    device: str = "auto",
+    batch_size: int = 32,
+    reporter: Reporter | None = None,
+) -> Evaluation:
+    """The whole evaluation of a bundle: tokens once, the baseline CAE, every row, both settings.
+
+    Args:
+        bundle: a bundle folder written by `dorl train`.
+        domains: "NAME=PATH" strings or (name, path) pairs; the first is the source domain.
+        cache_dir: token cache and trained baseline CAE (reused when the model and images match).
+        heads, folds, seed: the protocol.
+        cae_baseline: train (or reuse) the CAE without mean-matching, with the bundle's CAE schedule.
+        pooled_baselines: add the pooled-token rows (plain and per-domain standardised).
+        device: "auto", "cpu" or "cuda" for the encoder and the baseline CAE.
+        batch_size: images per encoder pass.
+        reporter: progress and notes.
+
+    Raises:
+        DorlError: a missing or corrupt bundle, a malformed or empty domain, or bad protocol settings.
+    """
+    from dorl.bundle import load_bundle, read_bundle_manifest
+    from dorl.data.domains import load_domains
+    from dorl.training.device import resolve_device
+    from dorl.training.token_cache import cached_tokens
+
+    reporter = reporter or NullReporter()
+    manifest = read_bundle_manifest(bundle)
+    loaded = load_domains(list(domains))
+    protocol = Protocol(loaded[0].name, tuple(heads), folds, seed)
+    torch_device = resolve_device(device)
+    model = load_bundle(bundle, str(torch_device))
+    tokens = cached_tokens(model, loaded, cache_dir, torch_device, batch_size, reporter)
+    train, recorded = _train_config(manifest)
+    baseline = None
+    if cae_baseline:
+        baseline = baseline_cae(model, tokens, train.cae, torch_device, cache_dir, train.seed, reporter)
+    result = evaluate(bundle_methods(model, tokens, baseline, pooled_baselines), protocol, reporter)
+    result.info = {"bundle": str(bundle), "encoder": model.config.encoder, "domains": [d.describe() for d in loaded]}
+    if cae_baseline:
+        result.info["cae_baseline_schedule"] = dataclasses.asdict(dataclasses.replace(train.cae, mmd_weight=0.0))
+        source = f"the bundle's CAE schedule ({train.schedule})" if recorded else \
+            "the CPU schedule (the bundle records no training config)"
+        result.notes.append(f"CAE without mean-matching: trained on the same tokens with {source}, mmd_weight 0.")
+    return result
+
+
+def _train_config(manifest: dict[str, Any]) -> tuple[TrainConfig, bool]:
+    """The bundle's training config and True; the CPU schedule and False for a bundle that records none."""
+    recorded = manifest.get("metadata", {}).get("train_config")
+    return (train_config_from_dict(recorded), True) if recorded else (cpu_schedule(), False)

@@ -1,0 +1,59 @@
+"""`dorl train` through typer's CliRunner, on a few real cells copied into a temporary domain."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from dorl.bundle import read_bundle_manifest
+from dorl.commands.train import train
+
+
+@pytest.fixture()
+def app() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(train)
+    return app
+
+
+def copy_domain(wbc_dir: Path, name: str, target: Path, per_class: int, classes: tuple[str, ...]) -> Path:
+    for cls in classes:
+        (target / cls).mkdir(parents=True)
+        for path in sorted((wbc_dir / name / cls).iterdir())[:per_class]:
+            shutil.copy(path, target / cls / path.name)
+    return target
+
+
+def test_a_tiny_run_writes_a_bundle_of_the_shared_classes(app: typer.Typer, wbc_dir: Path, tmp_path: Path) -> None:
+    pbc = copy_domain(wbc_dir, "pbc", tmp_path / "pbc", 2, ("lymphocyte", "neutrophil", "platelet"))
+    bccd = copy_domain(wbc_dir, "bccd", tmp_path / "bccd", 2, ("lymphocyte", "neutrophil"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "--domain", f"pbc={pbc}", "-d", f"bccd={bccd}", "-o", str(out), "--encoder", "sam_vit_test",
+        "--epochs-seg", "1", "--epochs-cae", "1", "--cpu-schedule", "--head", "logreg", "--device", "cpu",
+    ])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith(str(out / "bundle"))
+    manifest = read_bundle_manifest(out / "bundle")
+    assert manifest["class_names"] == ["lymphocyte", "neutrophil"]  # platelet is not in bccd
+    assert manifest["metadata"]["schedule"] == "cpu" and manifest["metadata"]["head"]["kind"] == "logreg"
+    assert manifest["metadata"]["deviations_from_paper"] and manifest["config"]["cae_depth"] == 4
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--domain", "pbc"], "has no '='"),
+    (["--domain", "pbc=/nonexistent/folder"], "does not exist"),
+    (["--domain", "{pbc}", "--stages", "seg,export"], "unknown stages"),
+    (["--domain", "{pbc}", "--head", "forest"], "unknown head"),
+    (["--domain", "{pbc}", "--device", "tpu"], "unknown device"),
+])
+def test_user_errors_are_one_sentence_and_exit_1(app: typer.Typer, wbc_dir: Path, tmp_path: Path, args: list[str],
+                                                 message: str) -> None:
+    pbc = copy_domain(wbc_dir, "pbc", tmp_path / "pbc", 1, ("lymphocyte", "neutrophil"))
+    args = [a.replace("{pbc}", f"pbc={pbc}") for a in args]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out"), "--encoder", "sam_vit_test"])
+    assert result.exit_code == 1 and message in result.output

@@ -1,0 +1,70 @@
+"""`dorl export` and `dorl calibrate` through typer: options parsed, errors reported in one sentence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from dorl.commands.calibrate import calibrate
+from dorl.commands.export import export
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("export")(export)
+    app.command("calibrate")(calibrate)
+    return app
+
+
+def _run(app: typer.Typer, *args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_calibrate_writes_a_reproducible_set(app: typer.Typer, wbc_dir: Path, tmp_path: Path) -> None:
+    domains = ["--domain", f"pbc={wbc_dir / 'pbc'}", "--domain", f"jtsc={wbc_dir / 'jtsc'}"]
+    first = _run(app, "calibrate", *domains, "-o", tmp_path / "a", "--size", "20", "--seed", "3")
+    assert first.exit_code == 0, first.output
+    assert "wrote a calibration set of 20 cells (seed 3)" in first.output
+    _run(app, "calibrate", *domains, "-o", tmp_path / "b", "--size", "20", "--seed", "3")
+    cells = json.loads((tmp_path / "a" / "cells.json").read_text())
+    assert cells == json.loads((tmp_path / "b" / "cells.json").read_text())
+    assert {c["domain"] for c in cells} == {"pbc", "jtsc"}
+
+
+def test_calibrate_rejects_a_malformed_domain(app: typer.Typer, tmp_path: Path) -> None:
+    result = _run(app, "calibrate", "--domain", "pbc", "-o", tmp_path / "a")
+    assert result.exit_code == 1 and "is not NAME=PATH" in result.output
+    result = _run(app, "calibrate", "--domain", f"lab={tmp_path / 'none'}", "-o", tmp_path / "a")
+    assert result.exit_code == 1 and "is not a folder" in result.output
+
+
+def test_export_errors_are_one_sentence(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]], cell_paths: list[Path],
+                                        tmp_path: Path) -> None:
+    bundle, out = tinyvit_bundle[0], tmp_path / "out"
+    cells = ["--images", cell_paths[0]]
+    cases = [
+        ((tmp_path / "nope", "-o", out, *cells), "does not exist"),
+        ((bundle, "-o", out, "--precision", "int4", *cells), "unknown precision 'int4'"),
+        ((bundle, "-o", out, "--precision", "int8", *cells), "needs a calibration set"),
+        ((bundle, "-o", out, "--precision", "int8", "--calibration", tmp_path / "empty", *cells), "missing or empty"),
+        ((bundle, "-o", out, "--images", tmp_path / "gone.png"), "gone.png does not exist"),
+        ((bundle, "-o", out, "--images", tmp_path / "empty"), "no cell images found"),
+    ]
+    (tmp_path / "empty").mkdir()
+    for args, message in cases:
+        result = _run(app, "export", *args)
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+    assert not out.exists()
+
+
+def test_export_without_images_samples_the_shared_cells(wbc_dir: Path) -> None:
+    from dorl.commands.export import DEFAULT_SAMPLE, default_images
+
+    sample = default_images(None)
+    assert len(sample) == DEFAULT_SAMPLE and {Path(p).parts[-3] for p in sample} == {"pbc", "bccd", "jtsc"}
+    assert default_images(None) == sample

@@ -1,0 +1,105 @@
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dorl.bundle import load_bundle, read_bundle_manifest
+from dorl.config import ModelConfig
+from dorl.data.domains import Domain
+from dorl.errors import ArtifactError, ConfigError
+from dorl.training.config import CaeTrainConfig, SegTrainConfig, TrainConfig
+from dorl.training.pipeline import train
+from dorl.training.progress import RecordingReporter
+from dorl.training.token_cache import model_fingerprint
+
+TINY = TrainConfig(
+    model=ModelConfig(encoder="sam_vit_test", cae_depth=1, cae_decoder_depth=1),
+    seg=SegTrainConfig(epochs=1, batch_size=4, warmup_epochs=0, max_train_images=4, max_holdout_images=3),
+    cae=CaeTrainConfig(epochs=1, batch_size=4, warmup_iters=0, ssim_fraction=0.25),
+)
+
+
+@pytest.fixture(scope="module")
+def domains(tiny_domains: list[Domain]) -> list[Domain]:
+    """pbc: 6 cells of 3 classes (anchor); jtsc: 3 cells with expert masks."""
+    pbc, jtsc = tiny_domains[0], tiny_domains[2]
+    return [dataclasses.replace(pbc, samples=pbc.samples[:6]), dataclasses.replace(jtsc, samples=jtsc.samples[:3])]
+
+
+@pytest.fixture(scope="module")
+def trained(domains: list[Domain], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RecordingReporter]:
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("run")
+    reporter = RecordingReporter()
+    result = train(domains, out, TINY, reporter=reporter, device="cpu")
+    assert result.ran == ["seg", "cae", "head"] and result.reused == [] and result.bundle == out / "bundle"
+    return out, reporter
+
+
+def copy_run(trained: tuple[Path, RecordingReporter], tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(trained[0], out)
+    return out
+
+
+def test_the_bundle_loads_and_records_the_run(trained, cell_batch: np.ndarray) -> None:
+    out, reporter = trained
+    assert {"seg", "tokens pbc", "tokens jtsc", "cae"} <= set(reporter.tasks())
+    model = load_bundle(out / "bundle")
+    token_cache = read_bundle_manifest(out / "bundle")["metadata"]["token_cache"]
+    assert token_cache["fingerprint"] == model_fingerprint(model)  # the bundle's encoder made the cached tokens
+    assert {p.name for p in Path(token_cache["folder"]).iterdir()} == {"pbc.safetensors", "jtsc.safetensors"}
+    with torch.no_grad():
+        result = model(torch.from_numpy(cell_batch[:2]).permute(0, 3, 1, 2).float())
+    assert result["logits"].shape == (2, 5) and result["mask_logits"].shape == (2, 2, 56, 56)
+    meta = read_bundle_manifest(out / "bundle")["metadata"]
+    assert meta["class_names"] == list(TINY.model.class_names) and meta["anchor_domain"] == "pbc"
+    assert [d["name"] for d in meta["domains"]] == ["pbc", "jtsc"]
+    assert meta["seg"]["pseudo_mask_vs_expert"]["jtsc"]["n"] == 3
+    assert {k.split("/")[1] for k in meta["seg"]["holdout"]} <= {"pseudo", "expert"}
+    assert len(meta["seg"]["losses"]) == 1 and set(meta["cae"]["losses"]) == {"loss", "ssim", "mmd", "rec"}
+    assert meta["head"]["kind"] == "svm" and set(meta["seconds"]) == {"seg", "cae", "head"}
+    assert meta["train_config"]["schedule"] == "paper" and meta["stages_run"] == ["seg", "cae", "head"]
+    pixel_mean = read_bundle_manifest(out / "bundle")["normalisation"]["pixel_mean"]
+    assert pixel_mean != list(ModelConfig().pixel_mean)  # computed on the training cells
+
+
+def test_resume_skips_finished_stages(trained, domains: list[Domain], tmp_path: Path) -> None:
+    out = copy_run(trained, tmp_path)
+    reporter = RecordingReporter()
+    result = train(domains, out, TINY, reporter=reporter, device="cpu")
+    assert result.ran == [] and result.reused == ["seg", "cae", "head"] and "seg" not in reporter.tasks()
+    changed = dataclasses.replace(TINY, cae=dataclasses.replace(TINY.cae, lr=5e-4)).with_head("mlp")
+    result = train(domains, out, changed, stages=("cae", "head"), device="cpu")
+    assert result.ran == ["cae", "head"] and result.reused == ["seg"]  # the head was fit on the old CAE
+    assert read_bundle_manifest(out / "bundle")["config"]["head"] == "mlp"
+
+
+def test_a_corrupted_checkpoint_is_a_clear_error(trained, domains: list[Domain], tmp_path: Path) -> None:
+    out = copy_run(trained, tmp_path)
+    weights = out / "checkpoints" / "cae" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ArtifactError, match="cae checkpoint.*--no-resume"):
+        train(domains, out, TINY, device="cpu")
+    result = train(domains, out, TINY, stages=("cae", "head"), resume=False, device="cpu")
+    assert result.ran == ["cae", "head"]
+
+
+def test_stages_without_checkpoints_keep_pretrained_weights(domains: list[Domain], tmp_path: Path) -> None:
+    reporter = RecordingReporter()
+    config = dataclasses.replace(TINY, cae=dataclasses.replace(TINY.cae, epochs=0))
+    result = train(domains, tmp_path, config, stages=("cae", "head"), reporter=reporter, device="cpu")
+    assert result.ran == ["cae", "head"] and any("seg: not run" in n for n in reporter.notes)
+
+
+def test_bad_requests_are_config_errors(domains: list[Domain], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown stages"):
+        train(domains, tmp_path, TINY, stages=("seg", "export"))
+    with pytest.raises(ConfigError, match="does not have"):
+        train(domains, tmp_path, dataclasses.replace(TINY, model=dataclasses.replace(
+            TINY.model, class_names=("lymphocyte", "neutrophil"))))
+    with pytest.raises(ConfigError, match="no domains"):
+        train([], tmp_path, TINY)

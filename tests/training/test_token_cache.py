@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from dorl.artifacts import sha256_file
+from dorl.config import ModelConfig
+from dorl.data.domains import Domain
+from dorl.models.registry import build_model
+from dorl.training.progress import RecordingReporter
+from dorl.training.token_cache import cached_tokens, model_fingerprint
+
+TINY = ModelConfig(encoder="sam_vit_test", cae_depth=1, cae_decoder_depth=1)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture()
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(TINY).eval()
+
+
+def test_tokens_and_targets_of_every_cell(model, tiny_domains: list[Domain], tmp_path: Path) -> None:
+    domains = tiny_domains[1:]
+    reporter = RecordingReporter()
+    sets = cached_tokens(model, domains, tmp_path, CPU, batch_size=4, reporter=reporter)
+    assert [s.domain for s in sets] == ["bccd", "jtsc"] and reporter.tasks() == ["tokens bccd", "tokens jtsc"]
+    for token_set, domain in zip(sets, domains):
+        n = len(domain)
+        assert len(token_set) == n and token_set.labels == list(domain.labels)
+        assert token_set.tokens.shape == (n, 96, 14, 14) and token_set.tokens.dtype == torch.float16
+        assert token_set.targets.shape == (n, 3, 128, 128) and token_set.targets.dtype == torch.uint8
+        assert token_set.keys[0] == sha256_file(domain.samples[0].path)
+        assert (tmp_path / f"{domain.name}.safetensors").is_file()
+    with torch.no_grad():
+        from dorl.training.datasets import load_images
+
+        first = torch.from_numpy(load_images(domains[0].samples[:1], 224)).permute(0, 3, 1, 2).float()
+        tokens, _ = model.encode(first)
+    torch.testing.assert_close(sets[0].tokens[:1].float(), tokens, atol=2e-2, rtol=1e-2)
+
+
+def test_cache_is_reused_only_for_the_same_weights_and_files(model, tiny_domains: list[Domain], tmp_path: Path) -> None:
+    jtsc = tiny_domains[2]
+    first = cached_tokens(model, [jtsc], tmp_path, CPU)[0]
+    reporter = RecordingReporter()
+    again = cached_tokens(model, [jtsc], tmp_path, CPU, reporter=reporter)[0]
+    assert reporter.notes and "read from" in reporter.notes[0] and reporter.tasks() == []
+    assert torch.equal(again.tokens, first.tokens) and torch.equal(again.targets, first.targets)
+    before = model_fingerprint(model)
+    with torch.no_grad():
+        model.mask_decoder.mask_decoder.mask_tokens.weight.add_(1.0)
+    assert model_fingerprint(model) != before
+    reporter = RecordingReporter()
+    cached_tokens(model, [jtsc], tmp_path, CPU, reporter=reporter)
+    assert reporter.tasks() == ["tokens jtsc"]  # computed again
+
+
+def test_a_damaged_cache_file_is_computed_again(model, tiny_domains: list[Domain], tmp_path: Path) -> None:
+    jtsc = tiny_domains[2]
+    cached_tokens(model, [jtsc], tmp_path, CPU)
+    path = tmp_path / "jtsc.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    reporter = RecordingReporter()
+    fresh = cached_tokens(model, [jtsc], tmp_path, CPU, reporter=reporter)[0]
+    assert reporter.tasks() == ["tokens jtsc"] and len(fresh) == len(jtsc)
