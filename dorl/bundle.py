@@ -129,4 +129,6 @@ def load_bundle(path: str | Path, device: str = "cpu") -> DoRLModel:
             "bundle with this version of dorl."
         )
     model.load_state_dict(state, strict=False)
+    # Plain attribute, not a buffer: the export writes it beside the graph for site profiles.
+    model.source_feature_stats = load_feature_stats(folder)  # type: ignore[assignment]
     return model.to(device).eval()

@@ -41,6 +41,7 @@ def cell_reader(paths: Sequence[str], size: int, input_name: str, batch: int = C
     """An onnxruntime CalibrationDataReader feeding `paths` (decoded and resized as at run time) in batches."""
     require("onnxruntime", "INT8 calibration")
     from onnxruntime import quantization
+
     from dorl.export.parity import prepare_images
 
     class CellReader(quantization.CalibrationDataReader):  # type: ignore[misc,name-defined]
@@ -168,7 +169,7 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
         written = {}
         for name, folder, target in ((QDQ, out, "tensorrt"), (CPU, out.with_name(f"{out.name}-cpu"), "cpu")):
             written[name] = _write_variant(paths[name], folder, target, common, reports[name],
-                                           compare(reference, outputs[name]).to_dict())
+                                           compare(reference, outputs[name]).to_dict(), manifest)
     say(f"INT8 gate passed: Q/DQ {reports[QDQ].describe()}; CPU {reports[CPU].describe()}")
     return written[QDQ]
 
@@ -201,12 +202,15 @@ def _int8_fields(fp32_manifest: dict[str, Any], calibration_set: CalibrationSet,
 
 
 def _write_variant(source: Path, folder: Path, target: str, common: dict[str, Any], gate: GateReport,
-                   parity: dict[str, Any]) -> dict[str, Any]:
+                   parity: dict[str, Any], fp32_manifest: dict[str, Any]) -> dict[str, Any]:
+    from dorl.export.onnx_export import copy_head
+
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for path in source.parent.iterdir():
         shutil.copy2(path, folder / path.name)
         files.append(path.name)
+    files = [f for f in files if f != "head.safetensors"] + copy_head(fp32_manifest, folder)
     if target == "tensorrt":
         quantization = {"format": "QDQ", "mode": "static", "symmetric": True, "per_channel": True,
                         "op_types": list(QUANT_OPS), "calibration_method": "MinMax"}

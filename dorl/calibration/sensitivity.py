@@ -34,7 +34,7 @@ def module_path(node: Any) -> str:
         return ""
     modules = [s for s in scopes[:-1] if s]  # the last scope is the op itself
     path = modules[-1] if modules else ""
-    return path[len("model."):] if path.startswith("model.") else path
+    return path.removeprefix("model.")
 
 
 def group_of(path: str) -> str:

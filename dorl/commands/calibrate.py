@@ -13,19 +13,15 @@ DOMAIN_HELP = "A domain as NAME=PATH (a folder of class sub-folders); repeat onc
 
 
 def parse_domains(options: list[str]) -> dict[str, Path]:
-    """NAME=PATH options -> {name: path}."""
-    try:
-        from dorl.data.domains import parse_domain_option  # type: ignore[import-not-found,unused-ignore]
+    """NAME=PATH options -> {name: path}; a name given twice is an error."""
+    from dorl.data.domains import parse_domain_option
 
-        return dict(parse_domain_option(option) for option in options)
-    except ImportError:
-        pass
     domains: dict[str, Path] = {}
     for option in options:
-        name, sep, path = option.partition("=")
-        if not sep or not name.strip() or not path.strip() or name in domains:
-            fail(f"--domain {option!r} is not NAME=PATH with a new name: write e.g. --domain pbc=data/pbc.")
-        domains[name.strip()] = Path(path.strip())
+        name, path = parse_domain_option(option)
+        if name in domains:
+            fail(f"--domain {name!r} is given twice: give each domain one folder.")
+        domains[name] = path
     return domains
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -33,12 +33,12 @@ def export(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `dorl train`.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The artifact folder (int8 also writes <DIR>-cpu).")],
     precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
-    images: Annotated[Optional[list[Path]], typer.Option("--images", help=IMAGES_HELP)] = None,
+    images: Annotated[list[Path] | None, typer.Option("--images", help=IMAGES_HELP)] = None,
     calibration: Annotated[
-        Optional[Path], typer.Option("--calibration", help="The calibration set from `dorl calibrate` (int8).")
+        Path | None, typer.Option("--calibration", help="The calibration set from `dorl calibrate` (int8).")
     ] = None,
     exclude: Annotated[
-        Optional[list[str]], typer.Option("--exclude", help="Node name, module or group pattern kept in float (int8).")
+        list[str] | None, typer.Option("--exclude", help="Node name, module or group pattern kept in float (int8).")
     ] = None,
     opset: Annotated[int, typer.Option(min=17, help="ONNX opset (17+ keeps LayerNormalization one node).")] = 18,
 ) -> None:
@@ -60,9 +60,9 @@ def export(
 def _summary(manifest: dict[str, Any], output: Path) -> str:
     parity = manifest["parity"]
     lines = [f"wrote the {manifest['precision']} ONNX graph to {output}",
-             f"parity vs {parity['reference']} on {parity['images']} cells: probs max diff "
+             (f"parity vs {parity['reference']} on {parity['images']} cells: probs max diff "
              f"{parity['max_abs_diff']['probs']:.2e}, top-1 agreement {parity['top1_agreement']:.2%}, "
-             f"mask IoU min {parity['mask_iou_min']:.4f}"]
+             f"mask IoU min {parity['mask_iou_min']:.4f}")]
     if manifest["precision"] == "int8":
         lines.append(f"CPU INT8 variant: {output.with_name(output.name + '-cpu')}")
         lines.append("latency (ms/image, ONNX Runtime CPU): " + ", ".join(

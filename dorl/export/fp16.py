@@ -233,5 +233,8 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
         files = sorted(p.name for p in stage.iterdir())
     parity = {"reference": "onnx fp32", "method": "fp16 emulation (every FP16 tensor rounded, FP32 compute)",
               **emulated.to_dict(), "onnxruntime_cpu": runtime.to_dict()}
+    from dorl.export.onnx_export import copy_head
+
+    files = [f for f in files if f != "head.safetensors"] + copy_head(manifest, Path(out_dir))
     return write_manifest(out_dir, "onnx", files, **derived_fields(manifest, "fp16"), fp32_ops=list(blocked),
                           parity=parity)

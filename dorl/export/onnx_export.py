@@ -127,6 +127,30 @@ def _spec(value: Any) -> tuple[str, str, list[int | str]]:
     return value.name, dtype, [d.dim_param or d.dim_value for d in tensor.shape.dim]
 
 
+HEAD_FILE = "head.safetensors"
+
+
+def write_head(model: Any, folder: Path) -> list[str]:
+    """Write the host-side head + source feature statistics (site profiles, issue 7), if known."""
+    stats = getattr(model, "source_feature_stats", None)
+    if stats is None:
+        return []
+    from safetensors.torch import save_file
+
+    tensors = {f"head.{k}": v.detach().float().contiguous() for k, v in model.head.state_dict().items()}
+    tensors.update({f"source.{k}": v.float().contiguous() for k, v in stats.items()})
+    save_file(tensors, str(folder / HEAD_FILE))
+    return [HEAD_FILE]
+
+
+def copy_head(fp32_manifest: dict[str, Any], folder: Path) -> list[str]:
+    """Copy the FP32 artifact's host-side head into a derived artifact's folder."""
+    if HEAD_FILE not in fp32_manifest.get("files", {}):
+        return []
+    shutil.copy2(Path(fp32_manifest["folder"]) / HEAD_FILE, folder / HEAD_FILE)
+    return [HEAD_FILE]
+
+
 def base_fields(model: Any, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], graph: dict[str, Any],
                 source_sha256: str | None) -> dict[str, Any]:
     """The manifest fields every precision shares (the FP32 graph's description)."""
@@ -184,7 +208,10 @@ def export_fp32(model: Any, out_dir: str | Path, images: Any, opset: int = DEFAU
         report = compare(run_torch(model, images), run_onnx(stage / MODEL_FILE, images))
         check_fp32(report)
     fields = base_fields(model, inputs, outputs, graph, source_sha256)
-    return write_manifest(out_dir, "onnx", files, **fields, parity={"reference": "pytorch", **report.to_dict()})
+    head = write_head(model, Path(out_dir))
+    if head:
+        fields["head"] = {"kind": model.config.head, "file": HEAD_FILE}
+    return write_manifest(out_dir, "onnx", list(files) + head, **fields, parity={"reference": "pytorch", **report.to_dict()})
 
 
 def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,

@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 
 from dorl.artifacts import read_manifest
-from dorl.calibration.calibration_set import (CELLS_FILE, allocate, draw_cells, read_calibration_set,
-                                              write_calibration_set)
+from dorl.calibration.calibration_set import (
+    CELLS_FILE,
+    allocate,
+    draw_cells,
+    read_calibration_set,
+    write_calibration_set,
+)
 from dorl.errors import ArtifactError, ConfigError
 
 

@@ -50,7 +50,7 @@ def test_gate_set_labels_by_folder_and_skips_calibration_cells(wbc_dir: Path, tm
     for name in ("neutrophil", "monocyte", "masks"):
         folder = tmp_path / name
         folder.mkdir()
-        source = sorted((wbc_dir / "jtsc" / ("neutrophil" if name == "masks" else name)).iterdir())[0]
+        source = min((wbc_dir / "jtsc" / ("neutrophil" if name == "masks" else name)).iterdir())
         files.append(shutil.copy(source, folder / f"{name}.jpg"))
     extra = shutil.copy(sorted((wbc_dir / "jtsc" / "neutrophil").iterdir())[1], tmp_path / "neutrophil" / "b.jpg")
     gate = gate_set(files + [extra], CLASSES, held_out_from=frozenset({sha256_file(extra)}))

@@ -11,8 +11,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dorl.calibration.qdq import cell_reader, quantize_cpu, quantize_qdq
-from dorl.calibration.sensitivity import (GroupSensitivity, excluded_nodes, group_of, module_path, node_groups,
-                                          output_producers, sweep)
+from dorl.calibration.sensitivity import (
+    GroupSensitivity,
+    excluded_nodes,
+    group_of,
+    module_path,
+    node_groups,
+    output_producers,
+    sweep,
+)
 from dorl.export.parity import prepare_images, run_onnx
 
 

@@ -38,9 +38,12 @@ def test_calibrate_writes_a_reproducible_set(app: typer.Typer, wbc_dir: Path, tm
 
 def test_calibrate_rejects_a_malformed_domain(app: typer.Typer, tmp_path: Path) -> None:
     result = _run(app, "calibrate", "--domain", "pbc", "-o", tmp_path / "a")
-    assert result.exit_code == 1 and "is not NAME=PATH" in result.output
+    assert result.exit_code == 1 and "NAME=PATH" in result.output
     result = _run(app, "calibrate", "--domain", f"lab={tmp_path / 'none'}", "-o", tmp_path / "a")
-    assert result.exit_code == 1 and "is not a folder" in result.output
+    assert result.exit_code == 1 and "does not exist" in result.output
+    twice = ["--domain", f"lab={tmp_path}", "--domain", f"lab={tmp_path}"]
+    result = _run(app, "calibrate", *twice, "-o", tmp_path / "a")
+    assert result.exit_code == 1 and "given twice" in result.output
 
 
 def test_export_errors_are_one_sentence(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]], cell_paths: list[Path],
