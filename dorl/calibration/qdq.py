@@ -96,6 +96,16 @@ def quantize_cpu(fp32_path: Path, out_path: Path, excluded: Sequence[str]) -> No
                      use_external_data_format=_has_external_data(fp32_path))
 
 
+def _link_beside(model: Path, folder: Path) -> Path:
+    """Symlink a graph (and its external data) into `folder`: onnxruntime's quantizers write a
+    "-inferred" copy beside their input, which must not land in the (possibly read-only) artifact."""
+    folder.mkdir()
+    for path in (model, Path(f"{model}.data")):
+        if path.exists():
+            (folder / path.name).symlink_to(path.resolve())
+    return folder / model.name
+
+
 def _has_external_data(path: Path) -> bool:
     return Path(f"{path}.data").exists()
 
@@ -150,6 +160,7 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
         paths = {QDQ: Path(tmp, "qdq", "model.onnx"), CPU: Path(tmp, "cpu", "model.onnx")}
         for path in paths.values():
             path.parent.mkdir()
+        fp32_path = _link_beside(fp32_path, Path(tmp, "fp32"))
         cache = Path(tmp, "ranges.json")
         say(f"calibrating on {len(calibration_set.cells)} cells; Q/DQ int8 with {len(excluded)} nodes kept in float")
         quantize_qdq(fp32_path, paths[QDQ], cell_reader(calibration_set.paths, size, input_name), excluded, cache=cache)

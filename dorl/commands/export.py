@@ -41,6 +41,9 @@ def export(
         list[str] | None, typer.Option("--exclude", help="Node name, module or group pattern kept in float (int8).")
     ] = None,
     opset: Annotated[int, typer.Option(min=17, help="ONNX opset (17+ keeps LayerNormalization one node).")] = 18,
+    fp32: Annotated[
+        Path | None, typer.Option("--fp32", help="Derive fp16/int8 from this FP32 export of the bundle (no re-export).")
+    ] = None,
 ) -> None:
     """Export, check and verify an ONNX graph; a drift beyond the thresholds is an error."""
     from dorl.data.images import find_images
@@ -53,7 +56,8 @@ def export(
         raise ConfigError(f"no cell images found{' in ' + ', '.join(map(str, images)) if images else ''}: pass "
                           "--images with image files or folders (the parity check runs on real cells).")
     manifest = export_onnx(bundle, output, precision=precision, opset=opset, images=sources, calibration=calibration,
-                           exclude=exclude or (), reporter=lambda message: typer.echo(message, err=True))
+                           exclude=exclude or (), fp32_artifact=fp32,
+                           reporter=lambda message: typer.echo(message, err=True))
     typer.echo(_summary(manifest, output))
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from dorl.artifacts import write_manifest
+from dorl.artifacts import read_manifest, write_manifest
 from dorl.config import to_dict
 from dorl.deps import require, versions
 from dorl.errors import ArtifactError, ConfigError
@@ -61,13 +61,11 @@ def load_source(source: Any) -> tuple[Any, str | None]:
     Args:
         source: a bundle folder (str or Path) or a DoRLModel (None is returned as the sha256).
     """
-    from dorl.bundle import WEIGHTS_FILE, load_bundle, merged_copy, read_bundle_manifest
+    from dorl.bundle import load_bundle, merged_copy
 
     if isinstance(source, (str, Path)):
-        if not Path(source).exists():
-            raise ArtifactError(f"bundle {source} does not exist: give the folder written by `dorl train`.")
-        manifest = read_bundle_manifest(source)
-        return load_bundle(source), str(manifest["files"][WEIGHTS_FILE]["sha256"])
+        sha = source_facts(source)[2]
+        return load_bundle(source), sha
     return merged_copy(source).eval(), None
 
 
@@ -217,8 +215,10 @@ def export_fp32(model: Any, out_dir: str | Path, images: Any, opset: int = DEFAU
 def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                 images: Sequence[Any] | None = None, calibration: str | Path | None = None,
                 gate_images: Sequence[Any] | None = None, exclude: Sequence[str] = (),
-                reporter: Reporter | None = None) -> dict[str, Any]:
+                fp32_artifact: str | Path | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
     """Export a bundle (or model) to a verified ONNX artifact of `precision`.
+
+    Every input is checked (precision, bundle, calibration set, images) before the slow export.
 
     Args:
         source: a bundle folder or a DoRLModel.
@@ -227,8 +227,10 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
         images: real cell images (paths or arrays) for the parity checks; required.
         calibration: an INT8 calibration-set folder from `dorl calibrate` (int8 only).
         gate_images: labelled held-out cells for the INT8 accuracy gate (int8 only; paths whose
-            parent folder is the class name).
-        exclude: extra node-name or module patterns kept out of INT8 quantization.
+            parent folder is the class name); default `images`.
+        exclude: extra node-name, module or group patterns kept out of INT8 quantization.
+        fp32_artifact: the verified FP32 artifact of the same bundle to derive fp16/int8 from,
+            instead of exporting it again.
 
     Returns:
         The manifest of the artifact in `out_dir`.
@@ -236,56 +238,59 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
     from dorl.export.parity import prepare_images
 
     check_precision(precision, opset)
+    size, class_names, sha = source_facts(source)
     images = list(images) if images is not None else []
-    if precision == "int8":
-        return _export_int8(source, out_dir, opset, images, calibration, gate_images, exclude, reporter)
-    cells = prepare_images(images, _image_size(source))
-    model, sha = load_source(source)
+    int8 = _int8_inputs(calibration, images if gate_images is None else list(gate_images), class_names) \
+        if precision == "int8" else None
+    cells = prepare_images(images, size)
     if precision == "fp32":
-        return export_fp32(model, out_dir, cells, opset, sha, reporter)
-    from dorl.export.fp16 import export_fp16
+        return export_fp32(load_source(source)[0], out_dir, cells, opset, sha, reporter)
+    with _verified_fp32(source, fp32_artifact, sha, cells, opset, reporter) as fp32_dir:
+        if int8 is None:
+            from dorl.export.fp16 import export_fp16
 
-    with tempfile.TemporaryDirectory(prefix="dorl-fp32-") as tmp:
-        export_fp32(model, tmp, cells, opset, sha, reporter)
-        return export_fp16(tmp, out_dir, cells, reporter)
+            return export_fp16(fp32_dir, out_dir, cells, reporter)
+        from dorl.calibration.qdq import quantize_artifact
+
+        return quantize_artifact(fp32_dir, out_dir, int8[0], int8[1], exclude, reporter)
 
 
-def _export_int8(source: Any, out_dir: str | Path, opset: int, images: list[Any],
-                 calibration: str | Path | None, gate_images: Sequence[Any] | None, exclude: Sequence[str],
-                 reporter: Reporter | None) -> dict[str, Any]:
+def _int8_inputs(calibration: str | Path | None, gate_images: list[Any], class_names: list[str]) -> tuple[Any, Any]:
+    """The calibration set and the labelled held-out cells (outside it) for the gate."""
     from dorl.calibration.calibration_set import read_calibration_set
     from dorl.calibration.gate import gate_set
-    from dorl.calibration.qdq import quantize_artifact
-    from dorl.export.parity import prepare_images
 
     if calibration is None:
         raise ConfigError("an INT8 export needs a calibration set: create one with `dorl calibrate` and pass "
                           "--calibration DIR.")
     calibration_set = read_calibration_set(calibration)
-    cells = prepare_images(images, _image_size(source))
-    class_names = _class_names(source)
-    held_out = gate_set(list(gate_images) if gate_images is not None else images, class_names,
-                        frozenset(c.sha256 for c in calibration_set.cells))
-    model, sha = load_source(source)
+    return calibration_set, gate_set(gate_images, class_names, frozenset(c.sha256 for c in calibration_set.cells))
+
+
+@contextlib.contextmanager
+def _verified_fp32(source: Any, fp32_artifact: str | Path | None, sha: str | None, cells: Any, opset: int,
+                   reporter: Reporter | None) -> Iterator[Path]:
+    """The given FP32 artifact of this bundle, or a fresh export in a temporary folder."""
+    if fp32_artifact is not None:
+        manifest = read_manifest(fp32_artifact, "onnx")
+        if manifest.get("precision") != "fp32" or (sha is not None and manifest.get("source_bundle_sha256") != sha):
+            raise ArtifactError(f"{fp32_artifact} is not an FP32 export of this bundle: export the bundle with "
+                                "--precision fp32 and pass that folder.")
+        yield Path(manifest["folder"])
+        return
     with tempfile.TemporaryDirectory(prefix="dorl-fp32-") as tmp:
-        export_fp32(model, tmp, cells, opset, sha, reporter)
-        return quantize_artifact(tmp, out_dir, calibration_set, held_out, exclude, reporter)
+        export_fp32(load_source(source)[0], tmp, cells, opset, sha, reporter)
+        yield Path(tmp)
 
 
-def _class_names(source: Any) -> list[str]:
+def source_facts(source: Any) -> tuple[int, list[str], str | None]:
+    """Image size, class names and weights sha256 of a bundle (None for a model), without loading weights."""
     if isinstance(source, (str, Path)):
-        from dorl.bundle import read_bundle_manifest
-
-        return list(read_bundle_manifest(source)["class_names"])
-    return list(source.config.class_names)
-
-
-def _image_size(source: Any) -> int:
-    """The model input size, read before the (slow) model load so bad images fail first."""
-    if isinstance(source, (str, Path)):
-        from dorl.bundle import read_bundle_manifest
+        from dorl.bundle import WEIGHTS_FILE, read_bundle_manifest
 
         if not Path(source).exists():
             raise ArtifactError(f"bundle {source} does not exist: give the folder written by `dorl train`.")
-        return int(read_bundle_manifest(source)["config"]["image_size"])
-    return int(source.config.image_size)
+        manifest = read_bundle_manifest(source)
+        sha = str(manifest["files"][WEIGHTS_FILE]["sha256"])
+        return int(manifest["config"]["image_size"]), list(manifest["class_names"]), sha
+    return int(source.config.image_size), list(source.config.class_names), None

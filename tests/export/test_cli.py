@@ -65,6 +65,17 @@ def test_export_errors_are_one_sentence(app: typer.Typer, tinyvit_bundle: tuple[
     assert not out.exists()
 
 
+def test_export_fp16_from_the_fp32_artifact(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]],
+                                            tinyvit_fp32: Path, cell_paths: list[Path], tmp_path: Path) -> None:
+    images = [a for p in cell_paths for a in ("--images", p)]
+    result = _run(app, "export", tinyvit_bundle[0], "-o", tmp_path / "fp16", "--precision", "fp16",
+                  "--fp32", tinyvit_fp32, *images)
+    assert result.exit_code == 0, result.output
+    assert f"wrote the fp16 ONNX graph to {tmp_path / 'fp16'}" in result.output
+    assert "top-1 agreement 100.00%" in result.output
+    assert json.loads((tmp_path / "fp16" / "manifest.json").read_text())["precision"] == "fp16"
+
+
 def test_export_without_images_samples_the_shared_cells(wbc_dir: Path) -> None:
     from dorl.commands.export import DEFAULT_SAMPLE, default_images
 

@@ -11,14 +11,17 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dorl.artifacts import read_manifest
+from dorl.errors import ArtifactError
 from dorl.export.fp16 import FP32_OPS, emulate_fp16, export_fp16
+from dorl.export.onnx_export import export_onnx
 from dorl.export.parity import FP16_MIN_AGREEMENT, ParityError, check_reduced, compare, run_onnx
 
 
 @pytest.fixture(scope="module")
-def tinyvit_fp16(tinyvit_fp32: Path, held_out_cells: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tinyvit_fp16(tinyvit_fp32: Path, tinyvit_bundle: tuple[Path, list[str]], held_out_cells: list[str],
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("onnx") / "fp16"
-    export_fp16(tinyvit_fp32, folder, held_out_cells)
+    export_onnx(tinyvit_bundle[0], folder, "fp16", images=held_out_cells, fp32_artifact=tinyvit_fp32)
     return folder
 
 
@@ -36,6 +39,11 @@ def test_fp16_artifact_agrees_with_fp32(tinyvit_fp16: Path, tinyvit_fp32: Path) 
     assert size < 0.6 * fp32["files"]["model.onnx"]["bytes"]  # FP16 weights
 
 
+def test_fp16_is_derived_from_fp32_only(tinyvit_fp16: Path, cell_paths: list[Path], tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="derive FP16 from the FP32 export"):
+        export_fp16(tinyvit_fp16, tmp_path / "again", cell_paths)
+
+
 def test_fp16_graph_pins_norms_to_fp32_and_keeps_io(tinyvit_fp16: Path, cell_batch: np.ndarray) -> None:
     model = onnx.shape_inference.infer_shapes(onnx.load(str(tinyvit_fp16 / "model.onnx")))
     types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.output)}
@@ -47,6 +55,18 @@ def test_fp16_graph_pins_norms_to_fp32_and_keeps_io(tinyvit_fp16: Path, cell_bat
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
     out = run_onnx(tinyvit_fp16 / "model.onnx", cell_batch[:2])
     assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in out.values())
+
+
+def test_fp32_export_of_another_bundle_is_refused(tinyvit_fp32: Path, cell_paths: list[Path], tmp_path: Path) -> None:
+    from dorl.bundle import save_bundle
+    from dorl.config import ModelConfig
+    from dorl.models.registry import build_model
+
+    other = tmp_path / "other"
+    save_bundle(build_model(ModelConfig(encoder="sam_vit_test", cae_depth=1, cae_decoder_depth=1)), other)
+    with pytest.raises(ArtifactError, match="not an FP32 export of this bundle"):
+        export_onnx(other, tmp_path / "fp16", "fp16", images=cell_paths, fp32_artifact=tinyvit_fp32)
+    assert not (tmp_path / "fp16").exists()
 
 
 def _norm_graph(scale: float, decomposed: bool) -> onnx.ModelProto:

@@ -20,18 +20,18 @@ from dorl.artifacts import read_manifest, sha256_file
 from dorl.calibration.calibration_set import read_calibration_set
 from dorl.calibration.gate import GateError, gate_set
 from dorl.calibration.qdq import quantize_artifact
+from dorl.export.onnx_export import export_onnx
 
 CLASSES = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 EXCLUDE = ("encoder*", "cae*")
 
 
 @pytest.fixture(scope="module")
-def int8_dirs(tinyvit_fp32: Path, calibration_dir: Path, held_out_cells: list[str],
-              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    calibration = read_calibration_set(calibration_dir)
-    gate = gate_set(held_out_cells, CLASSES, frozenset(c.sha256 for c in calibration.cells))
+def int8_dirs(tinyvit_fp32: Path, tinyvit_bundle: tuple[Path, list[str]], calibration_dir: Path,
+              held_out_cells: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("onnx") / "int8"
-    quantize_artifact(tinyvit_fp32, out, calibration, gate, exclude=EXCLUDE)
+    export_onnx(tinyvit_bundle[0], out, "int8", images=held_out_cells, calibration=calibration_dir, exclude=EXCLUDE,
+                fp32_artifact=tinyvit_fp32)
     return out, out.with_name("int8-cpu")
 
 

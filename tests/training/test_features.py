@@ -114,6 +114,6 @@ def test_baseline_cae_is_cached_per_encoder_and_rows_are_built(model, tmp_path: 
     x, y = methods[0].domains["tgt"]
     assert x.shape == (4, 96) and list(y) == ["a", "b"] * 2
     np.testing.assert_allclose(methods[3].domains["src"][0], sets[0].tokens.float().mean(dim=(2, 3)).numpy(), atol=1e-5)
-    standardised = methods[3].arrays()["tgt"][0]
+    standardised = methods[4].arrays()["tgt"][0]
     np.testing.assert_allclose(standardised.mean(axis=0), 0.0, atol=1e-5)
     assert len(bundle_methods(model, sets, None, pooled_baselines=False)) == 2  # DoRL, and DoRL adapted
