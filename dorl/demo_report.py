@@ -67,6 +67,8 @@ def write_demo_report(out: Path, trained: Any, evaluation: dict[str, Any], artif
         "",
         *_export_lines(artifacts),
         "",
+        *([f"INT8 refused by the accuracy gate: {(out / 'onnx' / 'int8-refused.txt').read_text().strip()}", ""]
+          if (out / "onnx" / "int8-refused.txt").is_file() else []),
         "## Site adaptation (bccd)",
         "",
         *_adaptation_table(adaptation),
