@@ -132,8 +132,18 @@ def train(domains: Sequence[Domain], out_dir: str | Path, config: TrainConfig | 
     if (out / "tokens").is_dir():  # lets the evaluation reuse the tokens after checking the fingerprint
         run.result.metadata["token_cache"] = {"folder": str((out / "tokens").resolve()),
                                               "fingerprint": model_fingerprint(model)}
-    save_bundle(model, run.result.bundle, run.result.metadata)
+    save_bundle(model, run.result.bundle, run.result.metadata, source_features=_source_features(run, model, tokens))
     return run.result
+
+
+def _source_features(run: _Run, model: DoRLModel, tokens: list[TokenSet]) -> Any:
+    """The anchor domain's classification features, whose statistics site profiles map onto."""
+    from dorl.training.features import cae_features
+
+    if not tokens:  # every stage reused: the anchor's tokens come from the on-disk cache
+        tokens = cached_tokens(model, run.domains[:1], run.out / "tokens", run.device,
+                               run.config.cae.encode_batch_size, run.reporter)
+    return cae_features(model.cae, tokens[0].tokens, 64)
 
 
 def _check_domains(domains: list[Domain], model: ModelConfig) -> None:
