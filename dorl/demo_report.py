@@ -29,7 +29,7 @@ def _adaptation_table(adaptation: dict[str, Any]) -> list[str]:
 
 def _export_lines(artifacts: dict[str, Path]) -> list[str]:
     lines = ["| artifact | precision | parity |", "|---|---|---|"]
-    for name, folder in artifacts.items():
+    for folder in artifacts.values():
         manifest = json.loads((folder / "manifest.json").read_text())
         lines.append(f"| `{folder.name}` | {manifest.get('precision')} {manifest.get('target', '')} | "
                      f"{json.dumps(manifest.get('parity', manifest.get('gate', {})))[:200]} |")
@@ -47,15 +47,15 @@ def write_demo_report(out: Path, trained: Any, evaluation: dict[str, Any], artif
     parts = [
         "# dorl demo report",
         "",
-        f"Machine: {_machine()}. Schedule: {'quick (CI)' if config.quick else 'CPU'}. "
-        f"Versions: {', '.join(f'{k} {v}' for k, v in versions('torch', 'onnxruntime', 'onnx').items())}.",
+        (f"Machine: {_machine()}. Schedule: {'quick (CI)' if config.quick else 'CPU'}. "
+        f"Versions: {', '.join(f'{k} {v}' for k, v in versions('torch', 'onnxruntime', 'onnx').items())}."),
         "",
         "Step times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + f"; total {sum(timings.values()):.0f}.",
         "",
         "## Training",
         "",
-        f"Bundle: `{trained.bundle}`; stages run: {', '.join(trained.ran) or 'none'}; reused: "
-        f"{', '.join(trained.reused) or 'none'}.",
+        (f"Bundle: `{trained.bundle}`; stages run: {', '.join(trained.ran) or 'none'}; reused: "
+        f"{', '.join(trained.reused) or 'none'}."),
         "",
         "```json",
         json.dumps({k: meta.get(k) for k in ("seg", "cae", "head", "pseudo_masks") if k in meta}, indent=1,

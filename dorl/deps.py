@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from types import ModuleType
 
@@ -27,7 +27,7 @@ _EXTRAS = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def is_available(module: str) -> bool:
     """True when `module` can be imported (without importing it)."""
     try:

@@ -25,7 +25,7 @@ def cell_paths(wbc_dir: Path) -> list[Path]:
     for domain, classes in (("pbc", ("neutrophil", "lymphocyte")), ("bccd", ("eosinophil", "neutrophil")),
                             ("jtsc", ("monocyte", "neutrophil"))):
         for cls in classes:
-            picks.append(sorted((wbc_dir / domain / cls).iterdir())[0])
+            picks.append(min((wbc_dir / domain / cls).iterdir()))
     return picks
 
 

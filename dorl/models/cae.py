@@ -80,7 +80,7 @@ class CAE(nn.Module):
         ids_restore = None
         if mask_ratio > 0:
             b, n, c = x.shape
-            keep = max(1, int(round(n * (1 - mask_ratio))))
+            keep = max(1, round(n * (1 - mask_ratio)))
             noise = torch.rand(b, n, device=x.device)
             ids_shuffle = torch.argsort(noise, dim=1)
             ids_restore = torch.argsort(ids_shuffle, dim=1)

@@ -87,10 +87,10 @@ def _attention_modules(encoder: nn.Module) -> list[nn.Module]:
 
 def split_qkv(encoder: nn.Module) -> None:
     """Replace every fused `qkv` Linear of `encoder` by a SplitQKV, in place."""
-    layout = getattr(encoder, "qkv_layout")
+    layout = encoder.qkv_layout
     for attn in _attention_modules(encoder):
         if isinstance(attn.qkv, nn.Linear):
-            attn.qkv = SplitQKV(attn.qkv, num_heads=int(getattr(attn, "num_heads")), layout=layout)
+            attn.qkv = SplitQKV(attn.qkv, num_heads=int(attn.num_heads), layout=layout)
 
 
 def fuse_qkv(encoder: nn.Module) -> None:

@@ -18,7 +18,6 @@ from dorl.runtime.site_profile import (
     MIN_CELLS,
     RunningStats,
     SiteProfile,
-    SiteProfileError,
     artifact_id,
     fit_profile,
     load_profile,
@@ -82,10 +81,7 @@ def adapt_site(
         failed = collect_features(analyzer, images, stats, progress)
     if failed and warn is not None:
         warn(f"{failed} of {len(images)} images could not be analysed and were left out of the statistics.")
-    try:
-        profile = fit_profile(site, source, stats, method, key, min_cells=min_cells)
-    except SiteProfileError:
-        raise
+    profile = fit_profile(site, source, stats, method, key, min_cells=min_cells)
     if profile.drift > DRIFT_WARNING and warn is not None:
         warn(f"site {site!r} features sit {profile.drift:.1f} source standard deviations from the source on "
              "average: check that these are blood-cell images from one lab before using this profile.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class BaseRunner(abc.ABC):
         self.deactivate_impl()
         self.is_active = False
 
-    def __enter__(self) -> BaseRunner:
+    def __enter__(self) -> Self:
         self.activate()
         return self
 

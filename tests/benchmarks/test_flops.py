@@ -94,14 +94,6 @@ def test_matmul_peak_is_a_positive_rate() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_artifact_path(tmp_path_factory: pytest.TempPathFactory):
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from tiny_artifact import build_tiny_artifact
 
-    name = "dorl_tests_runtime_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "runtime" / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name].build_tiny_artifact(tmp_path_factory.mktemp("flops") / "tiny").folder
+    return build_tiny_artifact(tmp_path_factory.mktemp("flops") / "tiny").folder

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+from tiny_artifact import CLASS_NAMES, build_tiny_artifact
 
 from dorl.artifacts import write_manifest
 from dorl.benchmarks import accuracy, harness
@@ -19,16 +17,6 @@ pytest.importorskip("onnxruntime", reason="the harness runs ONNX artifacts with 
 FAST = {"batch_sizes": (1, 4), "iterations": 3, "warmup": 1, "threads": 1, "peak_size": 128}
 
 
-def runtime_fixtures() -> ModuleType:
-    """tests/runtime/conftest.py, which builds the tiny artifact (conftests are not importable by name)."""
-    name = "dorl_tests_runtime_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "runtime" / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +24,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The tiny graph as an "fp32" artifact and, with other weights, as a CPU "int8" one."""
     pytest.importorskip("onnx", reason="building the tiny artifact needs onnx")
     root = tmp_path_factory.mktemp("harness")
-    fp32 = runtime_fixtures().build_tiny_artifact(root / "fp32").folder
-    int8 = runtime_fixtures().build_tiny_artifact(root / "int8", seed=1, precision="int8").folder
+    fp32 = build_tiny_artifact(root / "fp32").folder
+    int8 = build_tiny_artifact(root / "int8", seed=1, precision="int8").folder
     return fp32, int8
 
 
@@ -67,7 +55,7 @@ def own_predictions(artifact: Path, labelled: Path) -> tuple[list[str], list[str
     pixels = np.stack([resize_square(load_rgb(f), 224) for f in files])
     with OnnxRuntimeRunner(artifact) as runner:
         probs = runner.infer({"images": pixels})["probs"]
-    names = runtime_fixtures().CLASS_NAMES
+    names = CLASS_NAMES
     return [names[i] for i in probs.argmax(axis=1)], [f.parent.name for f in files]
 
 

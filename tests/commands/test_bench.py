@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import typer
+from tiny_artifact import build_tiny_artifact
 from typer.testing import CliRunner
 
 from dorl.commands.bench import bench, parse_batch_sizes
@@ -18,21 +16,12 @@ from dorl.errors import ConfigError
 pytest.importorskip("onnxruntime", reason="bench runs the tiny artifact with onnxruntime")
 
 
-def runtime_fixtures() -> ModuleType:
-    name = "dorl_tests_runtime_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "runtime" / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("onnx", reason="building the tiny artifact needs onnx")
-    return runtime_fixtures().build_tiny_artifact(tmp_path_factory.mktemp("bench") / "tiny").folder
+    return build_tiny_artifact(tmp_path_factory.mktemp("bench") / "tiny").folder
 
 
 def invoke(*args: str):  # type: ignore[no-untyped-def]

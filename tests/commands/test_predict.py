@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import typer
 from PIL import Image
+from tiny_artifact import CLASS_NAMES, build_tiny_artifact
 from typer.testing import CliRunner
 
 from dorl.commands.predict import predict
@@ -22,33 +20,18 @@ from dorl.commands.predict import predict
 pytest.importorskip("onnxruntime", reason="predict runs the tiny artifact with onnxruntime")
 
 
-def runtime_fixtures() -> ModuleType:
-    """tests/runtime/conftest.py, which builds the tiny artifact (conftests are not importable by name)."""
-    name = "dorl_tests_runtime_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "runtime" / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-FIXTURES = runtime_fixtures()
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("onnx", reason="building the tiny artifact needs the onnx package")
-    return FIXTURES.build_tiny_artifact(tmp_path_factory.mktemp("predict") / "tiny").folder
+    return build_tiny_artifact(tmp_path_factory.mktemp("predict") / "tiny").folder
 
 
 @pytest.fixture(scope="module")
-def cells(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cells(wbc_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder tree of real cells: pbc/a.jpg, pbc/b.jpg, nested/jtsc/c.bmp, plus a README.txt."""
-    root = FIXTURES.WBC_ROOT
-    if not root.is_dir():
-        pytest.skip(f"real cell images not found at {root} (shared data folder absent)")
+    root = wbc_dir
     folder = tmp_path_factory.mktemp("cells")
     (folder / "pbc").mkdir()
     (folder / "nested" / "jtsc").mkdir(parents=True)
@@ -76,7 +59,7 @@ def test_json_lines_for_a_folder_tree(artifact: Path, cells: Path) -> None:
     assert [Path(r["source"]).relative_to(cells).as_posix() for r in records] == [
         "nested/jtsc/c.bmp", "pbc/a.jpg", "pbc/b.jpg"]
     for r in records:
-        assert r["error"] is None and r["label"] in FIXTURES.CLASS_NAMES and r["mask"] is None
+        assert r["error"] is None and r["label"] in CLASS_NAMES and r["mask"] is None
         assert abs(sum(r["probs"].values()) - 1.0) < 1e-4 and r["confidence"] == max(r["probs"].values())
     assert "3 images: 3 analysed" in err
 
@@ -88,9 +71,9 @@ def test_csv_and_masks(artifact: Path, cells: Path, tmp_path: Path) -> None:
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [Path(r["source"]).name for r in rows] == ["a.jpg", "b.jpg", "c.bmp"]
-    assert list(rows[0])[6:] == FIXTURES.CLASS_NAMES
+    assert list(rows[0])[6:] == CLASS_NAMES
     for row in rows:
-        assert row["error"] == "" and row["label"] in FIXTURES.CLASS_NAMES
+        assert row["error"] == "" and row["label"] in CLASS_NAMES
         mask = np.asarray(Image.open(row["mask"]))
         with Image.open(row["source"]) as img:
             assert mask.shape == (img.height, img.width)

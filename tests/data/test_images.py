@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import warnings
 import zlib
@@ -15,14 +14,10 @@ from PIL import Image
 from dorl.data.images import MAX_PIXELS, array_to_rgb, describe_source, find_images, load_rgb, resize_square
 from dorl.errors import ImageError
 
-WBC_ROOT = Path(os.environ.get("DORL_WBC_DATA", Path(__file__).resolve().parents[3] / "shared" / "data" / "wbc"))
-
 
 @pytest.fixture(scope="module")
-def wbc_root() -> Path:
-    if not WBC_ROOT.is_dir():
-        pytest.skip(f"real cell images not found at {WBC_ROOT} (shared data folder absent)")
-    return WBC_ROOT
+def wbc_root(wbc_dir: Path) -> Path:
+    return wbc_dir
 
 
 def noise_jpeg(path: Path, size: tuple[int, int] = (96, 80)) -> bytes:

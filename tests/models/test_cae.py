@@ -22,7 +22,7 @@ def test_feature_is_deterministic_and_masking_is_random():
     tokens = torch.randn(2, 64, 14, 14)
     assert torch.equal(cae.feature(tokens), cae.feature(tokens))
     a, ids_a = cae.encode(tokens.flatten(2).transpose(1, 2), mask_ratio=0.75)
-    b, ids_b = cae.encode(tokens.flatten(2).transpose(1, 2), mask_ratio=0.75)
+    _b, ids_b = cae.encode(tokens.flatten(2).transpose(1, 2), mask_ratio=0.75)
     assert a.shape == (2, 1 + 49, 64)  # CLS + 25 % of 196 tokens
     assert not torch.equal(ids_a, ids_b)
 

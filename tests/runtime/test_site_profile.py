@@ -115,7 +115,7 @@ def test_cli_adapt_then_predict_with_site(adapted_artifact, wbc_root, tmp_path):
                                       str(tmp_path / "site"), "--min-cells", "20"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "site" / "manifest.json").is_file()
-    image = sorted(folder.glob("*.jpg"))[0]
+    image = min(folder.glob("*.jpg"))
     result = CliRunner().invoke(app, ["predict", str(adapted_artifact), str(image), "--json", "--site",
                                       str(tmp_path / "site")])
     assert result.exit_code == 0, result.output
