@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dorl.errors import ArtifactError
+from dorl.paths import TINYVIT_WEIGHTS as TINYVIT_WEIGHTS_FILE
+from dorl.paths import find_weights
+
+_TINYVIT_PREFIX = "image_encoder."  # keys of a full SAM state dict
 
 
 @dataclass
@@ -131,3 +135,68 @@ def load_decoder(decoder: nn.Module, path: str | Path) -> LoadReport:
     if not state:
         raise ArtifactError(f"{path} has no prompt_encoder.*/mask_decoder.* tensors: give SAM decoder weights.")
     return load_matching(decoder, state)
+
+
+def default_tinyvit_weights() -> Path | None:
+    """Path of the pretrained TinyViT-5M safetensors file, or None where none is found.
+
+    Looks in `$DORL_WEIGHTS_DIR`, then the `shared/weights/` folder beside the checkout, then
+    the weights bundled in `dorl/assets/weights/` (see `dorl.paths`).
+    """
+    return find_weights(TINYVIT_WEIGHTS_FILE)
+
+
+def load_tinyvit_weights(model: nn.Module, path: str | Path | dict[str, torch.Tensor]) -> int:
+    """Load MobileSAM-layout weights into `model`, requiring every key and shape to match.
+
+    Args:
+        model: a `TinyViT` built by `tinyvit_5m`.
+        path: a safetensors file, or a state dict already in memory; keys may carry the
+            `image_encoder.` prefix of a full SAM state dict.
+
+    Returns:
+        The number of tensors loaded (271 for the shared file).
+
+    Raises:
+        ArtifactError: the file is missing, or its keys or shapes do not match the model.
+    """
+    if isinstance(path, dict):
+        source, state = "the given state dict", path
+    else:
+        from safetensors.torch import load_file
+
+        source = str(path)
+        if not Path(path).is_file():
+            raise ArtifactError(
+                f"TinyViT weights file {source} does not exist: pass the path of "
+                f"{TINYVIT_WEIGHTS_FILE} or set DORL_WEIGHTS_DIR to the folder that holds it."
+            )
+        state = load_file(source)
+    state = {k.removeprefix(_TINYVIT_PREFIX): v for k, v in state.items()}
+    expected = model.state_dict()
+    # The file omits BatchNorm's num_batches_tracked counters (all zero); fill them explicitly.
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(value)
+    _check_tinyvit_keys(expected, state, source)
+    model.load_state_dict(state, strict=True)
+    return sum(1 for k in state if not k.endswith("num_batches_tracked"))
+
+
+def _check_tinyvit_keys(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{source} is not a TinyViT-5M (MobileSAM layout) image encoder: "
+            f"{len(missing)} keys missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]}); use the file {TINYVIT_WEIGHTS_FILE} from shared/weights."
+        )
+    wrong = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        k = wrong[0]
+        raise ArtifactError(
+            f"{source} has {len(wrong)} tensors whose shape does not match TinyViT-5M "
+            f"(e.g. {k}: {tuple(state[k].shape)} instead of {tuple(expected[k].shape)}); "
+            f"use the file {TINYVIT_WEIGHTS_FILE} from shared/weights."
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dorl.checkpoints import LoadReport, load_decoder, load_sam_encoder
+from dorl.checkpoints import LoadReport, load_decoder, load_sam_encoder, load_tinyvit_weights
 from dorl.config import ModelConfig
 from dorl.errors import ArtifactError
 from dorl.models.dorl_model import DoRLModel
@@ -34,8 +34,6 @@ def build_pretrained(
     model = build_model(config)
     loaded: dict[str, str] = {}
     if config.encoder == "tinyvit_5m":
-        from dorl.models.tinyvit import load_tinyvit_weights
-
         path = checkpoint or find_weights(TINYVIT_WEIGHTS)
         if path is not None:
             load_tinyvit_weights(model.encoder, path)

@@ -29,7 +29,7 @@ def adapt(
 
     name = site or cells.name
     out = output or Path(f"site-{name}")
-    with Progress(transient=True, disable=None) as bar:
+    with Progress(transient=True) as bar:
         task = bar.add_task(f"adapting to {name}", total=None)
         profile = adapt_site(artifact, cells, name, method=method, max_cells=max_cells, update=update,
                              min_cells=min_cells, progress=lambda n: bar.advance(task, n),

@@ -26,7 +26,7 @@ class DoRLModel(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = encoder
-        dim = int(encoder.embed_dim)
+        dim = int(getattr(encoder, "embed_dim"))  # noqa: B009  (an int; nn.Module types attributes as Tensor | Module)
         self.mask_decoder = CellMaskDecoder(config.grid, config.image_size, config.num_mask_channels)
         self.cae = CAE(
             dim,

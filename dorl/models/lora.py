@@ -87,10 +87,10 @@ def _attention_modules(encoder: nn.Module) -> list[nn.Module]:
 
 def split_qkv(encoder: nn.Module) -> None:
     """Replace every fused `qkv` Linear of `encoder` by a SplitQKV, in place."""
-    layout = encoder.qkv_layout
+    layout = str(getattr(encoder, "qkv_layout"))  # noqa: B009  (a str; nn.Module types attributes as Tensor | Module)
     for attn in _attention_modules(encoder):
         if isinstance(attn.qkv, nn.Linear):
-            attn.qkv = SplitQKV(attn.qkv, num_heads=int(attn.num_heads), layout=layout)
+            attn.qkv = SplitQKV(attn.qkv, num_heads=int(getattr(attn, "num_heads")), layout=layout)  # noqa: B009
 
 
 def fuse_qkv(encoder: nn.Module) -> None:

@@ -9,17 +9,10 @@ stride-1 merge into the 320-d stage.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from dorl.errors import ArtifactError
-from dorl.paths import TINYVIT_WEIGHTS as TINYVIT_WEIGHTS_FILE
-from dorl.paths import find_weights
-
-_KEY_PREFIX = "image_encoder."
 
 
 class Conv2d_BN(nn.Module):
@@ -275,71 +268,3 @@ def tinyvit_5m(img_size: int = 224) -> TinyViT:
         A randomly initialised `TinyViT`.
     """
     return TinyViT(img_size=img_size)
-
-
-def default_tinyvit_weights() -> Path | None:
-    """Path of the pretrained TinyViT-5M safetensors file, or None where none is found.
-
-    Looks in `$DORL_WEIGHTS_DIR`, then the `shared/weights/` folder beside the checkout, then
-    the weights bundled in `dorl/assets/weights/` (see `dorl.paths`).
-    """
-    return find_weights(TINYVIT_WEIGHTS_FILE)
-
-
-DEFAULT_TINYVIT_WEIGHTS = default_tinyvit_weights
-
-
-def load_tinyvit_weights(model: TinyViT, path: str | Path | dict[str, torch.Tensor]) -> int:
-    """Load MobileSAM-layout weights into `model`, requiring every key and shape to match.
-
-    Args:
-        model: a `TinyViT` built by `tinyvit_5m`.
-        path: a safetensors file, or a state dict already in memory; keys may carry the
-            `image_encoder.` prefix of a full SAM state dict.
-
-    Returns:
-        The number of tensors loaded (271 for the shared file).
-
-    Raises:
-        ArtifactError: the file is missing, or its keys or shapes do not match the model.
-    """
-    if isinstance(path, dict):
-        source, state = "the given state dict", path
-    else:
-        from safetensors.torch import load_file
-
-        source = str(path)
-        if not Path(path).is_file():
-            raise ArtifactError(
-                f"TinyViT weights file {source} does not exist: pass the path of "
-                f"{TINYVIT_WEIGHTS_FILE} or set DORL_WEIGHTS_DIR to the folder that holds it."
-            )
-        state = load_file(source)
-    state = {k.removeprefix(_KEY_PREFIX): v for k, v in state.items()}
-    expected = model.state_dict()
-    # The file omits BatchNorm's num_batches_tracked counters (all zero); fill them explicitly.
-    for key, value in expected.items():
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = torch.zeros_like(value)
-    _check_keys(expected, state, source)
-    model.load_state_dict(state, strict=True)
-    return sum(1 for k in state if not k.endswith("num_batches_tracked"))
-
-
-def _check_keys(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    if missing or unexpected:
-        raise ArtifactError(
-            f"{source} is not a TinyViT-5M (MobileSAM layout) image encoder: "
-            f"{len(missing)} keys missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-            f"(e.g. {unexpected[:3]}); use the file {TINYVIT_WEIGHTS_FILE} from shared/weights."
-        )
-    wrong = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        k = wrong[0]
-        raise ArtifactError(
-            f"{source} has {len(wrong)} tensors whose shape does not match TinyViT-5M "
-            f"(e.g. {k}: {tuple(state[k].shape)} instead of {tuple(expected[k].shape)}); "
-            f"use the file {TINYVIT_WEIGHTS_FILE} from shared/weights."
-        )

@@ -12,14 +12,9 @@ pytest.importorskip("torch", reason="the TinyViT encoder needs torch (pip instal
 
 import torch
 
+from dorl.checkpoints import default_tinyvit_weights, load_tinyvit_weights
 from dorl.errors import ArtifactError
-from dorl.models.tinyvit import (
-    DEFAULT_TINYVIT_WEIGHTS,
-    TinyViT,
-    attention_bias_index,
-    load_tinyvit_weights,
-    tinyvit_5m,
-)
+from dorl.models.tinyvit import TinyViT, attention_bias_index, tinyvit_5m
 from dorl.paths import wbc_data_dir
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
@@ -29,7 +24,7 @@ PBC_CELLS = ("neutrophil/BNE_112944.jpg", "neutrophil/BNE_12387.jpg")
 
 @pytest.fixture(scope="module")
 def weights_path() -> Path:
-    path = DEFAULT_TINYVIT_WEIGHTS()
+    path = default_tinyvit_weights()
     if path is None:
         pytest.skip("the pretrained TinyViT weights are absent (set DORL_WEIGHTS_DIR to shared/weights)")
     return path
@@ -73,7 +68,7 @@ def _file_state(weights_path: Path) -> dict[str, torch.Tensor]:
 
 def test_default_weights_found_through_env(weights_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DORL_WEIGHTS_DIR", str(weights_path.parent))
-    assert DEFAULT_TINYVIT_WEIGHTS() == weights_path
+    assert default_tinyvit_weights() == weights_path
 
 
 def test_loads_every_tensor_of_the_file(weights_path: Path) -> None:
