@@ -58,11 +58,11 @@ class GateReport:
                 f"points (at most {self.max_accuracy_drop * 100:.0f}) on {self.images} held-out cells")
 
 
-def gate_set(paths: Sequence[str | Path], class_names: Sequence[str], held_out_from: frozenset[str] = frozenset()) -> GateSet:
+def gate_set(paths: Sequence[Any], class_names: Sequence[str], held_out_from: frozenset[str] = frozenset()) -> GateSet:
     """The labelled cells among `paths` that are not in the calibration set.
 
     Args:
-        paths: image files; a file's parent folder name is its class.
+        paths: image files; a file's parent folder name is its class (anything else is skipped).
         class_names: the model's classes; files under other folders are skipped.
         held_out_from: sha256 of the calibration cells, which the gate must not see.
 
@@ -70,7 +70,7 @@ def gate_set(paths: Sequence[str | Path], class_names: Sequence[str], held_out_f
         ConfigError: no labelled held-out cell remains.
     """
     sources, labels = [], []
-    for path in map(Path, paths):
+    for path in (Path(p) for p in paths if isinstance(p, (str, Path))):  # arrays carry no label
         if path.parent.name in class_names and not path.is_file():
             raise ImageError(f"{path} does not exist or is not a file: check the --images paths.")
         if path.parent.name in class_names and sha256_file(path) not in held_out_from:

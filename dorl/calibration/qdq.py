@@ -11,10 +11,12 @@ artifacts whose manifests say which target each is for.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,24 @@ SWEEP_REPORTED = 3
 # inputs of LayerNorm, Softmax and GELU to int8 as well.
 QDQ_OPTIONS = {"OpTypesToExcludeOutputQuantization": list(QUANT_OPS)}
 QDQ, CPU = "Q/DQ (TensorRT)", "dynamic (CPU)"
+
+
+class _NoPreprocessAdvice(logging.Filter):
+    """Drops onnxruntime's "consider pre-processing before quantization" advice (printed on every call;
+    its shape-inference step is what our export already did)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    root, advice = logging.getLogger(), _NoPreprocessAdvice()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
 
 
 def cell_reader(paths: Sequence[str], size: int, input_name: str, batch: int = CALIBRATION_BATCH) -> Any:
@@ -72,17 +92,18 @@ def quantize_qdq(fp32_path: Path, out_path: Path, reader: Any, excluded: Sequenc
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    quantize_static(
-        str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS),
-        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(excluded), nodes_to_quantize=list(nodes) if nodes is not None else None,
-        calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache) if cache else None,
-        use_external_data_format=_has_external_data(fp32_path),
-        # MinMax keeps two numbers per tensor and batch (ReduceMin/Max nodes in the graph), so memory
-        # does not grow with the set. CalibMaxIntermediateOutputs is not set: in onnxruntime 1.32 it
-        # clears the collected batches without merging them first, calibrating on the last few only.
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, **QDQ_OPTIONS},
-    )
+    with _quiet_quantizer():
+        quantize_static(
+            str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS),
+            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(excluded), nodes_to_quantize=list(nodes) if nodes is not None else None,
+            calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache) if cache else None,
+            use_external_data_format=_has_external_data(fp32_path),
+            # MinMax keeps two numbers per tensor and batch (ReduceMin/Max nodes in the graph), so memory
+            # does not grow with the set. CalibMaxIntermediateOutputs is not set: in onnxruntime 1.32 it
+            # clears the collected batches without merging them first, calibrating on the last few only.
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, **QDQ_OPTIONS},
+        )
 
 
 def quantize_cpu(fp32_path: Path, out_path: Path, excluded: Sequence[str]) -> None:
@@ -91,9 +112,10 @@ def quantize_cpu(fp32_path: Path, out_path: Path, excluded: Sequence[str]) -> No
 
     # Dynamic quantization first rewrites each Gemm as "<name>_MatMul" + "<name>_Add"; exclude both names.
     names = list(excluded) + [f"{name}_MatMul" for name in excluded]
-    quantize_dynamic(str(fp32_path), str(out_path), op_types_to_quantize=list(CPU_OPS), per_channel=True,
-                     weight_type=QuantType.QInt8, nodes_to_exclude=names,
-                     use_external_data_format=_has_external_data(fp32_path))
+    with _quiet_quantizer():
+        quantize_dynamic(str(fp32_path), str(out_path), op_types_to_quantize=list(CPU_OPS), per_channel=True,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=names,
+                         use_external_data_format=_has_external_data(fp32_path))
 
 
 def _link_beside(model: Path, folder: Path) -> Path:

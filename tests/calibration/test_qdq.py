@@ -3,6 +3,7 @@ with real cells (the TinyViT end to end is in tests/export/test_int8.py)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,39 @@ def test_cpu_variant_quantizes_matmuls_dynamically(mini: Path, cell_paths: list[
     assert ops["node_logits_MatMul"] == "MatMul" and ops["node_mask_tokens"] == "MatMul"
     cells = prepare_images([str(p) for p in cell_paths], 224)
     assert _min_cosine(run_onnx(mini, cells)["feature"], run_onnx(out, cells)["feature"]) > 0.97
+
+
+def test_quantizer_advice_is_not_printed(mini: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        quantize_cpu(mini, tmp_path / "cpu.onnx", [])
+    assert (tmp_path / "cpu.onnx").is_file()
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
+    logging.getLogger().warning("Please consider pre-processing before quantization.")  # filter removed again
+    assert [r for r in caplog.records if "pre-processing" in r.getMessage()]
+
+
+def test_failed_gate_names_the_costliest_groups(mini: Path, wbc_dir: Path, tmp_path: Path) -> None:
+    from dorl.artifacts import write_manifest
+    from dorl.calibration.calibration_set import read_calibration_set, write_calibration_set
+    from dorl.calibration.gate import GateError, gate_set
+    from dorl.calibration.qdq import quantize_artifact
+
+    artifact = tmp_path / "fp32"
+    artifact.mkdir()
+    (artifact / "model.onnx").write_bytes(mini.read_bytes())
+    write_manifest(artifact, "onnx", ["model.onnx"], precision="fp32", image_size=224,
+                   inputs=[{"name": "images", "dtype": "uint8", "shape": ["batch", 224, 224, 3]}])
+    domains = {"pbc": wbc_dir / "pbc"}
+    write_calibration_set(domains, tmp_path / "calibration", size=8, seed=0)
+    calibration = read_calibration_set(tmp_path / "calibration")
+    cells = [str(p) for p in sorted((wbc_dir / "pbc" / "neutrophil").iterdir())[-6:]]
+    gate = gate_set(cells, ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"),
+                    frozenset(c.sha256 for c in calibration.cells))
+    with pytest.raises(GateError, match=r"Q/DQ \(TensorRT\) graph fails the accuracy gate.*needs 101%.*"
+                                        r"cost the most when quantized alone: encoder"):
+        quantize_artifact(artifact, tmp_path / "int8", calibration, gate, min_agreement=1.01)
+    assert not (tmp_path / "int8").exists() and not (tmp_path / "int8-cpu").exists()
+    assert sorted(p.name for p in artifact.iterdir()) == ["manifest.json", "model.onnx"]  # nothing left beside it
 
 
 def test_sweep_lists_the_worst_group_first() -> None:

@@ -14,7 +14,14 @@ from dorl.artifacts import read_manifest
 from dorl.errors import ArtifactError
 from dorl.export.fp16 import FP32_OPS, emulate_fp16, export_fp16
 from dorl.export.onnx_export import export_onnx
-from dorl.export.parity import FP16_MIN_AGREEMENT, ParityError, check_reduced, compare, run_onnx
+from dorl.export.parity import (
+    FP16_MIN_AGREEMENT,
+    FP16_TIE_MARGIN,
+    ParityError,
+    check_reduced,
+    compare,
+    run_onnx,
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +76,20 @@ def test_fp32_export_of_another_bundle_is_refused(tinyvit_fp32: Path, cell_paths
     assert not (tmp_path / "fp16").exists()
 
 
+def test_near_ties_may_flip_decisive_cells_may_not() -> None:
+    probs = np.array([[0.51, 0.47, 0.02], [0.9, 0.05, 0.05]] * 100, dtype=np.float32)
+    near_tie_flipped = probs.copy()
+    near_tie_flipped[0] = [0.48, 0.50, 0.02]  # FP32 margin 0.04 < FP16_TIE_MARGIN
+    report = compare({"probs": probs}, {"probs": near_tie_flipped}, FP16_TIE_MARGIN)
+    assert report.top1_mismatches == 1 and report.near_ties == 1 and report.decisive_agreement == 1.0
+    check_reduced(report, "fp16", FP16_MIN_AGREEMENT)
+    decisive_flipped = probs.copy()
+    decisive_flipped[1:4:2] = [0.05, 0.9, 0.05]  # two cells FP32 was sure of
+    with pytest.raises(ParityError, match=r"99\.00% of 200 cells.*0 near ties"):
+        check_reduced(compare({"probs": probs}, {"probs": decisive_flipped}, FP16_TIE_MARGIN), "fp16",
+                      FP16_MIN_AGREEMENT)
+
+
 def _norm_graph(scale: float, decomposed: bool) -> onnx.ModelProto:
     """x [B,16] → ×scale → LayerNorm (one node, or ReduceMean/Pow/Sqrt pieces) → MatMul → Softmax."""
     rng = np.random.default_rng(0)
@@ -97,7 +118,7 @@ def _check(model: onnx.ModelProto, tmp_path: Path, fp32_ops: tuple[str, ...]) ->
     x = np.random.default_rng(1).normal(size=(200, 16)).astype(np.float32)
     onnx.save(model, str(tmp_path / "fp32.onnx"))
     onnx.save(emulate_fp16(model, fp32_ops), str(tmp_path / "fp16.onnx"))
-    report = compare(run_onnx(tmp_path / "fp32.onnx", x), run_onnx(tmp_path / "fp16.onnx", x))
+    report = compare(run_onnx(tmp_path / "fp32.onnx", x), run_onnx(tmp_path / "fp16.onnx", x), FP16_TIE_MARGIN)
     check_reduced(report, "fp16", FP16_MIN_AGREEMENT)
 
 

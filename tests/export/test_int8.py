@@ -1,8 +1,9 @@
 """INT8 of the TinyViT model: the Q/DQ graph for TensorRT and the CPU variant, both gated on
-labelled held-out cells; a failed gate names the costliest node groups.
+labelled held-out cells (a failed gate naming the costliest groups is tested on a small graph in
+tests/calibration/test_qdq.py).
 
 This test model (pretrained TinyViT, untrained one-block CAE, a head fitted on 40 cells) does not
-pass the gate fully quantized (measured: 88 % agreement on 200 cells, see the sweep test), so the
+pass the gate fully quantized (measured: 88 % top-1 agreement on 200 cells), so the
 passing artifacts keep the encoder and CAE in float with --exclude, as the sweep advises: only
 the mask decoder is quantized, which leaves the classification exact.
 """
@@ -18,8 +19,8 @@ from onnx import numpy_helper
 
 from dorl.artifacts import read_manifest, sha256_file
 from dorl.calibration.calibration_set import read_calibration_set
-from dorl.calibration.gate import GateError, gate_set
-from dorl.calibration.qdq import quantize_artifact
+from dorl.calibration.gate import gate_set
+from dorl.errors import ConfigError
 from dorl.export.onnx_export import export_onnx
 
 CLASSES = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
@@ -78,17 +79,8 @@ def test_cpu_variant_uses_integer_matmuls(int8_dirs: tuple[Path, Path]) -> None:
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops and "QuantizeLinear" not in ops
 
 
-def test_failed_gate_names_the_costliest_groups(tinyvit_fp32: Path, calibration_dir: Path, held_out_cells: list[str],
-                                               tmp_path: Path) -> None:
-    calibration = read_calibration_set(calibration_dir)
-    gate = gate_set(held_out_cells[:10], CLASSES, frozenset(c.sha256 for c in calibration.cells))
-    with pytest.raises(GateError, match=r"Q/DQ \(TensorRT\) graph fails the accuracy gate.*cost the most.*encoder"):
-        quantize_artifact(tinyvit_fp32, tmp_path / "int8", calibration, gate, min_agreement=1.01)
-    assert not (tmp_path / "int8").exists()
-
-
 def test_gate_never_sees_calibration_cells(calibration_dir: Path) -> None:
     calibration = read_calibration_set(calibration_dir)
     cells = [c.path for c in calibration.cells if c.label in CLASSES]
-    with pytest.raises(Exception, match="outside the calibration set"):
+    with pytest.raises(ConfigError, match="outside the calibration set"):
         gate_set(cells, CLASSES, frozenset(sha256_file(p) for p in cells))

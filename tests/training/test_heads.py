@@ -42,6 +42,7 @@ def test_linear_heads_reproduce_decision_function_and_predict(kind: str, real_fe
     np.testing.assert_array_equal(logits.argmax(1), fitted.predict(features))
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # a few iterations suffice here
 def test_mlp_head_reproduces_predict_proba(real_features) -> None:
     features, labels = real_features
     fitted = fit_head(features, labels, HeadTrainConfig(kind="mlp", max_iter=300))
