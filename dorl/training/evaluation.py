@@ -159,6 +159,28 @@ def standardise_per_domain(domains: DomainArrays, eps: float = 1e-6) -> dict[str
     return out
 
 
+def align_to_source(domains: DomainArrays, method: str = "standardise") -> DomainArrays:
+    """Site adaptation exactly as the runtime applies it (`dorl.runtime.site_profile`): every domain
+    but the first (the source) is moved onto the source's feature statistics with the affine map
+    estimated from its own cells (no labels); the source is left as it is (its own profile is the
+    identity), so in-domain scores cannot change.
+    """
+    from dorl.runtime.site_profile import RunningStats, affine_map
+
+    names = list(domains)
+    source_x = np.asarray(domains[names[0]][0], dtype=np.float64)
+    source = {"mean": source_x.mean(axis=0), "std": source_x.std(axis=0, ddof=1),
+              "cov": np.cov(source_x, rowvar=False)}
+    out = {names[0]: domains[names[0]]}
+    for name in names[1:]:
+        x, y = domains[name]
+        stats = RunningStats(source_x.shape[1])
+        stats.update(x)
+        a, b = affine_map(source, stats, method)
+        out[name] = ((np.asarray(x, dtype=np.float64) @ a.T + b).astype(np.float32), y)
+    return out
+
+
 def _splits(y: np.ndarray, protocol: Protocol) -> list[tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import StratifiedKFold
 

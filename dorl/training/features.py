@@ -25,7 +25,15 @@ from dorl.data.images import load_rgb, resize_square
 from dorl.models.cae import CAE
 from dorl.models.dorl_model import DoRLModel
 from dorl.training.config import CaeTrainConfig, TrainConfig, cpu_schedule, train_config_from_dict
-from dorl.training.evaluation import HEADS, Evaluation, Method, Protocol, evaluate, standardise_per_domain
+from dorl.training.evaluation import (
+    HEADS,
+    Evaluation,
+    Method,
+    Protocol,
+    align_to_source,
+    evaluate,
+    standardise_per_domain,
+)
 from dorl.training.progress import NullReporter, Reporter
 from dorl.training.token_cache import TokenSet, model_fingerprint
 
@@ -198,11 +206,12 @@ def bundle_methods(model: DoRLModel, token_sets: Sequence[TokenSet], baseline: C
         pooled_baselines: add the pooled-token rows (plain, and each domain standardised by its own statistics).
 
     Returns:
-        The methods for `dorl.training.evaluation.evaluate`; the standardised row computes each
-        domain's statistics from the cells of the class setting being scored.
+        The methods for `dorl.training.evaluation.evaluate`; the adapted and standardised rows
+        compute each domain's statistics from the cells of the class setting being scored (the
+        adapted row maps each target onto the source as `dorl adapt` + the runtime do).
     """
     dorl = token_set_arrays(token_sets, lambda t: cae_features(model.cae, t.tokens))
-    methods = [Method(DORL_METHOD, dorl), Method(ADAPTED_METHOD, dorl, standardise_per_domain)]
+    methods = [Method(DORL_METHOD, dorl), Method(ADAPTED_METHOD, dorl, align_to_source)]
     if baseline is not None:
         methods.append(Method(NO_MMD_METHOD, token_set_arrays(token_sets, lambda t: cae_features(baseline, t.tokens))))
     if pooled_baselines:

@@ -9,6 +9,7 @@ from dorl.errors import ConfigError
 from dorl.training.evaluation import (
     Method,
     Protocol,
+    align_to_source,
     evaluate,
     evaluate_method,
     restrict,
@@ -53,6 +54,27 @@ def test_in_domain_perfect_and_shift_collapses_then_standardisation_recovers(dom
         avg = row.average()
         assert avg.mean == pytest.approx(np.mean([row.domains["same"].accuracy.mean,
                                                   row.domains["shifted"].accuracy.mean]))
+
+
+def test_site_adaptation_moves_targets_onto_the_source_and_leaves_the_source_alone(domains) -> None:
+    from dorl.runtime.site_profile import RunningStats, affine_map
+
+    aligned = align_to_source(domains)
+    assert aligned["src"][0] is domains["src"][0]  # the source's own profile is the identity
+    src = domains["src"][0].astype(np.float64)
+    moved = aligned["shifted"][0].astype(np.float64)
+    np.testing.assert_allclose(moved.mean(0), src.mean(0), atol=1e-4)
+    np.testing.assert_allclose(moved.std(0, ddof=1), src.std(0, ddof=1), rtol=1e-4)
+    stats = RunningStats(6)  # what `dorl adapt` accumulates, fed in pieces as cells arrive
+    for part in np.array_split(domains["shifted"][0], 3):
+        stats.update(part)
+    a, b = affine_map({"mean": src.mean(0), "std": src.std(0, ddof=1)}, stats, "standardise")
+    np.testing.assert_allclose(moved, domains["shifted"][0] @ a.T + b, atol=1e-4)
+    protocol = Protocol("src", heads=("svm", "logreg"), folds=5)
+    plain = {r.head: r for r in evaluate_method("plain", domains, protocol)}
+    for row in evaluate_method("adapted", aligned, protocol):
+        assert row.domains["src"].accuracy.folds == plain[row.head].domains["src"].accuracy.folds
+        assert row.domains["shifted"].accuracy.mean > 0.98 > plain[row.head].domains["shifted"].accuracy.mean
 
 
 def test_folds_are_seeded_and_stratified(domains) -> None:
