@@ -23,11 +23,8 @@ PBC_CELLS = ("neutrophil/BNE_112944.jpg", "neutrophil/BNE_12387.jpg")
 
 
 @pytest.fixture(scope="module")
-def weights_path() -> Path:
-    path = default_tinyvit_weights()
-    if path is None:
-        pytest.skip("the pretrained TinyViT weights are absent (set DORL_WEIGHTS_DIR to shared/weights)")
-    return path
+def weights_path(tinyvit_weights: Path) -> Path:
+    return tinyvit_weights
 
 
 @pytest.fixture(scope="module")
