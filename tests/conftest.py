@@ -37,17 +37,18 @@ def cell_batch(cell_paths: list[Path]) -> np.ndarray:
     return np.stack([resize_square(load_rgb(p), 224) for p in cell_paths])
 
 
+def _shared_weights(name: str, what: str) -> Path:
+    path = find_weights(name)
+    if path is None:
+        pytest.skip(f"the pretrained {what} weights (shared/weights) are not available")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tinyvit_weights() -> Path:
-    path = find_weights(TINYVIT_WEIGHTS)
-    if path is None:
-        pytest.skip("the pretrained TinyViT weights (shared/weights) are not available")
-    return path
+    return _shared_weights(TINYVIT_WEIGHTS, "TinyViT")
 
 
 @pytest.fixture(scope="session")
 def decoder_weights() -> Path:
-    path = find_weights(DECODER_WEIGHTS)
-    if path is None:
-        pytest.skip("the pretrained SAM decoder weights (shared/weights) are not available")
-    return path
+    return _shared_weights(DECODER_WEIGHTS, "SAM decoder")
