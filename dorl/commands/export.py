@@ -44,6 +44,11 @@ def export(
     fp32: Annotated[
         Path | None, typer.Option("--fp32", help="Derive fp16/int8 from this FP32 export of the bundle (no re-export).")
     ] = None,
+    min_agreement: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="INT8 gate: least top-1 agreement with FP32 (lower it only to time an untrained model).")
+    ] = 0.99,
+    max_accuracy_drop: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="INT8 gate: largest accuracy drop from FP32, as a fraction.")] = 0.01,
 ) -> None:
     """Export, check and verify an ONNX graph; a drift beyond the thresholds is an error."""
     from dorl.data.images import find_images
@@ -56,7 +61,7 @@ def export(
         raise ConfigError(f"no cell images found{' in ' + ', '.join(map(str, images)) if images else ''}: pass "
                           "--images with image files or folders (the parity check runs on real cells).")
     manifest = export_onnx(bundle, output, precision=precision, opset=opset, images=sources, calibration=calibration,
-                           exclude=exclude or (), fp32_artifact=fp32,
+                           exclude=exclude or (), fp32_artifact=fp32, gate=(min_agreement, max_accuracy_drop),
                            reporter=lambda message: typer.echo(message, err=True))
     typer.echo(_summary(manifest, output))
 

@@ -215,7 +215,8 @@ def export_fp32(model: Any, out_dir: str | Path, images: Any, opset: int = DEFAU
 def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                 images: Sequence[Any] | None = None, calibration: str | Path | None = None,
                 gate_images: Sequence[Any] | None = None, exclude: Sequence[str] = (),
-                fp32_artifact: str | Path | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+                fp32_artifact: str | Path | None = None, reporter: Reporter | None = None,
+                gate: tuple[float, float] | None = None) -> dict[str, Any]:
     """Export a bundle (or model) to a verified ONNX artifact of `precision`.
 
     Every input is checked (precision, bundle, calibration set, images) before the slow export.
@@ -231,6 +232,8 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
         exclude: extra node-name, module or group patterns kept out of INT8 quantization.
         fp32_artifact: the verified FP32 artifact of the same bundle to derive fp16/int8 from,
             instead of exporting it again.
+        gate: the INT8 accuracy gate's (minimum top-1 agreement, maximum accuracy drop), both
+            fractions; default (0.99, 0.01). The manifest records the thresholds used.
 
     Returns:
         The manifest of the artifact in `out_dir`.
@@ -250,9 +253,12 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
             from dorl.export.fp16 import export_fp16
 
             return export_fp16(fp32_dir, out_dir, cells, reporter)
+        from dorl.calibration.gate import MAX_ACCURACY_DROP, MIN_AGREEMENT
         from dorl.calibration.qdq import quantize_artifact
 
-        return quantize_artifact(fp32_dir, out_dir, int8[0], int8[1], exclude, reporter)
+        min_agreement, max_drop = gate if gate is not None else (MIN_AGREEMENT, MAX_ACCURACY_DROP)
+        return quantize_artifact(fp32_dir, out_dir, int8[0], int8[1], exclude, reporter,
+                                 min_agreement=min_agreement, max_accuracy_drop=max_drop)
 
 
 def _int8_inputs(calibration: str | Path | None, gate_images: list[Any], class_names: list[str]) -> tuple[Any, Any]:

@@ -76,6 +76,23 @@ def test_export_fp16_from_the_fp32_artifact(app: typer.Typer, tinyvit_bundle: tu
     assert json.loads((tmp_path / "fp16" / "manifest.json").read_text())["precision"] == "fp16"
 
 
+def test_relaxed_gate_thresholds_reach_the_manifest(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]],
+                                                  tinyvit_fp32: Path, calibration_dir: Path,
+                                                  held_out_cells: list[str], tmp_path: Path) -> None:
+    """Fully quantized, this model fails the default gate (88 % agreement, tests/export/test_int8.py);
+    a throughput study of such a model lowers the thresholds, and the manifest says so."""
+    images = [a for p in held_out_cells[:10] for a in ("--images", p)]
+    result = _run(app, "export", tinyvit_bundle[0], "-o", tmp_path / "int8", "--precision", "int8", "--fp32",
+                  tinyvit_fp32, "--calibration", calibration_dir, "--min-agreement", "0", "--max-accuracy-drop", "1",
+                  *images)
+    assert result.exit_code == 0, result.output
+    gate = json.loads((tmp_path / "int8" / "manifest.json").read_text())["gate"]
+    assert gate["min_agreement"] == 0.0 and gate["max_accuracy_drop"] == 1.0 and gate["passed"] is True
+    assert gate["images"] == 10
+    rejected = _run(app, "export", tinyvit_bundle[0], "-o", tmp_path / "x", "--min-agreement", "1.5")
+    assert rejected.exit_code == 2 and not (tmp_path / "x").exists()  # typer's range check, before any work
+
+
 def test_export_without_images_samples_the_shared_cells(wbc_dir: Path) -> None:
     from dorl.commands.export import DEFAULT_SAMPLE, default_images
 
