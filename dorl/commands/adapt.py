@@ -16,7 +16,8 @@ def adapt(
     cells: Annotated[Path, typer.Option("--cells", help="Folder of the new site's unlabelled cell images.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Site profile folder to write.")] = None,
     site: Annotated[str | None, typer.Option(help="Site name (default: the cells folder's name).")] = None,
-    method: Annotated[str, typer.Option(help="standardise, coral or mean.")] = "standardise",
+    method: Annotated[str, typer.Option(
+        help="mean (shift only; measured best), standardise (mean and std) or coral (full covariance).")] = "mean",
     max_cells: Annotated[int, typer.Option("--max-cells", "-n", help="Cells to use at most.")] = 500,
     update: Annotated[Path | None, typer.Option(help="Extend this existing profile's statistics.")] = None,
     min_cells: Annotated[int, typer.Option("--min-cells", help="Refuse with fewer usable cells.")] = 50,

@@ -15,6 +15,7 @@ from dorl.errors import ArtifactError
 from dorl.runtime.analyzer import Analyzer
 from dorl.runtime.head import load_head
 from dorl.runtime.site_profile import (
+    DEFAULT_METHOD,
     MIN_CELLS,
     RunningStats,
     SiteProfile,
@@ -45,7 +46,7 @@ def adapt_site(
     artifact: str | Path,
     cells: str | Path | Sequence[str | Path],
     site: str,
-    method: str = "standardise",
+    method: str = DEFAULT_METHOD,
     max_cells: int = 500,
     update: str | Path | None = None,
     min_cells: int = MIN_CELLS,
@@ -59,7 +60,7 @@ def adapt_site(
         artifact: the exported ONNX artifact (or engine) the analyzer runs.
         cells: a folder (searched recursively) or a list of image files from the new site.
         site: the site's name, recorded in the profile.
-        method: "standardise", "coral" or "mean" (see site_profile).
+        method: "mean" (the default, measured best), "standardise" or "coral" (see site_profile).
         max_cells: use at most this many cells (the first ones in sorted order).
         update: an existing profile of this site and artifact whose statistics are extended
             (running statistics: profiles grow as cells arrive).

@@ -159,13 +159,16 @@ def standardise_per_domain(domains: DomainArrays, eps: float = 1e-6) -> dict[str
     return out
 
 
-def align_to_source(domains: DomainArrays, method: str = "standardise") -> DomainArrays:
+def align_to_source(domains: DomainArrays, method: str | None = None) -> DomainArrays:
     """Site adaptation exactly as the runtime applies it (`dorl.runtime.site_profile`): every domain
     but the first (the source) is moved onto the source's feature statistics with the affine map
     estimated from its own cells (no labels); the source is left as it is (its own profile is the
-    identity), so in-domain scores cannot change.
+    identity), so in-domain scores cannot change. `method`: see `dorl.runtime.site_profile`
+    (default: its DEFAULT_METHOD, what `dorl adapt` uses).
     """
-    from dorl.runtime.site_profile import RunningStats, affine_map
+    from dorl.runtime.site_profile import DEFAULT_METHOD, RunningStats, affine_map
+
+    method = method or DEFAULT_METHOD
 
     names = list(domains)
     source_x = np.asarray(domains[names[0]][0], dtype=np.float64)

@@ -59,7 +59,12 @@ def test_in_domain_perfect_and_shift_collapses_then_standardisation_recovers(dom
 def test_site_adaptation_moves_targets_onto_the_source_and_leaves_the_source_alone(domains) -> None:
     from dorl.runtime.site_profile import RunningStats, affine_map
 
-    aligned = align_to_source(domains)
+    shifted = align_to_source(domains)  # dorl adapt's default: the mean shift
+    np.testing.assert_allclose(shifted["shifted"][0].mean(0), domains["src"][0].mean(0), atol=1e-4)
+    np.testing.assert_allclose(shifted["shifted"][0] - domains["shifted"][0],
+                               np.broadcast_to(shifted["shifted"][0].mean(0) - domains["shifted"][0].mean(0),
+                                               domains["shifted"][0].shape), atol=1e-4)
+    aligned = align_to_source(domains, "standardise")
     assert aligned["src"][0] is domains["src"][0]  # the source's own profile is the identity
     src = domains["src"][0].astype(np.float64)
     moved = aligned["shifted"][0].astype(np.float64)
