@@ -30,6 +30,8 @@ def evaluate(
     confusion: Annotated[bool, typer.Option("--confusion/--no-confusion", help="Write confusion-matrix PNGs.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder pass.")] = 32,
+    adapt_methods: Annotated[str, typer.Option(
+        "--adapt-methods", help="Comma-separated site-adaptation maps, one row each: mean, standardise, coral.")] = "mean",
 ) -> None:
     """Cross-validate heads on the source domain and test them on every other domain."""
     from dorl.training.features import evaluate_bundle
@@ -41,7 +43,8 @@ def evaluate(
     head_list = [h.strip() for h in heads.split(",") if h.strip()]
     with RichReporter() as reporter:
         result = evaluate_bundle(bundle, domain, cache or output / "tokens", head_list, folds, seed, cae_baseline,
-                                 pooled_baselines, device, batch_size, reporter)
+                                 pooled_baselines, device, batch_size, reporter,
+                                 [m.strip() for m in adapt_methods.split(",") if m.strip()])
         data = result.to_dict()
         paths = write_report(data, output, confusion=confusion)
     for setting in data["settings"]:

@@ -11,6 +11,7 @@ CAE trained without the mean-matching term included, is scored on the very same 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from dorl.data.images import load_rgb, resize_square
+from dorl.errors import ConfigError
 from dorl.models.cae import CAE
 from dorl.models.dorl_model import DoRLModel
 from dorl.training.config import CaeTrainConfig, TrainConfig, cpu_schedule, train_config_from_dict
@@ -195,8 +197,13 @@ def baseline_cae(model: DoRLModel, token_sets: Sequence[TokenSet], config: CaeTr
     return cae.eval()
 
 
+def adapted_name(method: str) -> str:
+    """The row of DoRL features adapted to each target site with `method` (see dorl.runtime.site_profile)."""
+    return f"{ADAPTED_METHOD} ({method})"
+
+
 def bundle_methods(model: DoRLModel, token_sets: Sequence[TokenSet], baseline: CAE | None = None,
-                   pooled_baselines: bool = True) -> list[Method]:
+                   pooled_baselines: bool = True, adapt_methods: Sequence[str] = ("mean",)) -> list[Method]:
     """The table's rows for one model: DoRL's CAE CLS, then the baselines on the same encoder.
 
     Args:
@@ -204,6 +211,7 @@ def bundle_methods(model: DoRLModel, token_sets: Sequence[TokenSet], baseline: C
         token_sets: every domain's cached tokens, source first.
         baseline: the CAE trained without mean-matching (None: no such row).
         pooled_baselines: add the pooled-token rows (plain, and each domain standardised by its own statistics).
+        adapt_methods: one "DoRL + site adaptation (METHOD)" row per site-adaptation map.
 
     Returns:
         The methods for `dorl.training.evaluation.evaluate`; the adapted and standardised rows
@@ -211,7 +219,8 @@ def bundle_methods(model: DoRLModel, token_sets: Sequence[TokenSet], baseline: C
         adapted row maps each target onto the source as `dorl adapt` + the runtime do).
     """
     dorl = token_set_arrays(token_sets, lambda t: cae_features(model.cae, t.tokens))
-    methods = [Method(DORL_METHOD, dorl), Method(ADAPTED_METHOD, dorl, align_to_source)]
+    methods = [Method(DORL_METHOD, dorl)]
+    methods += [Method(adapted_name(m), dorl, functools.partial(align_to_source, method=m)) for m in adapt_methods]
     if baseline is not None:
         methods.append(Method(NO_MMD_METHOD, token_set_arrays(token_sets, lambda t: cae_features(baseline, t.tokens))))
     if pooled_baselines:
@@ -232,6 +241,7 @@ def evaluate_bundle(
     device: str = "auto",
     batch_size: int = 32,
     reporter: Reporter | None = None,
+    adapt_methods: Sequence[str] = ("mean",),
 ) -> Evaluation:
     """The whole evaluation of a bundle: tokens once, the baseline CAE, every row, both settings.
 
@@ -245,15 +255,20 @@ def evaluate_bundle(
         device: "auto", "cpu" or "cuda" for the encoder and the baseline CAE.
         batch_size: images per encoder pass.
         reporter: progress and notes.
+        adapt_methods: site-adaptation maps scored as "DoRL + site adaptation (METHOD)" rows.
 
     Raises:
         DorlError: a missing or corrupt bundle, a malformed or empty domain, or bad protocol settings.
     """
     from dorl.bundle import load_bundle, read_bundle_manifest
     from dorl.data.domains import load_domains
+    from dorl.runtime.site_profile import METHODS
     from dorl.training.device import resolve_device
     from dorl.training.token_cache import cached_tokens
 
+    unknown = [m for m in adapt_methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown site-adaptation method {unknown[0]!r}: choose among {', '.join(METHODS)}.")
     reporter = reporter or NullReporter()
     manifest = read_bundle_manifest(bundle)
     loaded = load_domains(list(domains))
@@ -265,7 +280,7 @@ def evaluate_bundle(
     baseline = None
     if cae_baseline:
         baseline = baseline_cae(model, tokens, train.cae, torch_device, cache_dir, train.seed, reporter)
-    result = evaluate(bundle_methods(model, tokens, baseline, pooled_baselines), protocol, reporter)
+    result = evaluate(bundle_methods(model, tokens, baseline, pooled_baselines, adapt_methods), protocol, reporter)
     result.info = {"bundle": str(bundle), "encoder": model.config.encoder, "domains": [d.describe() for d in loaded]}
     if cae_baseline:
         result.info["cae_baseline_schedule"] = dataclasses.asdict(dataclasses.replace(train.cae, mmd_weight=0.0))

@@ -62,7 +62,7 @@ def test_evaluate_writes_results_and_prints_the_table(bundle: Path, domains: dic
     results = json.loads((out / "results.json").read_text())
     assert results["source"] == "pbc" and results["targets"] == ["jtsc"]
     methods = [r["method"] for r in results["settings"]["all"]["rows"]]
-    assert methods == ["DoRL (CAE CLS)", "DoRL + site adaptation", "CAE without mean-matching",
+    assert methods == ["DoRL (CAE CLS)", "DoRL + site adaptation (mean)", "CAE without mean-matching",
                        "pooled encoder tokens", "pooled tokens, each domain standardised"]
     assert results["settings"]["shared"]["classes"] == ["lymphocyte", "neutrophil"]
     assert "the bundle's CAE schedule (cpu), mmd_weight 0" in results["notes"][0]
@@ -93,5 +93,7 @@ def test_bad_inputs_give_clear_errors(bundle: Path, domains: dict[str, Path], tm
     assert code == 1 and "no usable images" in err
     code, _, err = invoke(bundle, "-d", pbc, "-o", tmp_path / "o", "--heads", "svm,rf")
     assert code == 1 and "unknown heads" in err
+    code, _, err = invoke(bundle, "-d", pbc, "-o", tmp_path / "o", "--adapt-methods", "mean,zca")
+    assert code == 1 and "unknown site-adaptation method 'zca'" in err
     code, _, err = invoke(tmp_path, "-d", pbc, "-o", tmp_path / "o")
     assert code == 1 and "manifest" in err

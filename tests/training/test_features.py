@@ -13,7 +13,6 @@ from dorl.config import ModelConfig
 from dorl.models.registry import build_model
 from dorl.training.config import CaeTrainConfig
 from dorl.training.features import (
-    ADAPTED_METHOD,
     DORL_METHOD,
     NO_MMD_METHOD,
     POOLED_METHOD,
@@ -109,7 +108,7 @@ def test_baseline_cae_is_cached_per_encoder_and_rows_are_built(model, tmp_path: 
     assert len(list(tmp_path.glob("cae_without_mmd_*.safetensors"))) == 3
 
     methods = bundle_methods(model, sets, first)
-    assert [m.name for m in methods] == [DORL_METHOD, ADAPTED_METHOD, NO_MMD_METHOD, POOLED_METHOD,
+    assert [m.name for m in methods] == [DORL_METHOD, "DoRL + site adaptation (mean)", NO_MMD_METHOD, POOLED_METHOD,
                                         STANDARDISED_METHOD]
     x, y = methods[0].domains["tgt"]
     assert x.shape == (4, 96) and list(y) == ["a", "b"] * 2
@@ -117,3 +116,5 @@ def test_baseline_cae_is_cached_per_encoder_and_rows_are_built(model, tmp_path: 
     standardised = methods[4].arrays()["tgt"][0]
     np.testing.assert_allclose(standardised.mean(axis=0), 0.0, atol=1e-5)
     assert len(bundle_methods(model, sets, None, pooled_baselines=False)) == 2  # DoRL, and DoRL adapted
+    names = [m.name for m in bundle_methods(model, sets, None, False, ("mean", "coral"))]
+    assert names == [DORL_METHOD, "DoRL + site adaptation (mean)", "DoRL + site adaptation (coral)"]
