@@ -18,7 +18,6 @@ from torch import nn
 
 from dorl.errors import ArtifactError
 from dorl.paths import TINYVIT_WEIGHTS as TINYVIT_WEIGHTS_FILE
-from dorl.paths import find_weights
 
 _TINYVIT_PREFIX = "image_encoder."  # keys of a full SAM state dict
 
@@ -135,15 +134,6 @@ def load_decoder(decoder: nn.Module, path: str | Path) -> LoadReport:
     if not state:
         raise ArtifactError(f"{path} has no prompt_encoder.*/mask_decoder.* tensors: give SAM decoder weights.")
     return load_matching(decoder, state)
-
-
-def default_tinyvit_weights() -> Path | None:
-    """Path of the pretrained TinyViT-5M safetensors file, or None where none is found.
-
-    Looks in `$DORL_WEIGHTS_DIR`, then the `shared/weights/` folder beside the checkout, then
-    the weights bundled in `dorl/assets/weights/` (see `dorl.paths`).
-    """
-    return find_weights(TINYVIT_WEIGHTS_FILE)
 
 
 def load_tinyvit_weights(model: nn.Module, path: str | Path | dict[str, torch.Tensor]) -> int:

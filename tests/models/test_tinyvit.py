@@ -12,10 +12,10 @@ pytest.importorskip("torch", reason="the TinyViT encoder needs torch (pip instal
 
 import torch
 
-from dorl.checkpoints import default_tinyvit_weights, load_tinyvit_weights
+from dorl.checkpoints import load_tinyvit_weights
 from dorl.errors import ArtifactError
 from dorl.models.tinyvit import TinyViT, attention_bias_index, tinyvit_5m
-from dorl.paths import wbc_data_dir
+from dorl.paths import TINYVIT_WEIGHTS, find_weights, wbc_data_dir
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
@@ -65,7 +65,7 @@ def _file_state(weights_path: Path) -> dict[str, torch.Tensor]:
 
 def test_default_weights_found_through_env(weights_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DORL_WEIGHTS_DIR", str(weights_path.parent))
-    assert default_tinyvit_weights() == weights_path
+    assert find_weights(TINYVIT_WEIGHTS) == weights_path
 
 
 def test_loads_every_tensor_of_the_file(weights_path: Path) -> None:
