@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dorl.errors import ConfigError
+from dorl.runtime.site_profile import DEFAULT_METHOD, RunningStats, affine_map
 from dorl.training.config import HEAD_KINDS, HeadTrainConfig
 from dorl.training.metrics import FoldSummary, MeanStd, Scores, summarise
 from dorl.training.progress import NullReporter, Reporter
@@ -159,29 +160,28 @@ def standardise_per_domain(domains: DomainArrays, eps: float = 1e-6) -> dict[str
     return out
 
 
-def align_to_source(domains: DomainArrays, method: str | None = None) -> DomainArrays:
+def align_to_source(domains: DomainArrays, method: str = DEFAULT_METHOD) -> DomainArrays:
     """Site adaptation exactly as the runtime applies it (`dorl.runtime.site_profile`): every domain
     but the first (the source) is moved onto the source's feature statistics with the affine map
     estimated from its own cells (no labels); the source is left as it is (its own profile is the
     identity), so in-domain scores cannot change. `method`: see `dorl.runtime.site_profile`
-    (default: its DEFAULT_METHOD, what `dorl adapt` uses).
+    (default: what `dorl adapt` uses).
     """
-    from dorl.runtime.site_profile import DEFAULT_METHOD, RunningStats, affine_map
-
-    method = method or DEFAULT_METHOD
-
     names = list(domains)
-    source_x = np.asarray(domains[names[0]][0], dtype=np.float64)
-    source = {"mean": source_x.mean(axis=0), "std": source_x.std(axis=0, ddof=1),
-              "cov": np.cov(source_x, rowvar=False)}
+    source_stats = _statistics(domains[names[0]][0])
+    source = {"mean": source_stats.mean, "std": source_stats.std, "cov": source_stats.cov}
     out = {names[0]: domains[names[0]]}
     for name in names[1:]:
         x, y = domains[name]
-        stats = RunningStats(source_x.shape[1])
-        stats.update(x)
-        a, b = affine_map(source, stats, method)
+        a, b = affine_map(source, _statistics(x), method)
         out[name] = ((np.asarray(x, dtype=np.float64) @ a.T + b).astype(np.float32), y)
     return out
+
+
+def _statistics(features: np.ndarray) -> RunningStats:
+    stats = RunningStats(features.shape[1])
+    stats.update(features)
+    return stats
 
 
 def _splits(y: np.ndarray, protocol: Protocol) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -26,6 +26,7 @@ from dorl.data.images import load_rgb, resize_square
 from dorl.errors import ConfigError
 from dorl.models.cae import CAE
 from dorl.models.dorl_model import DoRLModel
+from dorl.runtime.site_profile import DEFAULT_METHOD, METHODS
 from dorl.training.config import CaeTrainConfig, TrainConfig, cpu_schedule, train_config_from_dict
 from dorl.training.evaluation import (
     HEADS,
@@ -203,7 +204,7 @@ def adapted_name(method: str) -> str:
 
 
 def bundle_methods(model: DoRLModel, token_sets: Sequence[TokenSet], baseline: CAE | None = None,
-                   pooled_baselines: bool = True, adapt_methods: Sequence[str] = ("mean",)) -> list[Method]:
+                   pooled_baselines: bool = True, adapt_methods: Sequence[str] = (DEFAULT_METHOD,)) -> list[Method]:
     """The table's rows for one model: DoRL's CAE CLS, then the baselines on the same encoder.
 
     Args:
@@ -241,7 +242,7 @@ def evaluate_bundle(
     device: str = "auto",
     batch_size: int = 32,
     reporter: Reporter | None = None,
-    adapt_methods: Sequence[str] = ("mean",),
+    adapt_methods: Sequence[str] = (DEFAULT_METHOD,),
 ) -> Evaluation:
     """The whole evaluation of a bundle: tokens once, the baseline CAE, every row, both settings.
 
@@ -262,7 +263,6 @@ def evaluate_bundle(
     """
     from dorl.bundle import load_bundle, read_bundle_manifest
     from dorl.data.domains import load_domains
-    from dorl.runtime.site_profile import METHODS
     from dorl.training.device import resolve_device
     from dorl.training.token_cache import cached_tokens
 

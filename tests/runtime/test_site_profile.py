@@ -120,3 +120,15 @@ def test_cli_adapt_then_predict_with_site(adapted_artifact, wbc_root, tmp_path):
                                       str(tmp_path / "site")])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[0])["label"] is not None
+
+
+def test_the_command_line_defaults_are_the_library_default() -> None:
+    import inspect
+
+    from dorl.commands.adapt import adapt
+    from dorl.commands.evaluate import evaluate
+    from dorl.runtime.site_profile import DEFAULT_METHOD
+
+    # typer needs literal defaults (the CLI does not import numpy at start-up): keep them in step
+    assert inspect.signature(adapt).parameters["method"].default == DEFAULT_METHOD
+    assert inspect.signature(evaluate).parameters["adapt_methods"].default == DEFAULT_METHOD
