@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,9 @@ class TensorSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+_R = TypeVar("_R", bound="BaseRunner")
 
 
 class RunnerError(DorlError):
@@ -59,7 +62,7 @@ class BaseRunner(abc.ABC):
         self.deactivate_impl()
         self.is_active = False
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _R) -> _R:  # noqa: PYI019  (typing.Self is Python 3.11+)
         self.activate()
         return self
 
