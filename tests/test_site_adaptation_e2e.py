@@ -1,4 +1,4 @@
-"""Issue 7 end to end: a bundle's head and source statistics travel into the ONNX artifact, and the
+"""Site adaptation end to end: a bundle's head and source statistics travel into the ONNX artifact, and the
 adapted ONNX Runtime path gives the same labels as the PyTorch reference with the same profile."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_adapted_onnx_labels_equal_pytorch_with_the_same_profile(wbc_dir, tmp_pa
     from dorl.runtime.site_profile import save_profile
 
     save_profile(profile, tmp_path / "site")
-    with Analyzer(tmp_path / "onnx", site=tmp_path / "site") as analyzer:
+    with Analyzer(tmp_path / "onnx", site=tmp_path / "site", check_cells=False) as analyzer:  # labels only
         onnx_labels = [r.label for r in analyzer.analyze(site_cells)]
 
     reference = load_bundle(tmp_path / "bundle")

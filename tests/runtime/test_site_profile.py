@@ -14,7 +14,8 @@ from dorl.data.images import load_rgb, resize_square
 from dorl.errors import ArtifactError
 from dorl.runtime.adapt import adapt_site
 from dorl.runtime.analyzer import Analyzer
-from dorl.runtime.head import HEAD_FILE, softmax
+from dorl.runtime.head import HEAD_FILE
+from dorl.runtime.postprocess import softmax
 from dorl.runtime.site_profile import RunningStats, SiteProfileError, load_profile, save_profile
 
 
@@ -89,15 +90,14 @@ def test_guard_rails(adapted_artifact, tiny_artifact, wbc_root, tmp_path):
         adapt_site(tiny_artifact.folder, cells[:25], "bccd", min_cells=20)
 
 
-def test_wildly_off_cells_are_warned_about(adapted_artifact, tmp_path):
+def test_noise_is_refused_as_a_site(adapted_artifact, tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for i in range(25):  # saturated noise: not blood cells
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"noise{i}.png")
-    warnings: list[str] = []
-    adapt_site(adapted_artifact, tmp_path, "noise", min_cells=20, warn=warnings.append)
-    assert any("standard deviations" in w for w in warnings)
+    with pytest.raises(SiteProfileError, match="moves a feature by 155 standard deviations, above 50"):
+        adapt_site(adapted_artifact, tmp_path, "noise", min_cells=20)
 
 
 def test_cli_adapt_then_predict_with_site(adapted_artifact, wbc_root, tmp_path):
@@ -117,9 +117,10 @@ def test_cli_adapt_then_predict_with_site(adapted_artifact, wbc_root, tmp_path):
     assert (tmp_path / "site" / "manifest.json").is_file()
     image = min(folder.glob("*.jpg"))
     result = CliRunner().invoke(app, ["predict", str(adapted_artifact), str(image), "--json", "--site",
-                                      str(tmp_path / "site")])
+                                      str(tmp_path / "site"), "--no-cell-check"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout.strip().splitlines()[0])["label"] is not None
+    record = json.loads(result.stdout.strip().splitlines()[0])
+    assert record["label"] is not None and record["site"] == "lymphocyte"
 
 
 def test_the_command_line_defaults_are_the_library_default() -> None:
