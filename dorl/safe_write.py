@@ -211,6 +211,7 @@ def atomic_folder(path: str | Path, *, kind: str | None = None, overwrite: bool 
     target = Path(os.path.abspath(path))
     with output_lock(target):
         check_output(target, kind=kind, overwrite=overwrite, inputs=inputs)
+        _sweep_leftovers(target)
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         os.mkdir(tmp, 0o755)
         try:
@@ -223,6 +224,35 @@ def atomic_folder(path: str | Path, *, kind: str | None = None, overwrite: bool 
             _fsync_dir(target.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sweep_leftovers(target: Path) -> None:
+    """Remove the temporary siblings of `target` left by killed runs (their process is gone)."""
+    if not target.parent.is_dir():
+        return
+    for entry in target.parent.glob(f".{_glob_escape(target.name)}.*-*-*"):
+        kind, _, rest = entry.name[len(target.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _publish(folder: Path) -> None:

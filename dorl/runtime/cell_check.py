@@ -92,10 +92,7 @@ class FeatureDistance:
             threshold: overrides the recorded threshold.
 
         Without a recorded threshold, the `DEFAULT_QUANTILE` of the distance is taken from the
-        normal model of the recorded covariance: the squared distance is a weighted sum of
-        chi-square variables with the correlation matrix's eigenvalues as weights, matched by
-        its first two moments to a scaled chi-square (Satterthwaite), whose quantile comes from
-        the Wilson-Hilferty approximation.
+        normal model of the recorded covariance (`normal_quantile`).
         """
         mean = np.asarray(source["mean"], dtype=np.float64).reshape(-1)
         variance = np.asarray(source["std"], dtype=np.float64).reshape(-1) ** 2
@@ -110,41 +107,23 @@ class FeatureDistance:
                    f"normal model of the source covariance, {DEFAULT_QUANTILE:.0%} quantile")
 
 
-def normal_quantile(source: dict[str, np.ndarray], scale: np.ndarray, quantile: float) -> float:
-    """The `quantile` of the RMS z-score of normal features with the source's covariance."""
+def normal_quantile(source: dict[str, np.ndarray], scale: np.ndarray, quantile: float,
+                    samples: int = 40_000, seed: int = 0) -> float:
+    """The `quantile` of the RMS z-score of normal features with the source's covariance.
+
+    The squared distance is a weighted sum of independent chi-square(1) variables whose weights
+    are the eigenvalues of the standardised covariance; its quantile is taken from `samples`
+    draws of that sum (fixed seed, so the threshold is the same on every start).
+    """
     d = scale.shape[0]
     if "cov" in source:
         cov = np.asarray(source["cov"], dtype=np.float64)
-        standardised = cov / np.outer(scale, scale)
-        first = float(np.trace(standardised))
-        second = float(np.sum(standardised * standardised))  # trace of its square (symmetric)
+        weights = np.clip(np.linalg.eigvalsh(cov / np.outer(scale, scale)), 0.0, None)
     else:  # independent features
-        first = second = float(d * np.mean((np.asarray(source["std"], dtype=np.float64) / scale) ** 2))
-    # sum of squares ~ g * chi2(h) with g*h = first and 2*g^2*h = 2*second
-    g, h = second / first, first * first / second
-    z = _normal_quantile(quantile)
-    chi2 = h * (1 - 2 / (9 * h) + z * np.sqrt(2 / (9 * h))) ** 3  # Wilson-Hilferty
-    return float(np.sqrt(g * chi2 / d))
-
-
-def _normal_quantile(p: float) -> float:
-    """The standard normal quantile (Acklam's rational approximation, |error| < 1.2e-9)."""
-    a = (-39.69683028665376, 220.9460984245205, -275.9285104469687, 138.3577518672690, -30.66479806614716,
-         2.506628277459239)
-    b = (-54.47609879822406, 161.5858368580409, -155.6989798598866, 66.80131188771972, -13.28068155288572)
-    c = (-7.784894002430293e-03, -0.3223964580411365, -2.400758277161838, -2.549732539343734, 4.374664141464968,
-         2.938163982698783)
-    e = (7.784695709041462e-03, 0.3224671290700398, 2.445134137142996, 3.754408661907416)
-    if p < 0.02425:
-        q = np.sqrt(-2 * np.log(p))
-        return float((((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5])
-                     / ((((e[0] * q + e[1]) * q + e[2]) * q + e[3]) * q + 1))
-    if p > 1 - 0.02425:
-        return -_normal_quantile(1 - p)
-    q = p - 0.5
-    r = q * q
-    return float((((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q
-                 / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1))
+        weights = (np.asarray(source["std"], dtype=np.float64) / scale) ** 2
+    rng = np.random.default_rng(seed)
+    sums = np.concatenate([(rng.standard_normal((4_000, d)) ** 2) @ weights for _ in range(samples // 4_000)])
+    return float(np.sqrt(np.quantile(sums, quantile) / d))
 
 
 @dataclass(frozen=True, eq=False)
