@@ -217,10 +217,16 @@ class Analyzer:
                 results[i] = batch.cell(row, describe_source(sources[i]), size_hw, notes)
         return [r for r in results if r is not None]
 
-    def class_probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        """The class probabilities [B, C] of a batch: the one place the head's output is read."""
+    def class_probabilities(self, outputs: dict[str, np.ndarray], adapted: np.ndarray | None = None) -> np.ndarray:
+        """The class probabilities [B, C] of a batch: the one place the head's output is read.
+
+        Args:
+            outputs: the graph's outputs.
+            adapted: the site profile's map of the `feature` output, when already computed.
+        """
         if self.site is not None and FEATURE in outputs:
-            return postprocess.softmax(self.head.logits(self.site.apply(outputs[FEATURE])))
+            features = adapted if adapted is not None else self.site.apply(outputs[FEATURE])
+            return postprocess.softmax(self.head.logits(features))
         if PROBS in outputs:
             return outputs[PROBS]
         return postprocess.softmax(outputs[LOGITS])
@@ -231,17 +237,17 @@ class _Batch:
 
     def __init__(self, analyzer: Analyzer, outputs: dict[str, np.ndarray]) -> None:
         self.analyzer, self.outputs = analyzer, outputs
-        self.probs = analyzer.class_probabilities(outputs)
-        self.finite = postprocess.finite_rows(outputs) & np.isfinite(self.probs).all(axis=1)
         features = outputs.get(FEATURE)
+        adapted = analyzer.site.apply(features) if analyzer.site is not None and features is not None else features
+        self.probs = analyzer.class_probabilities(outputs, adapted)
+        self.finite = postprocess.finite_rows(outputs) & np.isfinite(self.probs).all(axis=1)
         self.distances: np.ndarray | None = None
-        if features is not None:
+        if features is not None and adapted is not None:
             if analyzer.site_watch is not None:
                 analyzer.site_watch.update(features[self.finite])
             check = analyzer.cell_check
             if check is not None and check.distance is not None:
-                adapted = analyzer.site.apply(features) if analyzer.site is not None else features
-                self.distances = check.distance(adapted)
+                self.distances = check.distance(adapted)  # after the site's map: distance to the source
 
     def cell(self, row: int, source: str, size_hw: tuple[int, int], notes: tuple[str, ...]) -> CellResult:
         analyzer, outputs = self.analyzer, self.outputs

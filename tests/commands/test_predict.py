@@ -108,3 +108,13 @@ def test_empty_folder_bad_artifact_and_conflicting_formats(artifact: Path, cells
     assert code == 2 and "exclude each other" in err  # a usage error
     code, _, err = invoke(str(artifact), str(cells), "--backend", "tensorrt")
     assert code == 1 and "dorl build" in err
+
+
+def test_help_documents_the_exit_codes() -> None:
+    from dorl.cli import app
+
+    result = CliRunner().invoke(app, ["predict", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    for code in ("0 every image labelled", "3 some images failed", "4 no image labelled", "130/143 stopped"):
+        assert code in text
