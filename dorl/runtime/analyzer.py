@@ -24,7 +24,7 @@ from dorl.runtime.base import BaseRunner
 from dorl.runtime.cell_check import CellCheck, FeatureDistance
 from dorl.runtime.cell_result import CellResult
 from dorl.runtime.loader import load_runner
-from dorl.runtime.site_profile import SiteProfile, SiteWatch
+from dorl.runtime.site_profile import DriftWatch, SiteProfile
 
 __all__ = ["Analyzer", "CellResult", "batch_cap"]
 
@@ -83,7 +83,7 @@ class Analyzer:
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"threshold must be within [0, 1], got {threshold}.")
         self.site: SiteProfile | None = None
-        self.site_watch: SiteWatch | None = None
+        self.drift_watch: DriftWatch | None = None
         self.head: Any = None
         distance: FeatureDistance | None = None
         if isinstance(artifact, BaseRunner):
@@ -99,6 +99,7 @@ class Analyzer:
             source = self._load_head(manifest, site is not None)
             if source is not None:
                 distance = FeatureDistance.from_source(source)
+                self.drift_watch = DriftWatch.of_source(source, warn)
             if site is not None:
                 self._use_site(site, manifest, source, warn)
         if max_batch is not None:
@@ -138,7 +139,7 @@ class Analyzer:
         from dorl.runtime.site_profile import artifact_id, load_profile
 
         self.site = load_profile(site, artifact_id(manifest), source=source)
-        self.site_watch = SiteWatch(self.site, warn)
+        self.drift_watch = DriftWatch.of_site(self.site, warn)
 
     @staticmethod
     def _check_contract(runner: BaseRunner, class_names: list[str], image_size: Any) -> tuple[str, int]:
@@ -243,8 +244,8 @@ class _Batch:
         self.finite = postprocess.finite_rows(outputs) & np.isfinite(self.probs).all(axis=1)
         self.distances: np.ndarray | None = None
         if features is not None and adapted is not None:
-            if analyzer.site_watch is not None:
-                analyzer.site_watch.update(features[self.finite])
+            if analyzer.drift_watch is not None:
+                analyzer.drift_watch.update(features[self.finite])
             check = analyzer.cell_check
             if check is not None and check.distance is not None:
                 self.distances = check.distance(adapted)  # after the site's map: distance to the source

@@ -126,19 +126,45 @@ def manifest_field(manifest: dict[str, Any], key: str, kind: type, where: str) -
     return value
 
 
-class SiteWatch:
-    """Watches the raw features of analysed cells against a profile's site, and warns once.
+class DriftWatch:
+    """Watches the raw features of analysed cells against a lab's statistics, and warns once.
 
-    The profile's map is right only for the lab it was made for; applied to another lab's cells
-    it moves them away from the source while the head stays confident. The cells' running mean,
-    in the site's own standard deviations, says when that is happening.
+    A site profile's map is right only for the lab it was made for; applied to another lab's
+    cells it moves them away from the source while the head stays confident. Without a profile,
+    cells of a lab the model was not adapted to sit far from the source and are answered "no
+    cell". The running mean of the cells, in the lab's own standard deviations, says when either
+    is happening.
     """
 
-    def __init__(self, profile: Any, warn: Callable[[str], None] | None) -> None:
-        self.profile, self.warn = profile, warn
+    def __init__(self, mean: np.ndarray, std: np.ndarray, warn: Callable[[str], None] | None,
+                 message: Callable[[int, float], str]) -> None:
+        """Args: `mean`, `std` of the expected lab; `message(cells, drift)` is the warning."""
+        self.mean, self.std = np.asarray(mean, np.float64), np.maximum(np.asarray(std, np.float64), 1e-6)
+        self.warn, self.message = warn, message
         self.n = 0
-        self.total = np.zeros_like(profile.stats.mean)
+        self.total = np.zeros_like(self.mean)
         self.warned = False
+
+    @classmethod
+    def of_site(cls, profile: Any, warn: Callable[[str], None] | None) -> DriftWatch:
+        """Cells against the site of a profile: the wrong profile for these cells."""
+        def message(n: int, drift: float) -> str:
+            return (f"the {n} cells analysed so far sit {drift:.1f} standard deviations (mean |z|) from site "
+                    f"{profile.site!r} of this profile: it looks like the wrong profile for these cells; check "
+                    "--site, or make a profile for this lab with `dorl adapt`.")
+
+        return cls(profile.stats.mean, profile.stats.std, warn, message)
+
+    @classmethod
+    def of_source(cls, source: dict[str, np.ndarray], warn: Callable[[str], None] | None) -> DriftWatch:
+        """Cells against the source lab, when no profile is applied: an unadapted lab."""
+        def message(n: int, drift: float) -> str:
+            return (f"the {n} cells analysed so far sit {drift:.1f} standard deviations (mean |z|) from the cells "
+                    "this model was trained on: if they come from another lab, most will be answered 'no cell' "
+                    "and labels would be unreliable; make a site profile for this lab with `dorl adapt` and pass "
+                    "it with --site.")
+
+        return cls(source["mean"], source["std"], warn, message)
 
     def update(self, features: np.ndarray) -> float | None:
         """Add a batch's features; returns the current drift once enough cells were seen."""
@@ -149,14 +175,8 @@ class SiteWatch:
         self.total += features.sum(axis=0)
         if self.n < WATCH_MIN_CELLS:
             return None
-        drift = self.drift()
+        drift = float(np.mean(np.abs(self.total / self.n - self.mean) / self.std))
         if drift > WATCH_DRIFT and not self.warned and self.warn is not None:
             self.warned = True
-            self.warn(f"the {self.n} cells analysed so far sit {drift:.1f} standard deviations (mean |z|) from site "
-                      f"{self.profile.site!r} of this profile: it looks like the wrong profile for these cells; "
-                      "check --site, or make a profile for this lab with `dorl adapt`.")
+            self.warn(self.message(self.n, drift))
         return drift
-
-    def drift(self) -> float:
-        stats = self.profile.stats
-        return float(np.mean(np.abs(self.total / self.n - stats.mean) / np.maximum(stats.std, 1e-6)))

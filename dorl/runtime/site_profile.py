@@ -28,17 +28,30 @@ import numpy as np
 from dorl.artifacts import read_manifest, write_manifest
 from dorl.errors import ArtifactError
 from dorl.runtime.site_checks import (
+    DriftWatch,
     SiteProfileError,
-    SiteWatch,
     check_cell_count,
     check_map,
     check_spread,
     manifest_field,
 )
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "MIN_CELLS", "PROFILE_FILE", "RunningStats", "SiteProfile",
-           "SiteProfileError", "SiteWatch", "affine_map", "artifact_id", "describe", "fit_profile", "load_profile",
-           "save_profile"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "MIN_CELLS",
+    "PROFILE_FILE",
+    "DriftWatch",
+    "RunningStats",
+    "SiteProfile",
+    "SiteProfileError",
+    "affine_map",
+    "artifact_id",
+    "describe",
+    "fit_profile",
+    "load_profile",
+    "save_profile",
+]
 
 METHODS = ("standardise", "coral", "mean")
 # Measured on the trained TinyViT DoRL model (README, "Which site-adaptation map"): the mean shift

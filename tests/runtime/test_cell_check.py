@@ -10,6 +10,7 @@ from dorl.runtime.cell_check import (
     FeatureDistance,
     MaskLimits,
     border_share,
+    calibrate_threshold,
     mask_area,
     normal_quantile,
 )
@@ -26,11 +27,12 @@ def test_mask_figures_and_reasons() -> None:
     assert mask_area(centred) == pytest.approx(400 / 56**2) and border_share(centred) == 0.0
     assert MaskLimits().reasons(centred) == []
     assert MaskLimits().reasons(np.zeros((56, 56), bool)) == ["the mask is empty: nothing was segmented"]
-    (small,) = MaskLimits().reasons(square(3, 10, 10))
+    assert MaskLimits().reasons(square(3, 10, 10)) == []  # a nucleus-only mask of a weak model is still a cell
+    (small,) = MaskLimits(min_area=0.01).reasons(square(3, 10, 10))
     assert "covers 0.3% of the image, below 1%" in small
     full = np.ones((56, 56), bool)
     reasons = MaskLimits().reasons(full)
-    assert len(reasons) == 2 and "above 90%" in reasons[0] and "runs along 100% of the image's border" in reasons[1]
+    assert len(reasons) == 2 and "above 95%" in reasons[0] and "runs along 100% of the image's border" in reasons[1]
     corner = square(30, 0, 0)  # a cell cut by two edges of a tight crop: still a cell
     assert border_share(corner) == pytest.approx(59 / 220) and MaskLimits().reasons(corner) == []
     assert MaskLimits().reasons(None) == []
@@ -44,6 +46,22 @@ def test_distance_is_the_rms_z_score_under_shrunk_spread() -> None:
     expected = np.sqrt(np.mean((x - source["mean"]) ** 2 / variance, axis=1))
     np.testing.assert_allclose(distance(x), expected)
     assert distance.calibration == "given" and distance(x)[1] == 0.0
+
+
+def test_calibrated_threshold_is_the_held_out_quantile() -> None:
+    rng = np.random.default_rng(1)
+    scale = np.linspace(0.5, 3.0, 16)
+    normal = rng.normal(size=(4000, 16)) * scale + 2.0
+    true = np.quantile(FeatureDistance.from_source({"mean": np.full(16, 2.0), "std": scale}, 0)(
+        rng.normal(size=(200_000, 16)) * scale + 2.0), 0.99)
+    assert calibrate_threshold(normal) == pytest.approx(true, rel=0.03)
+    heavy = rng.standard_t(3, size=(4000, 16)) * scale  # heavier tails than the normal model assumes
+    source = {"mean": heavy.mean(0), "std": heavy.std(0, ddof=1), "cov": np.cov(heavy, rowvar=False)}
+    held_out = FeatureDistance.from_source(source)(rng.standard_t(3, size=(20_000, 16)) * scale)
+    calibrated = calibrate_threshold(heavy)
+    assert np.mean(held_out > calibrated) == pytest.approx(0.01, abs=0.004)
+    with pytest.raises(ValueError, match="at least 10 feature rows"):
+        calibrate_threshold(heavy[:9])
 
 
 def test_recorded_threshold_wins_over_the_normal_model() -> None:
@@ -61,8 +79,10 @@ def test_normal_quantile_matches_sampled_correlated_features() -> None:
     samples = rng.multivariate_normal(np.zeros(d), cov, size=200_000)
     source = {"mean": np.zeros(d), "std": std, "cov": cov}
     distance = FeatureDistance.from_source(source)
-    empirical = np.quantile(distance(samples), 0.99)
-    assert distance.threshold == pytest.approx(empirical, rel=0.01)
+    for quantile in (0.99, 0.999):
+        expected = np.quantile(distance(samples), quantile)
+        assert normal_quantile(source, distance.scale, quantile) == pytest.approx(expected, rel=0.015)
+    assert distance.threshold == normal_quantile(source, distance.scale, 0.999)
     independent = FeatureDistance.from_source({"mean": np.zeros(d), "std": std})  # no covariance recorded
     assert independent.threshold < distance.threshold  # correlation widens the distance's spread
     assert normal_quantile(source, distance.scale, 0.5) < distance.threshold

@@ -331,3 +331,14 @@ def test_update_in_place_killed_mid_write_leaves_the_old_profile(sample_artifact
                                          str(profile), "-o", str(profile), "--min-cells", "20"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["cells"] == 51 and "already counted" in result.stderr
+
+
+def test_cells_far_from_the_source_without_a_profile_are_warned_about(sample_artifact):
+    warnings: list[str] = []
+    with Analyzer(sample_artifact, warn=warnings.append) as analyzer:
+        analyzer.analyze(sorted((SAMPLE / "bccd").rglob("*.jpg"))[:24])
+    assert len(warnings) == 1 and "make a site profile for this lab with `dorl adapt`" in warnings[0]
+    warnings.clear()
+    with Analyzer(sample_artifact, warn=warnings.append) as analyzer:
+        analyzer.analyze(sorted((SAMPLE / "pbc").rglob("*.jpg"))[:24])
+    assert warnings == []  # the source lab itself
