@@ -25,6 +25,9 @@ def serve(
     max_delay_ms: Annotated[float, typer.Option(help="How long a batch waits for more requests (ms).")] = 5.0,
     queue_size: Annotated[int, typer.Option(help="Requests that may wait; beyond it: 503 with Retry-After.")] = 64,
     max_request_mb: Annotated[float, typer.Option(help="Largest request body, after decompression (MiB).")] = 16.0,
+    max_inflight_mb: Annotated[
+        float, typer.Option(help="Request bodies held in memory at once, all requests (MiB); beyond it: 503.")
+    ] = 256.0,
     timeout: Annotated[float, typer.Option(help="Seconds a request may wait for its answer (then 504).")] = 30.0,
     drain: Annotated[float, typer.Option(help="On SIGTERM, seconds in-flight requests may take to finish.")] = 30.0,
     threshold: Annotated[
@@ -43,7 +46,8 @@ def serve(
 
     config = ServeConfig(host=host, port=port, allow_remote=allow_remote, model_name=name, max_batch=max_batch,
                          max_delay_ms=max_delay_ms, queue_size=queue_size,
-                         max_request_bytes=int(max_request_mb * (1 << 20)), timeout_s=timeout, drain_s=drain,
+                         max_request_bytes=int(max_request_mb * (1 << 20)),
+                         max_inflight_bytes=int(max_inflight_mb * (1 << 20)), timeout_s=timeout, drain_s=drain,
                          threshold=threshold, mask_format=mask, backend=backend, threads=threads)
     server = Server(artifact, config, site)
     typer.echo(server.describe())

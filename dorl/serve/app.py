@@ -68,19 +68,8 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return data
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes."""
-    too_big = f"bytes, more than this server's limit of {limit}: send fewer cells per request or raise --max-request-mb."
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ProtocolError(f"the request body has {declared} {too_big}", 413)
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ProtocolError(f"the request body has more than {limit} {too_big}", 413)
-        chunks.append(chunk)
-    return decompress(b"".join(chunks), request.headers.get("content-encoding"), limit)
+class OverBudget(QueueFull):
+    """The request bodies held in memory would pass the server's budget: answer 503 and retry later."""
 
 
 class Endpoints:
@@ -89,6 +78,33 @@ class Endpoints:
     def __init__(self, service: ModelService) -> None:
         self.service = service
         self.draining = False
+        self.held_bytes = 0  # request bodies in memory, all requests together (touched on the event loop only)
+
+    async def read_body(self, request: Request) -> bytes:
+        """The (decompressed) body: 413 past the per-request limit, 503 past the budget of all bodies held."""
+        limit = self.service.config.max_request_bytes
+        too_big = f"bytes, more than this server's limit of {limit}: send fewer cells per request or raise --max-request-mb."
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ProtocolError(f"the request body has {declared} {too_big}", 413)
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise ProtocolError(f"the request body has more than {limit} {too_big}", 413)
+            self.hold(request, len(chunk))
+            chunks.append(chunk)
+        body = decompress(b"".join(chunks), request.headers.get("content-encoding"), limit)
+        if len(body) != total:
+            self.hold(request, len(body))
+        return body
+
+    def hold(self, request: Request, size: int) -> None:
+        budget = self.service.config.max_inflight_bytes
+        if self.held_bytes + size > budget:
+            raise OverBudget(f"request bodies already fill this server's budget of {budget} bytes: retry later.")
+        self.held_bytes += size
+        request.state.held = getattr(request.state, "held", 0) + size
 
     # -- plumbing ----------------------------------------------------------------------------
     def check_model(self, request: Request) -> None:
@@ -133,13 +149,16 @@ class Endpoints:
                 if exc.status == 413:
                     self.service.metrics.reject("too_large")
             except (QueueFull, Stopped) as exc:
-                self.service.metrics.reject("queue_full" if isinstance(exc, QueueFull) else "draining")
+                reason = "draining" if isinstance(exc, Stopped) else "memory" if isinstance(exc, OverBudget) else "queue_full"
+                self.service.metrics.reject(reason)
                 response = error_response(str(exc), 503, {"Retry-After": self.retry_after()})
             except DorlError as exc:  # the runner refused or failed on a well-formed request
                 response = error_response(str(exc), 500)
             except Exception as exc:
                 log.exception("request to %s failed", request.url.path)
                 response = error_response(f"internal error ({type(exc).__name__}: {exc}): see the server's log.", 500)
+            finally:
+                self.held_bytes -= getattr(request.state, "held", 0)
             self.service.metrics.request(name, response.status_code, time.perf_counter() - start)
             return response
 
@@ -176,7 +195,7 @@ class Endpoints:
         self.check_model(request)
         self.refuse_if_draining()
         service = self.service
-        body = await read_body(request, service.config.max_request_bytes)
+        body = await self.read_body(request)
         parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH),
                                          service.inputs, service.outputs, service.max_batch)
         del body
@@ -195,7 +214,7 @@ class Endpoints:
         mask_format = request.query_params.get("mask", service.config.mask_format)
         if mask_format not in MASK_FORMATS:
             raise ProtocolError(f"mask={mask_format!r} is not one of {', '.join(MASK_FORMATS)}.")
-        image = await read_body(request, service.config.max_request_bytes)
+        image = await self.read_body(request)
         if not image:
             raise ProtocolError("the request body is empty: send the encoded image (JPEG, PNG, BMP, TIFF) as the body.")
         [result] = await self.wait(service.submit_cell(image), None)

@@ -48,6 +48,7 @@ class ServeConfig:
     max_delay_ms: float = field(default=5.0, metadata={"help": "how long a batch waits for more requests"})
     queue_size: int = field(default=64, metadata={"help": "requests waiting for inference before 503"})
     max_request_bytes: int = field(default=16 << 20, metadata={"help": "largest request body (after decompression)"})
+    max_inflight_bytes: int = field(default=256 << 20, metadata={"help": "request bodies held at once, all requests"})
     timeout_s: float = field(default=30.0, metadata={"help": "longest a request may wait for its answer"})
     drain_s: float = field(default=30.0, metadata={"help": "on SIGTERM, how long in-flight requests may finish"})
     threshold: float = field(default=0.5, metadata={"help": "top probability below which a cell is uncertain"})
@@ -66,6 +67,9 @@ class ServeConfig:
         _check(0.0 <= self.max_delay_ms <= 1000.0, f"max delay must be within 0..1000 ms, got {self.max_delay_ms}.")
         _check(self.queue_size >= 1, f"queue size must be at least 1, got {self.queue_size}.")
         _check(self.max_request_bytes >= 1024, f"max request size must be at least 1024 bytes, got {self.max_request_bytes}.")
+        _check(self.max_inflight_bytes >= self.max_request_bytes,
+               f"the in-flight budget ({self.max_inflight_bytes} bytes) must hold at least one request of "
+               f"{self.max_request_bytes} bytes.")
         _check(self.timeout_s > 0, f"timeout must be positive, got {self.timeout_s} s.")
         _check(self.drain_s >= 0, f"drain time must not be negative, got {self.drain_s} s.")
         _check(0.0 <= self.threshold <= 1.0, f"threshold must be within [0, 1], got {self.threshold}.")

@@ -78,3 +78,19 @@ def test_the_servers_own_timeout_applies(slow_artifact: Path) -> None:
         with pytest.raises(InferenceServerException, match="raise --timeout"):
             client.infer("dorl", [infer_input(CELL)])
         assert client.is_server_live()
+
+
+def test_request_bodies_in_memory_are_bounded(slow_artifact: Path) -> None:
+    body, length = binary_request(CELL)
+    with running(slow_artifact, max_batch=1, max_delay_ms=0, queue_size=16, max_request_bytes=len(body),
+                 max_inflight_bytes=2 * len(body)) as server:
+        answers: list[tuple[int, str | None]] = []
+        threads = [threading.Thread(target=raw_infer, args=(server, body, length, answers)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        statuses = sorted(status for status, _ in answers)
+        assert len(answers) == 8 and set(statuses) == {200, 503}  # at most two bodies held: the rest wait outside
+        assert server.service.metrics.rejected[("memory",)] == statuses.count(503)
+        assert server.endpoints.held_bytes == 0
