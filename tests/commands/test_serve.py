@@ -141,3 +141,19 @@ def test_triton_command_writes_a_repository(artifact: Path, tmp_path: Path) -> N
     assert code == 1 and "already exists" in output
     code, output = invoke(triton, artifact, "-o", tmp_path / "repo", "--device", "tpu")
     assert code == 1 and "device 'tpu' is not one of auto, gpu, cpu" in output
+
+
+def test_without_the_serve_extra_the_command_says_how_to_install_it(artifact: Path) -> None:
+    hide = ("import sys\n"
+            "class Hide:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'uvicorn':\n"
+            "            raise ModuleNotFoundError(name)\n"
+            "sys.meta_path.insert(0, Hide())\n"
+            "from dorl.cli import main\n"
+            f"sys.argv = ['dorl', 'serve', {str(artifact)!r}, '--port', '0']\n"
+            "main()\n")
+    result = subprocess.run([sys.executable, "-c", hide], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "dorl serve needs the Python package 'uvicorn', which is not installed: run `pip install 'dorl[serve]'`" \
+        in " ".join(result.stderr.split())

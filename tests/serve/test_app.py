@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +218,18 @@ def test_oversize_requests_are_refused_before_inference(tiny_artifact: TinyArtif
         assert status == 413 and "decompresses to more than" in body["error"]
         assert server.service.metrics.rejected[("too_large",)] == 2
         client.close()
+
+
+def test_serving_never_loads_torch(tiny_artifact: TinyArtifact, sample_cells: list[Path]) -> None:
+    code = ("import sys, threading, urllib.request\n"
+            "from dorl.serve.config import ServeConfig\nfrom dorl.serve.server import Server\n"
+            f"server = Server({str(tiny_artifact.folder)!r}, ServeConfig(port=0))\n"
+            "thread = threading.Thread(target=server.run); thread.start()\n"
+            f"body = open({str(sample_cells[0])!r}, 'rb').read()\n"
+            "request = urllib.request.Request(server.url + '/v2/models/dorl/analyze', data=body, method='POST')\n"
+            "assert urllib.request.urlopen(request).status == 200\n"
+            "server.stop(30); thread.join(30)\n"
+            "print(','.join(m for m in ('torch', 'torchvision', 'segment_anything') if m in sys.modules) or 'CLEAN')")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "CLEAN"
