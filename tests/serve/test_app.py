@@ -34,7 +34,8 @@ def predict_records(artifact: Path, cells: list[Path], batch_size: int) -> list[
 
     app = typer.Typer()
     app.command()(predict)
-    result = CliRunner().invoke(app, [str(artifact), *map(str, cells), "--json", "--batch-size", str(batch_size)])
+    result = CliRunner().invoke(app, [str(artifact), *map(str, cells), "--json", "--batch-size", str(batch_size),
+                                      "--no-cell-check"])  # labels of the raw outputs, as /infer serves them
     assert result.exit_code == 0, result.output
     records = {r["source"]: r for r in map(json.loads, result.stdout.splitlines())}
     return [records[str(c)] for c in cells]
