@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sample_data import MASKED
 from tiny_artifact import CLASS_NAMES, build_tiny_artifact
 
 from dorl.artifacts import write_manifest
@@ -131,9 +132,9 @@ def test_bad_settings_and_inputs(tmp_path: Path) -> None:
 
 
 def test_labelled_cells_interleave_classes_and_skip_masks(wbc_dir: Path) -> None:
-    cells = accuracy.collect_cells([], wbc_dir / "jtsc", max_cells=4, classes=["monocyte", "neutrophil"])
+    cells = accuracy.collect_cells([], wbc_dir / MASKED, max_cells=4, classes=["monocyte", "neutrophil"])
     assert cells.labels == ("monocyte", "neutrophil", "monocyte", "neutrophil")
-    everything = accuracy.labelled_files(wbc_dir / "jtsc")
+    everything = accuracy.labelled_files(wbc_dir / MASKED)
     assert everything and all("masks" not in path.parts for path, _ in everything)
 
 

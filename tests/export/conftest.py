@@ -1,6 +1,6 @@
 """Session fixtures for the export tests: a TinyViT bundle whose head gives confident predictions,
 its verified FP32 ONNX artifact (one dynamo export for the whole session), a calibration set and
-labelled held-out cells, all from the real images of shared/data/wbc."""
+labelled held-out cells, all from the tests' real labs (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sample_data import MASKED
 
 CLASSES = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 TRAIN_PER_CLASS = 8  # pbc cells per class the linear head is fitted on
@@ -16,7 +17,7 @@ CALIBRATION = 24
 
 
 def _domains(wbc_dir: Path) -> dict[str, Path]:
-    return {name: wbc_dir / name for name in ("pbc", "bccd", "jtsc")}
+    return {name: wbc_dir / name for name in ("pbc", "bccd", MASKED)}
 
 
 def pool_cae(model) -> None:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from sample_data import MASKED
 from typer.testing import CliRunner
 
 from dorl.commands.calibrate import calibrate
@@ -26,14 +27,14 @@ def _run(app: typer.Typer, *args: str):  # type: ignore[no-untyped-def]
 
 
 def test_calibrate_writes_a_reproducible_set(app: typer.Typer, wbc_dir: Path, tmp_path: Path) -> None:
-    domains = ["--domain", f"pbc={wbc_dir / 'pbc'}", "--domain", f"jtsc={wbc_dir / 'jtsc'}"]
+    domains = ["--domain", f"pbc={wbc_dir / 'pbc'}", "--domain", f"{MASKED}={wbc_dir / MASKED}"]
     first = _run(app, "calibrate", *domains, "-o", tmp_path / "a", "--size", "20", "--seed", "3")
     assert first.exit_code == 0, first.output
     assert "wrote a calibration set of 20 cells (seed 3)" in first.output
     _run(app, "calibrate", *domains, "-o", tmp_path / "b", "--size", "20", "--seed", "3")
     cells = json.loads((tmp_path / "a" / "cells.json").read_text())
     assert cells == json.loads((tmp_path / "b" / "cells.json").read_text())
-    assert {c["domain"] for c in cells} == {"pbc", "jtsc"}
+    assert {c["domain"] for c in cells} == {"pbc", MASKED}
 
 
 def test_calibrate_rejects_a_malformed_domain(app: typer.Typer, tmp_path: Path) -> None:
