@@ -90,8 +90,8 @@ def _train(out: Path, config: DemoConfig, reporter: Any) -> Any:
 
 
 def _evaluate(out: Path, bundle: Path, reporter: Any) -> dict[str, Any]:
-    from dorl.training.features import evaluate_bundle
-    from dorl.training.report import write_report
+    from dorl.evaluation.report import write_report
+    from dorl.evaluation.run import evaluate_bundle
 
     result = evaluate_bundle(bundle, list(domains().items()), out / "evaluate" / "tokens", heads=("svm", "logreg"),
                              folds=5, seed=1234, device="cpu", reporter=reporter)

@@ -85,7 +85,7 @@ def write_demo_report(out: Path, trained: Any, evaluation: dict[str, Any], artif
                       config: Any) -> Path:
     """Write `out/report.md` and `out/report.json`; returns the markdown path."""
     from dorl.benchmarks.report import to_markdown
-    from dorl.training.report import markdown
+    from dorl.evaluation.report import markdown
 
     meta = trained.metadata
     manifests = _manifests(artifacts)

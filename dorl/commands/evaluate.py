@@ -34,9 +34,9 @@ def evaluate(
         "--adapt-methods", help="Comma-separated site-adaptation maps, one row each: mean, standardise, coral.")] = "mean",
 ) -> None:
     """Cross-validate heads on the source domain and test them on every other domain."""
-    from dorl.training.features import evaluate_bundle
+    from dorl.evaluation.report import table, write_report
+    from dorl.evaluation.run import evaluate_bundle
     from dorl.training.progress import RichReporter
-    from dorl.training.report import table, write_report
 
     if not bundle.exists():
         fail(f"bundle {bundle} does not exist: give the bundle folder `dorl train` wrote (OUT/bundle).")
