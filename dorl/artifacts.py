@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dorl.contract import MANIFEST_FILE as MANIFEST_NAME
 from dorl.errors import ArtifactError
 
-MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 KINDS = ("bundle", "onnx", "engine", "site-profile", "calibration-set")
 

@@ -16,14 +16,12 @@ import torch
 
 from dorl.artifacts import read_manifest, write_manifest
 from dorl.config import ModelConfig, from_dict, to_dict
+from dorl.contract import FEATURE_STATS_FILE, WEIGHTS_FILE
 from dorl.deps import versions
 from dorl.errors import ArtifactError
 from dorl.models.dorl_model import DoRLModel
 from dorl.models.lora import is_lora, merge_lora
 from dorl.models.registry import build_model
-
-WEIGHTS_FILE = "weights.safetensors"
-STATS_FILE = "feature_stats.safetensors"
 
 
 def merged_copy(model: DoRLModel) -> DoRLModel:
@@ -63,8 +61,8 @@ def save_bundle(
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "dorl_kind": "bundle"})
     files = [WEIGHTS_FILE]
     if source_features is not None:
-        save_file(feature_statistics(source_features), str(folder / STATS_FILE))
-        files.append(STATS_FILE)
+        save_file(feature_statistics(source_features), str(folder / FEATURE_STATS_FILE))
+        files.append(FEATURE_STATS_FILE)
     config = model.config
     return write_manifest(
         folder,
@@ -95,9 +93,9 @@ def load_feature_stats(path: str | Path) -> dict[str, torch.Tensor] | None:
     from safetensors.torch import load_file
 
     manifest = read_bundle_manifest(path)
-    if STATS_FILE not in manifest["files"]:
+    if FEATURE_STATS_FILE not in manifest["files"]:
         return None
-    return load_file(str(Path(manifest["folder"]) / STATS_FILE))
+    return load_file(str(Path(manifest["folder"]) / FEATURE_STATS_FILE))
 
 
 def read_bundle_manifest(path: str | Path) -> dict[str, Any]:

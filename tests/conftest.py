@@ -89,9 +89,9 @@ def cell_paths(wbc_dir: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def cell_batch(cell_paths: list[Path]) -> np.ndarray:
     """The six cells as uint8 [6,224,224,3], resized the way training and the runtime do."""
-    from dorl.data.images import load_rgb, resize_square
+    from dorl.contract import load_cells
 
-    return np.stack([resize_square(load_rgb(p), 224) for p in cell_paths])
+    return load_cells(cell_paths, 224)
 
 
 def _bundled_weights(name: str) -> Path:

@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from dorl.bundle import WEIGHTS_FILE, load_bundle, save_bundle
+from dorl.bundle import load_bundle, save_bundle
+from dorl.contract import WEIGHTS_FILE
 from dorl.config import ModelConfig
 from dorl.errors import ArtifactError
 from dorl.models.lora import apply_lora

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dorl.artifacts import read_manifest
+from dorl.contract import to_nchw_float
 
 
 def folder_bytes(manifest: dict[str, Any]) -> int:
@@ -80,7 +81,7 @@ class TorchSession:
         self.threads = torch.get_num_threads()
 
     def _forward(self, pixels: np.ndarray) -> dict[str, Any]:
-        images = self.torch.from_numpy(pixels).to(self.device).permute(0, 3, 1, 2).to(self.torch.float32)
+        images = self.torch.from_numpy(to_nchw_float(pixels)).to(self.device)
         with self.torch.inference_mode():
             return dict(self.model(images))
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dorl.artifacts import read_manifest, write_manifest
+from dorl.contract import EXTERNAL_DATA_BYTES, HEAD_FILE
 from dorl.deps import require
 from dorl.errors import ArtifactError
 
@@ -183,7 +184,7 @@ def _halve_attributes(onnx: Any, node: Any, keep_float: bool = False) -> None:
 def save_model(model: Any, path: str | Path) -> None:
     """Write an onnx.ModelProto as one file, or with external data when it passes protobuf's 2 GB."""
     onnx = require("onnx", "writing an ONNX graph")
-    big = model.ByteSize() > 2**31 - 2**26
+    big = model.ByteSize() > EXTERNAL_DATA_BYTES
     onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
                     location=f"{Path(path).name}.data" if big else None)
 
@@ -243,6 +244,6 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
               **emulated.to_dict(), "onnxruntime_cpu": runtime.to_dict()}
     from dorl.export.onnx_export import copy_head
 
-    files = [f for f in files if f != "head.safetensors"] + copy_head(manifest, Path(out_dir))
+    files = [f for f in files if f != HEAD_FILE] + copy_head(manifest, Path(out_dir))
     return write_manifest(out_dir, "onnx", files, **derived_fields(manifest, "fp16"), fp32_ops=list(blocked),
                           parity=parity)

@@ -19,15 +19,13 @@ from typing import Any
 
 from dorl.artifacts import read_manifest, write_manifest
 from dorl.config import to_dict
+from dorl.contract import DATA_FILE, EXTERNAL_DATA_BYTES, HEAD_FILE, MODEL_FILE, WEIGHTS_FILE
 from dorl.deps import require, versions
 from dorl.errors import ArtifactError, ConfigError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # LayerNormalization is a single ONNX op from opset 17 on
-MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
-EXTERNAL_DATA_BYTES = 2**31 - 2**27  # protobuf's 2 GB limit, less room for the graph itself
 MAX_BATCH = 4096
 EXPORT_VERSIONS = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy")
 
@@ -77,7 +75,8 @@ def export_graph(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> list[s
     """
     torch = require("torch", "exporting to ONNX")
     require("onnxscript", "the dynamo ONNX exporter")
-    from dorl.export.wrapper import INPUT_NAME, OUTPUT_NAMES, ExportWrapper
+    from dorl.contract import INPUT_NAME, OUTPUT_NAMES
+    from dorl.export.wrapper import ExportWrapper
 
     check_precision("fp32", opset)
     size = model.config.image_size
@@ -123,9 +122,6 @@ def _spec(value: Any) -> tuple[str, str, list[int | str]]:
     tensor = value.type.tensor_type
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
     return value.name, dtype, [d.dim_param or d.dim_value for d in tensor.shape.dim]
-
-
-HEAD_FILE = "head.safetensors"
 
 
 def write_head(model: Any, folder: Path) -> list[str]:
@@ -292,7 +288,7 @@ def _verified_fp32(source: Any, fp32_artifact: str | Path | None, sha: str | Non
 def source_facts(source: Any) -> tuple[int, list[str], str | None]:
     """Image size, class names and weights sha256 of a bundle (None for a model), without loading weights."""
     if isinstance(source, (str, Path)):
-        from dorl.bundle import WEIGHTS_FILE, read_bundle_manifest
+        from dorl.bundle import read_bundle_manifest
 
         if not Path(source).exists():
             raise ArtifactError(f"bundle {source} does not exist: give the folder written by `dorl train`.")

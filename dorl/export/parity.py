@@ -15,16 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from dorl.contract import NEAR_TIE_MARGIN, OUTPUT_NAMES, load_cells, mask_iou, top1_matches
 from dorl.deps import require
 from dorl.errors import ConfigError, DorlError
 
 FP32_PROBS_ATOL = 1e-4  # max |probs_onnx - probs_torch|
 MIN_MASK_IOU = 0.99  # per image, FP32
 FP16_MIN_AGREEMENT = 0.995  # top-1 agreement of the FP16 graph with the FP32 graph
-# A cell whose FP32 top-2 probabilities are closer than this is a near tie: FP16 rounding
-# (measured up to ~0.04 in probs on ViT-B) may flip it; its top probability is at most 0.525, at
-# the analyzer's 0.5 uncertainty threshold. (dorl.benchmarks.accuracy.NEAR_TIE is the same margin.)
-FP16_TIE_MARGIN = 0.05
+# FP16 rounding (measured up to ~0.04 in probs on ViT-B) may flip a near tie (see the contract).
+FP16_TIE_MARGIN = NEAR_TIE_MARGIN
 BATCH = 8
 
 
@@ -68,13 +67,9 @@ def prepare_images(sources: Sequence[Any], size: int) -> np.ndarray:
     Raises:
         ConfigError: no images were given. ImageError: an image cannot be read.
     """
-    from dorl.data.images import load_rgb, resize_square
-
-    if isinstance(sources, np.ndarray) and sources.ndim == 4:
-        sources = list(sources)
     if len(sources) == 0:
         raise ConfigError("the parity check needs real cell images: pass --images PATH (files or folders of cells).")
-    return np.stack([resize_square(load_rgb(source), size) for source in sources])
+    return load_cells(sources, size)
 
 
 def run_onnx(path: str | Path, images: np.ndarray, batch: int = BATCH, threads: int | None = None) -> dict[str, np.ndarray]:
@@ -99,7 +94,7 @@ def cpu_session(path: str | Path, threads: int | None = None) -> Any:
 def run_torch(model: Any, images: np.ndarray, batch: int = BATCH) -> dict[str, np.ndarray]:
     """Run the export wrapper around `model` (eval mode) in PyTorch on the same uint8 images."""
     torch = require("torch", "the PyTorch side of the parity check")
-    from dorl.export.wrapper import OUTPUT_NAMES, ExportWrapper
+    from dorl.export.wrapper import ExportWrapper
 
     wrapper = ExportWrapper(model).eval()
     chunks = []
@@ -109,22 +104,13 @@ def run_torch(model: Any, images: np.ndarray, batch: int = BATCH) -> dict[str, n
     return {name: np.concatenate([c[k] for c in chunks]) for k, name in enumerate(OUTPUT_NAMES)}
 
 
-def mask_iou(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """Per-image IoU of the cell masks (argmax > 0) of two mask_logits [N,M,H,W]; 1 where both are empty."""
-    a = reference.argmax(axis=1) > 0
-    b = candidate.argmax(axis=1) > 0
-    inter = (a & b).sum(axis=(1, 2))
-    union = (a | b).sum(axis=(1, 2))
-    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
-
-
 def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
             tie_margin: float = FP32_PROBS_ATOL) -> ParityReport:
     """Compare two output dicts (same images, same order); see ParityReport for `tie_margin`."""
     diffs = {name: float(np.max(np.abs(reference[name] - candidate[name]))) for name in reference}
     ref_top = reference["probs"].argmax(axis=1)
     cand_top = candidate["probs"].argmax(axis=1)
-    mismatch = ref_top != cand_top
+    mismatch = ~top1_matches(reference["probs"], candidate["probs"])
     rows = np.arange(len(ref_top))
     margin = reference["probs"][rows, ref_top] - reference["probs"][rows, cand_top]
     masks = "mask_logits" in reference and "mask_logits" in candidate

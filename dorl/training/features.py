@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dorl.data.images import load_rgb, resize_square
+from dorl.contract import load_cells, to_nchw_float
 from dorl.models.cae import CAE
 from dorl.models.dorl_model import DoRLModel
 from dorl.training.progress import NullReporter, Reporter
@@ -40,14 +40,9 @@ class CellFeatures:
         return int(self.cls.shape[0])
 
 
-def load_cells(paths: Sequence[str | Path], size: int) -> np.ndarray:
-    """Decode and resize cells with the shared preprocessing: uint8 [B,size,size,3]."""
-    return np.stack([resize_square(load_rgb(p), size) for p in paths])
-
-
 def to_model_input(cells: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 NHWC cells → float NCHW on the 0–255 scale (the model normalises)."""
-    return torch.from_numpy(np.ascontiguousarray(cells)).to(device).permute(0, 3, 1, 2).float()
+    """uint8 NHWC cells → the model's float NCHW input on the 0–255 scale (the model normalises)."""
+    return torch.from_numpy(to_nchw_float(cells)).to(device)
 
 
 @torch.no_grad()

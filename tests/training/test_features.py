@@ -11,7 +11,8 @@ from sample_data import MASKED
 
 from dorl.config import ModelConfig
 from dorl.models.registry import build_model
-from dorl.training.features import cae_features, encode_cells, extract_features, load_cells, pooled_tokens
+from dorl.contract import load_cells
+from dorl.training.features import cae_features, encode_cells, extract_features, pooled_tokens
 from dorl.training.progress import RecordingReporter
 
 TINY = ModelConfig(encoder="sam_vit_test", cae_depth=1, cae_decoder_depth=1)
