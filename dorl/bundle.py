@@ -9,12 +9,13 @@ touches pickle.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dorl.artifacts import read_manifest, write_manifest
+from dorl.artifacts import CLASS_NAMES_KEY, read_manifest, write_manifest
 from dorl.config import ModelConfig, from_dict, to_dict
 from dorl.contract import FEATURE_STATS_FILE, WEIGHTS_FILE
 from dorl.deps import versions
@@ -58,7 +59,8 @@ def save_bundle(
     plain = merged_copy(model)
     state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in plain.state_dict().items()
              if v.is_floating_point()}
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "dorl_kind": "bundle"})
+    names = json.dumps(list(model.config.class_names))  # bound into the weights: see dorl.artifacts
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "dorl_kind": "bundle", CLASS_NAMES_KEY: names})
     files = [WEIGHTS_FILE]
     if source_features is not None:
         save_file(feature_statistics(source_features), str(folder / FEATURE_STATS_FILE))

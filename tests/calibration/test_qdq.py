@@ -176,7 +176,7 @@ def test_failed_gate_names_the_costliest_groups(mini: Path, wbc_dir: Path, tmp_p
                                         r"cost the most when quantized alone: encoder"):
         quantize_artifact(artifact, tmp_path / "int8", calibration, gate, min_agreement=1.01)
     assert not (tmp_path / "int8").exists() and not (tmp_path / "int8-cpu").exists()
-    assert sorted(p.name for p in artifact.iterdir()) == ["manifest.json", "model.onnx"]  # nothing left beside it
+    assert sorted(p.name for p in artifact.iterdir()) == ["manifest.json", "manifest.sha256", "model.onnx"]  # nothing left beside it
 
 
 def test_sweep_lists_the_worst_group_first() -> None:
