@@ -11,7 +11,7 @@ ONNX Runtime rejects on these graphs, and rounds small weights to 1e-7.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +190,8 @@ def save_model(model: Any, path: str | Path) -> None:
 
 
 def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
-                reporter: Any = None, fp32_ops: Iterable[str] = FP32_OPS) -> dict[str, Any]:
+                reporter: Any = None, fp32_ops: Iterable[str] = FP32_OPS,
+                names: Sequence[str] | None = None) -> dict[str, Any]:
     """Derive the FP16 artifact from a verified FP32 one and check it on real cells.
 
     The FP16 graph must run in ONNX Runtime, and its FP16 emulation (see `emulate_fp16`) must
@@ -202,6 +203,7 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
         out_dir: the FP16 artifact folder (created).
         images: real cells (paths or arrays, or uint8 [N,S,S,3]).
         reporter: called with progress sentences.
+        names: a name per cell (its path) for the report.
 
     Returns:
         The manifest written.
@@ -232,10 +234,10 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
     with staged(out_dir) as stage:
         save_model(convert_to_fp16(fp32_model, blocked), stage / MODEL_FILE)
         onnx.checker.check_model(str(stage / MODEL_FILE))
-        runtime = compare(reference, run_onnx(stage / MODEL_FILE, cells), FP16_TIE_MARGIN)
+        runtime = compare(reference, run_onnx(stage / MODEL_FILE, cells), FP16_TIE_MARGIN, cells=names)
         save_model(emulate_fp16(fp32_model, blocked), stage / "emulated.onnx")
         del fp32_model
-        emulated = compare(reference, run_onnx(stage / "emulated.onnx", cells), FP16_TIE_MARGIN)
+        emulated = compare(reference, run_onnx(stage / "emulated.onnx", cells), FP16_TIE_MARGIN, cells=names)
         (stage / "emulated.onnx").unlink()
         check_reduced(emulated, "fp16 (emulated)", FP16_MIN_AGREEMENT)
         check_reduced(runtime, "fp16", FP16_MIN_AGREEMENT)

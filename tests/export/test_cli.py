@@ -66,15 +66,24 @@ def test_export_errors_are_one_sentence(app: typer.Typer, tinyvit_bundle: tuple[
     assert not out.exists()
 
 
-def test_export_fp16_from_the_fp32_artifact(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]],
-                                            tinyvit_fp32: Path, cell_paths: list[Path], tmp_path: Path) -> None:
-    images = [a for p in cell_paths for a in ("--images", p)]
+def test_export_fp16_from_the_fp32_artifact_without_images(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]],
+                                                           tinyvit_fp32: Path, tmp_path: Path) -> None:
+    # no --images: the bundle records no training domains, so the cells come from the bundled sample
     result = _run(app, "export", tinyvit_bundle[0], "-o", tmp_path / "fp16", "--precision", "fp16",
-                  "--fp32", tinyvit_fp32, *images)
+                  "--fp32", tinyvit_fp32, "--parity-cells", "10")
     assert result.exit_code == 0, result.output
+    assert "no --images given: 10 cells from the sample bundled with dorl" in result.output
     assert f"wrote the fp16 ONNX graph to {tmp_path / 'fp16'}" in result.output
-    assert "top-1 agreement 100.00%" in result.output
+    assert "parity vs onnx fp32 on 10 cells" in result.output and "top-1 agreement 100.00%" in result.output
     assert json.loads((tmp_path / "fp16" / "manifest.json").read_text())["precision"] == "fp16"
+
+
+def test_tolerance_options_are_checked_before_any_work(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]],
+                                                       tmp_path: Path) -> None:
+    for args, message in ((("--atol", "scores=1e-3"), "names no output"), (("--rtol", "probs=x"), "not a number")):
+        result = _run(app, "export", tinyvit_bundle[0], "-o", tmp_path / "x", *args)
+        assert result.exit_code == 1 and message in result.output, result.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_relaxed_gate_thresholds_reach_the_manifest(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]],
@@ -92,11 +101,3 @@ def test_relaxed_gate_thresholds_reach_the_manifest(app: typer.Typer, tinyvit_bu
     assert gate["images"] == 10
     rejected = _run(app, "export", tinyvit_bundle[0], "-o", tmp_path / "x", "--min-agreement", "1.5")
     assert rejected.exit_code == 2 and not (tmp_path / "x").exists()  # typer's range check, before any work
-
-
-def test_export_without_images_samples_the_shared_cells(wbc_dir: Path) -> None:
-    from dorl.commands.export import DEFAULT_SAMPLE, default_images
-
-    sample = default_images(None)
-    assert len(sample) == DEFAULT_SAMPLE and {Path(p).parts[-3] for p in sample} == {"pbc", "bccd", "jtsc"}
-    assert default_images(None) == sample

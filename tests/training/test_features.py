@@ -10,8 +10,8 @@ import torch
 from sample_data import MASKED
 
 from dorl.config import ModelConfig
-from dorl.models.registry import build_model
 from dorl.contract import load_cells
+from dorl.models.registry import build_model
 from dorl.training.features import cae_features, encode_cells, extract_features, pooled_tokens
 from dorl.training.progress import RecordingReporter
 
