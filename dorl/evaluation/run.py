@@ -11,7 +11,8 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,59 +119,66 @@ def bundle_methods(model: DoRLModel, token_sets: Sequence[TokenSet], baseline: C
     return methods
 
 
-def evaluate_bundle(
-    bundle: str | Path,
-    domains: Sequence[str | tuple[str, str | Path]],
-    cache_dir: str | Path,
-    heads: Sequence[str] = HEADS,
-    folds: int = 5,
-    seed: int = 1234,
-    cae_baseline: bool = True,
-    pooled_baselines: bool = True,
-    device: str = "auto",
-    batch_size: int = 32,
-    reporter: Reporter | None = None,
-    adapt_methods: Sequence[str] = (DEFAULT_METHOD,),
-) -> Evaluation:
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """What `dorl evaluate` runs beside the bundle and the domains; validated on construction."""
+
+    heads: tuple[str, ...] = HEADS  # fit per fold: svm, logreg, mlp
+    folds: int = 5  # stratified folds on the source domain
+    seed: int = 1234  # the folds' split and the heads' seed
+    cae_baseline: bool = True  # train (or reuse) the CAE without mean-matching, with the bundle's CAE schedule
+    pooled_baselines: bool = True  # the pooled-token rows, plain and per-domain standardised
+    adapt_methods: tuple[str, ...] = (DEFAULT_METHOD,)  # one "DoRL + site adaptation (METHOD)" row each
+    device: str = "auto"  # auto, cpu or cuda for the encoder and the baseline CAE
+    batch_size: int = 32  # images per encoder pass
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.adapt_methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"unknown site-adaptation method {unknown[0]!r}: choose among {', '.join(METHODS)}.")
+        if self.batch_size < 1:
+            raise ConfigError(f"the batch size must be at least 1, got {self.batch_size}.")
+
+    def protocol(self, source: str) -> Protocol:
+        """The protocol for `source` (which checks the heads and folds)."""
+        return Protocol(source, tuple(self.heads), self.folds, self.seed)
+
+
+def evaluate_bundle(bundle: str | Path, domains: Sequence[str | tuple[str, str | Path]], cache_dir: str | Path,
+                    options: EvaluationOptions = EvaluationOptions(), reporter: Reporter | None = None) -> Evaluation:
     """The whole evaluation of a bundle: tokens once, the baseline CAE, every row, both settings.
 
     Args:
         bundle: a bundle folder written by `dorl train`.
         domains: "NAME=PATH" strings or (name, path) pairs; the first is the source domain.
         cache_dir: token cache and trained baseline CAE (reused when the model and images match).
-        heads, folds, seed: the protocol.
-        cae_baseline: train (or reuse) the CAE without mean-matching, with the bundle's CAE schedule.
-        pooled_baselines: add the pooled-token rows (plain and per-domain standardised).
-        device: "auto", "cpu" or "cuda" for the encoder and the baseline CAE.
-        batch_size: images per encoder pass.
+        options: heads, folds, seed, the baseline rows, device and batch size.
         reporter: progress and notes.
-        adapt_methods: site-adaptation maps scored as "DoRL + site adaptation (METHOD)" rows.
 
     Raises:
         DorlError: a missing or corrupt bundle, a malformed or empty domain, or bad protocol settings.
     """
-    from dorl.bundle import load_bundle, read_bundle_manifest
+    from dorl.bundle import load_bundle
     from dorl.data.domains import load_domains
+    from dorl.manifests import read_bundle
     from dorl.training.device import resolve_device
     from dorl.training.token_cache import cached_tokens
 
-    unknown = [m for m in adapt_methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"unknown site-adaptation method {unknown[0]!r}: choose among {', '.join(METHODS)}.")
     reporter = reporter or NullReporter()
-    manifest = read_bundle_manifest(bundle)
+    manifest = read_bundle(bundle)
     loaded = load_domains(list(domains))
-    protocol = Protocol(loaded[0].name, tuple(heads), folds, seed)
-    torch_device = resolve_device(device)
-    model = load_bundle(bundle, str(torch_device))
-    tokens = cached_tokens(model, loaded, cache_dir, torch_device, batch_size, reporter)
-    train, recorded = _train_config(manifest)
+    protocol = options.protocol(loaded[0].name)
+    torch_device = resolve_device(options.device)
+    model = load_bundle(manifest, str(torch_device))
+    tokens = cached_tokens(model, loaded, cache_dir, torch_device, options.batch_size, reporter)
+    train, recorded = _train_config(manifest.metadata)
     baseline = None
-    if cae_baseline:
+    if options.cae_baseline:
         baseline = baseline_cae(model, tokens, train.cae, torch_device, cache_dir, train.seed, reporter)
-    result = evaluate(bundle_methods(model, tokens, baseline, pooled_baselines, adapt_methods), protocol, reporter)
+    methods = bundle_methods(model, tokens, baseline, options.pooled_baselines, options.adapt_methods)
+    result = evaluate(methods, protocol, reporter)
     result.info = {"bundle": str(bundle), "encoder": model.config.encoder, "domains": [d.describe() for d in loaded]}
-    if cae_baseline:
+    if options.cae_baseline:
         result.info["cae_baseline_schedule"] = dataclasses.asdict(dataclasses.replace(train.cae, mmd_weight=0.0))
         source = f"the bundle's CAE schedule ({train.schedule})" if recorded else \
             "the CPU schedule (the bundle records no training config)"
@@ -178,7 +186,7 @@ def evaluate_bundle(
     return result
 
 
-def _train_config(manifest: dict[str, Any]) -> tuple[TrainConfig, bool]:
+def _train_config(metadata: Mapping[str, Any]) -> tuple[TrainConfig, bool]:
     """The bundle's training config and True; the CPU schedule and False for a bundle that records none."""
-    recorded = manifest.get("metadata", {}).get("train_config")
+    recorded = metadata.get("train_config")
     return (train_config_from_dict(recorded), True) if recorded else (cpu_schedule(), False)
