@@ -4,8 +4,8 @@ Configurations: the PyTorch eager FP32 baseline (from a bundle), ONNX Runtime ar
 (FP32/FP16/INT8) and TensorRT engines (skipped, with the reason, where TensorRT is absent). Per
 configuration, in its own process so that peak memory is its own: load time; warm-up, then
 trtexec-style latency and throughput per batch size; a pipeline pass over every cell at the
-largest batch that splits decode+resize / inference / softmax+mask time and records the
-predictions; FLOPs per cell. The parent then scores accuracy on the labelled cells and top-1
+largest batch through the shipped `Analyzer` (decode, resize, inference, softmax, mask), whose time
+per cell less the timed inference is its host work, recording the predictions; FLOPs per cell. The parent then scores accuracy on the labelled cells and top-1
 agreement with the reference (the ONNX FP32 artifact, else the PyTorch model).
 Run a single configuration with `python -m dorl.benchmarks.harness REQUEST.json RESULT.json`.
 """
@@ -28,6 +28,7 @@ import numpy as np
 from dorl.artifacts import read_manifest
 from dorl.benchmarks import accuracy, timing
 from dorl.benchmarks.memory import RssSampler, current_rss, memory_summary
+from dorl.contract import load_cells
 from dorl.errors import ConfigError, DorlError
 
 Reporter = Callable[[str], None]
@@ -176,10 +177,13 @@ def _measure(target: Target, cells: accuracy.Cells, settings: BenchSettings) -> 
     session = open_session(target, settings)
     load_s = time.perf_counter() - start
     try:
-        pixels, _ = accuracy.preprocess(cells.paths[: max(settings.batch_sizes)], session.image_size)
+        pixels = load_cells(cells.paths[: max(settings.batch_sizes)], session.image_size)
         batches = [_time_batch(session, pixels, b, settings) for b in settings.batch_sizes]
-        largest = max((b["batch"] for b in batches if b["status"] == "ok"), default=session.max_batch or 1)
-        pipeline = accuracy.pipeline_pass(session, cells, largest)
+        timed = [b for b in batches if b["status"] == "ok"]
+        largest = max((b["batch"] for b in timed), default=session.max_batch or 1)
+        inference = next((b["latency_ms"]["p50"] / b["batch"] for b in timed if b["batch"] == largest), None)
+        pipeline = accuracy.analyzer_pass(session.runner, session.class_names, session.image_size, cells, largest,
+                                          inference)
         flops = session.flops()
     finally:
         session.close()

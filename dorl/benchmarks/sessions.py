@@ -1,8 +1,10 @@
 """One interface over the benchmarked backends: uint8 NHWC cells in, the graph's named outputs out.
 
 `RunnerSession` wraps a runtime runner (ONNX Runtime or TensorRT, torch-free); `TorchSession`
-runs the bundle's `DoRLModel` in eager FP32, fed exactly as the export wrapper feeds it
-(NHWC uint8 → NCHW float 0–255), so both sides of the comparison see the same pixels.
+runs the bundle's `DoRLModel` in eager FP32 behind a runner of its own (`TorchRunner`), fed as
+the export wrapper feeds the graph (NHWC uint8 → NCHW float 0–255). Each session's `runner` is
+what the shipped `Analyzer` runs in the benchmark's end-to-end pass, so every configuration is
+timed through the same host code.
 """
 
 from __future__ import annotations
@@ -13,7 +15,17 @@ from typing import Any
 import numpy as np
 
 from dorl.artifacts import read_manifest
-from dorl.contract import to_nchw_float
+from dorl.contract import (
+    BATCH_DIM,
+    FEATURE,
+    INPUT_NAME,
+    LOGITS,
+    MASK_LOGITS,
+    OUTPUT_NAMES,
+    PROBS,
+    to_nchw_float,
+)
+from dorl.runtime.base import BaseRunner, TensorSpec
 
 
 def folder_bytes(manifest: dict[str, Any]) -> int:
@@ -60,6 +72,36 @@ class RunnerSession:
         return count_flops(model_file(manifest), batch=1).to_dict()
 
 
+class TorchRunner(BaseRunner):
+    """A DoRLModel in eager mode as a runner: the graph's contract (uint8 [batch,S,S,3] in, the named outputs out)."""
+
+    def __init__(self, model: Any, device: str) -> None:
+        import torch
+
+        self.torch, self.model, self.device = torch, model, device
+        config = model.config
+        size, classes, mask = config.image_size, config.num_classes, config.image_size // 4
+        shapes = {LOGITS: [classes], PROBS: [classes], FEATURE: [model.feature_dim],
+                  MASK_LOGITS: [config.num_mask_channels, mask, mask]}
+        super().__init__([TensorSpec(INPUT_NAME, "uint8", (BATCH_DIM, size, size, 3))],
+                         [TensorSpec(name, "float32", (BATCH_DIM, *shapes[name])) for name in OUTPUT_NAMES],
+                         name=f"pytorch:{config.encoder}")
+
+    def forward(self, pixels: np.ndarray) -> dict[str, Any]:
+        images = self.torch.from_numpy(to_nchw_float(pixels)).to(self.device)
+        with self.torch.inference_mode():
+            return dict(self.model(images))
+
+    def activate_impl(self) -> None:
+        pass
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: value.float().cpu().numpy() for name, value in self.forward(feed[INPUT_NAME]).items()}
+
+    def deactivate_impl(self) -> None:
+        pass
+
+
 class TorchSession:
     """The PyTorch eager FP32 baseline from a model bundle."""
 
@@ -67,29 +109,24 @@ class TorchSession:
         import torch
 
         from dorl.bundle import load_bundle
+        from dorl.manifests import read_bundle
 
         if threads is not None:
             torch.set_num_threads(threads)
-        self.torch = torch
-        self.device = device
-        self.model = load_bundle(path, device=device)
-        manifest = read_manifest(path, "bundle", verify=False)
-        self.image_size = int(self.model.config.image_size)
-        self.class_names = list(self.model.config.class_names)
-        self.size_bytes = folder_bytes(manifest)
+        manifest = read_bundle(path)
+        self.runner = TorchRunner(load_bundle(manifest, device=device), device)
+        self.runner.activate()
+        self.image_size = manifest.config.image_size
+        self.class_names = list(manifest.class_names)
+        self.size_bytes = folder_bytes(manifest.to_dict())
         self.max_batch = None
         self.threads = torch.get_num_threads()
 
-    def _forward(self, pixels: np.ndarray) -> dict[str, Any]:
-        images = self.torch.from_numpy(to_nchw_float(pixels)).to(self.device)
-        with self.torch.inference_mode():
-            return dict(self.model(images))
-
     def infer(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: value.float().cpu().numpy() for name, value in self._forward(pixels).items()}
+        return self.runner.infer({INPUT_NAME: pixels})
 
     def close(self) -> None:
-        del self.model
+        self.runner.deactivate()
 
     def flops(self) -> dict[str, Any]:
         """FLOPs per cell counted by torch's FlopCounterMode on one cell (2·MACs of matmuls/convs)."""
@@ -97,7 +134,7 @@ class TorchSession:
 
         cell = np.zeros((1, self.image_size, self.image_size, 3), dtype=np.uint8)
         with FlopCounterMode(display=False) as counter:
-            self._forward(cell)
+            self.runner.forward(cell)
         by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
         return {"flops_per_cell": float(counter.get_total_flops()), "by_op_per_cell": by_op,
                 "note": "torch.utils.flop_counter.FlopCounterMode: 2*MACs of matmul/conv/attention ops"}
