@@ -37,7 +37,7 @@ def model_classes(artifacts: Sequence[Path], bundle: Path | None) -> list[str] |
 @user_errors
 def bench(
     artifacts: Annotated[list[Path] | None, typer.Argument(help="ONNX artifact and TensorRT engine folders.")] = None,
-    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for report.json, report.md and the plots.")] = Path(
+    out: Annotated[Path, typer.Option("-o", "--output", "--out", help="Folder for report.json, report.md and the plots.")] = Path(
         "bench"),
     bundle: Annotated[Path | None, typer.Option(help="Model bundle: the PyTorch eager FP32 baseline.")] = None,
     images: Annotated[list[str] | None, typer.Option(
@@ -48,7 +48,8 @@ def bench(
     iterations: Annotated[int, typer.Option(min=1, help="Timed runs per batch size.")] = 20,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs before them.")] = 3,
     threads: Annotated[int | None, typer.Option(min=1, help="Intra-op threads (default: each library's).")] = None,
-    max_cells: Annotated[int, typer.Option(min=1, help="At most this many cells (labelled first).")] = 64,
+    max_cells: Annotated[int, typer.Option(
+        "--max-cells", "-n", min=1, help="At most this many cells (labelled first).")] = 64,
     device: Annotated[str, typer.Option(help="cpu, or cuda (ONNX Runtime CUDA provider, torch on the GPU).")] = "cpu",
     plots: Annotated[bool, typer.Option(help="Write latency, throughput and accuracy PNGs.")] = True,
 ) -> None:

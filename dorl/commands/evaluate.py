@@ -17,7 +17,7 @@ def evaluate(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `dorl train`.")],
     domain: Annotated[list[str], typer.Option(
         "--domain", "-d", help="NAME=PATH of a domain (class folders of images); repeat it. The first is the source.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for results.json, results.md, confusion PNGs.")],
+    output: Annotated[Path, typer.Option("-o", "--output", "--out", help="Folder for results.json, results.md, confusion PNGs.")],
     heads: Annotated[str, typer.Option(help=HEADS_HELP)] = "svm,logreg,mlp",
     folds: Annotated[int, typer.Option(min=2, help="Stratified folds on the source domain.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the fold split and of the heads.")] = 1234,
