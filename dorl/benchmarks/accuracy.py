@@ -20,8 +20,6 @@ import numpy as np
 from dorl.contract import NEAR_TIE_MARGIN, top2_margin
 from dorl.errors import ConfigError, ImageError
 
-MASKS_FOLDER = "masks"
-
 
 @dataclass(frozen=True)
 class Cells:
@@ -57,10 +55,14 @@ def labelled_files(domain: Path, classes: Sequence[str] | None = None) -> list[t
         domain: the folder; its `masks/` tree (expert masks) is not a class.
         classes: keep only these class folders (None: all).
     """
-    from dorl.data.images import find_images
+    from dorl.calibration.calibration_set import list_strata
 
-    folders = [d for d in sorted(domain.iterdir()) if d.is_dir() and d.name != MASKS_FOLDER]
-    per_class = [[(f, d.name) for f in find_images([d])] for d in folders if classes is None or d.name in classes]
+    try:
+        strata = list_strata({domain.name: domain})
+    except ConfigError:  # no class folder holds an image
+        return []
+    per_class = [[(f, label) for f in files] for (_, label), files in sorted(strata.items())
+                 if classes is None or label in classes]
     return [pair for row in zip_longest(*per_class) for pair in row if pair is not None]
 
 
