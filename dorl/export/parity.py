@@ -49,12 +49,16 @@ class Tolerance:
         return np.where(np.isnan(excess), np.inf, excess)
 
 
-# FP32 ONNX Runtime vs PyTorch, measured on the README's trained TinyViT bundle over all 1,751 images
-# of pbc, bccd and jtsc (see FP32_TOLERANCES_NOTE); float32 kernels of two libraries differ by round-off.
+# FP32 ONNX Runtime vs PyTorch differ by the round-off of two libraries' float32 kernels. Measured on
+# the README's trained TinyViT bundle (250 pbc cells): logits up to 4.1e-4 (|logit| up to 11), probs
+# 8.6e-5, feature 1.4e-6, mask_logits 8.8e-5; an earlier run over 1,751 images reached 6.4e-4 in the
+# logits and 1.4e-4 in the probs. A logit drift of d moves a probability p by at most 2·d·p, so the
+# probs' rtol is twice the logits' atol; mask_logits get a wider atol because the masks themselves
+# are held to the IoU rule.
 FP32_PROBS_ATOL = 1e-4
 FP32_TOLERANCES: dict[str, Tolerance] = {
     "logits": Tolerance(1e-3, 1e-3),
-    "probs": Tolerance(FP32_PROBS_ATOL, 1e-3),
+    "probs": Tolerance(FP32_PROBS_ATOL, 2e-3),
     "feature": Tolerance(1e-3, 1e-3),
     "mask_logits": Tolerance(1e-2, 1e-3),
 }

@@ -43,7 +43,7 @@ def test_float32_round_off_on_a_confident_cell_passes() -> None:
     reference = outputs()
     candidate = {k: v.copy() for k, v in reference.items()}
     top = int(np.argmax(reference["probs"][3]))
-    candidate["probs"][3, top] = reference["probs"][3, top] * (1 + 9e-4)  # beyond atol 1e-4, within rtol 1e-3
+    candidate["probs"][3, top] = reference["probs"][3, top] * (1 + 1.9e-3)  # beyond atol 1e-4, within rtol 2e-3
     report = compare(reference, candidate, tolerances=FP32_TOLERANCES)
     check_fp32(report)
     assert report.outputs["probs"].mismatched_cells == 0 and report.max_abs_diff["probs"] > FP32_PROBS_ATOL
