@@ -14,23 +14,24 @@ from typing import Any
 
 import numpy as np
 
-from dorl.artifacts import read_manifest
 from dorl.contract import (
     BATCH_DIM,
     FEATURE,
     INPUT_NAME,
     LOGITS,
+    MANIFEST_FILE,
     MASK_LOGITS,
     OUTPUT_NAMES,
     PROBS,
     to_nchw_float,
 )
+from dorl.manifests import EngineManifest, GraphDescription, Manifest, OnnxManifest, read_artifact, read_onnx
 from dorl.runtime.base import BaseRunner, TensorSpec
 
 
-def folder_bytes(manifest: dict[str, Any]) -> int:
+def folder_bytes(manifest: Manifest) -> int:
     """Size on disk of an artifact: the sum of the files its manifest lists."""
-    return sum(int(entry["bytes"]) for entry in manifest["files"].values())
+    return sum(entry.bytes for entry in manifest.files.values())
 
 
 class RunnerSession:
@@ -39,17 +40,18 @@ class RunnerSession:
     def __init__(self, path: str, device: str, threads: int | None) -> None:
         from dorl.runtime.loader import load_runner
 
-        manifest = read_manifest(path, ("onnx", "engine"), verify=False)
-        options: dict[str, Any] = {} if manifest["kind"] == "engine" else {
+        manifest = read_artifact(path, ("onnx", "engine"), verify=False)  # the runner verifies the files
+        assert isinstance(manifest, GraphDescription)
+        options: dict[str, Any] = {} if manifest.kind == "engine" else {
             "providers": ["cuda"] if device == "cuda" else ["cpu"], "threads": threads}
         self.runner = load_runner(path, **options)
         self.runner.activate()
         self.manifest = manifest
         self.input_name = next(iter(self.runner.input_specs))
-        self.image_size = int(manifest.get("image_size") or self.runner.input_specs[self.input_name].shape[1])
-        self.class_names = list(manifest.get("class_names", []))
+        self.image_size = int(manifest.image_size or self.runner.input_specs[self.input_name].shape[1])
+        self.class_names = list(manifest.class_names)
         self.size_bytes = folder_bytes(manifest)
-        self.max_batch = getattr(self.runner, "max_batch", None)
+        self.max_batch = manifest.max_batch if isinstance(manifest, EngineManifest) else None
         self.threads = threads
 
     def infer(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
@@ -61,15 +63,15 @@ class RunnerSession:
     def flops(self) -> dict[str, Any] | None:
         """FLOPs per cell from the ONNX graph (an engine's source graph, where it is still there)."""
         from dorl.benchmarks.flops import count_flops
-        from dorl.runtime.onnxrt import model_file
 
         manifest = self.manifest
-        if manifest["kind"] == "engine":
-            source = Path(str(manifest.get("source_onnx", {}).get("folder", "")))
-            if not (source / "manifest.json").is_file():
+        if isinstance(manifest, EngineManifest):
+            source = Path(str(manifest.source_onnx.get("folder", "")))
+            if not (source / MANIFEST_FILE).is_file():
                 return None
-            manifest = read_manifest(source, "onnx", verify=False)
-        return count_flops(model_file(manifest), batch=1).to_dict()
+            manifest = read_onnx(source, verify=False)
+        assert isinstance(manifest, OnnxManifest)
+        return count_flops(manifest.model_path, batch=1).to_dict()
 
 
 class TorchRunner(BaseRunner):
@@ -118,7 +120,7 @@ class TorchSession:
         self.runner.activate()
         self.image_size = manifest.config.image_size
         self.class_names = list(manifest.class_names)
-        self.size_bytes = folder_bytes(manifest.to_dict())
+        self.size_bytes = folder_bytes(manifest)
         self.max_batch = None
         self.threads = torch.get_num_threads()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -21,17 +20,6 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(size < 1 for size in sizes):
         raise ConfigError(f"--batch-sizes {text!r} is not a comma-separated list of positive integers: e.g. 1,2,4,8.")
     return tuple(sorted(set(sizes)))
-
-
-def model_classes(artifacts: Sequence[Path], bundle: Path | None) -> list[str] | None:
-    """The class names of the first artifact (or the bundle), to pick the labelled folders."""
-    from dorl.artifacts import read_manifest
-
-    for path in [*artifacts, *([bundle] if bundle else [])]:
-        names = read_manifest(path, verify=False).get("class_names")
-        if names:
-            return list(names)
-    return None
 
 
 @user_errors
@@ -62,12 +50,14 @@ def bench(
     paths = list(artifacts or [])
     settings = BenchSettings(batch_sizes=parse_batch_sizes(batch_sizes), iterations=iterations, warmup=warmup,
                              threads=threads, device=device)
-    targets_from(paths, bundle)  # checks every artifact before any image is read
+    targets = targets_from(paths, bundle)  # checks every artifact before any image is read
     if not images and labelled is None:
         raise ConfigError("no cells to benchmark on: give --labelled DOMAIN and/or --images FOLDER.")
-    cells = collect_cells(images or [], labelled, max_cells, model_classes(paths, bundle))
+    classes = next((list(t.class_names) for t in targets if t.class_names), None)
+    cells = collect_cells(images or [], labelled, max_cells, classes)
     err = console()
-    report = run_bench(paths, cells, settings, bundle=bundle, reporter=lambda line: err.print(line, highlight=False))
+    report = run_bench(paths, cells, settings, bundle=bundle, reporter=lambda line: err.print(line, highlight=False),
+                       targets=targets)
     print_report(report)
     written = write_report(report, out, plots=plots)
     typer.echo(f"report written to {written['json'].parent}: {', '.join(p.name for p in written.values())}", err=True)
