@@ -10,6 +10,8 @@ the same rule. Torch-free (numpy and pillow): the runtime imports it. Decoding i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +23,23 @@ LOGITS, PROBS, FEATURE, MASK_LOGITS = "logits", "probs", "feature", "mask_logits
 OUTPUT_NAMES = (LOGITS, PROBS, FEATURE, MASK_LOGITS)
 BATCH_DIM = "batch"
 CELL_CHANNEL = 1  # mask_logits channel 0 is background, every other channel is cell
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of a graph input or output, as manifests record them; a str dimension is dynamic."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
+        return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
 
 # -- the files of the artifacts ----------------------------------------------------------------
 MANIFEST_FILE = "manifest.json"

@@ -16,9 +16,8 @@ from typing import Any, TypeVar
 
 from dorl.artifacts import read_manifest
 from dorl.config import ModelConfig, from_dict
-from dorl.contract import HEAD_FILE, MODEL_FILE, WEIGHTS_FILE
+from dorl.contract import HEAD_FILE, MODEL_FILE, WEIGHTS_FILE, TensorSpec
 from dorl.errors import ArtifactError, ConfigError
-from dorl.runtime.base import TensorSpec
 
 M = TypeVar("M", bound="Manifest")
 
