@@ -28,6 +28,7 @@ from typing import Any
 from dorl.contract import MANIFEST_FILE, WEIGHTS_FILE
 from dorl.errors import ArtifactError
 
+MANIFEST_NAME = MANIFEST_FILE  # the contract's name, under the name other modules import
 MANIFEST_DIGEST_FILE = "manifest.sha256"
 FORMAT_VERSION = 2  # 2: sealed (manifest digest, class names bound into the files); 1 is still read
 READABLE_VERSIONS = (1, 2)
