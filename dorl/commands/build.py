@@ -24,7 +24,7 @@ def build(
     calibration_cache: Annotated[Path | None, typer.Option(
         "--calibration-cache", help="Legacy INT8 calibration cache (TensorRT 10, FP32 graph only).")] = None,
     output: Annotated[Path | None, typer.Option(
-        "-o", "--output", help="Engine artifact folder (default: beside the ONNX artifact).")] = None,
+        "-o", "--output", "--out", help="Engine artifact folder (default: beside the ONNX artifact).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Print TensorRT's verbose build log.")] = False,
 ) -> None:
     from dorl.runtime.engine import build_engine, default_engine_dir, validate_build_options

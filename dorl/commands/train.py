@@ -36,7 +36,7 @@ def _load(domain_options: list[str], classes: str | None):  # type: ignore[no-un
 def train(
     domain: Annotated[list[str], typer.Option("--domain", "-d", help="NAME=PATH of a domain's class folders; "
                                               "repeat it; the first is the anchor (source) domain")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder: checkpoints/, tokens/, bundle/")],
+    out: Annotated[Path, typer.Option("-o", "--output", "--out", help="output folder: checkpoints/, tokens/, bundle/")],
     stages: Annotated[str, typer.Option(help="stages to run, comma-separated: seg,cae,head")] = "seg,cae,head",
     encoder: Annotated[str, typer.Option(help=ENCODER_HELP)] = "tinyvit_5m",
     checkpoint: Annotated[Path | None, typer.Option(help="pretrained encoder weights (SAM .pth or "

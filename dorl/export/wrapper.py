@@ -3,7 +3,7 @@
 Like segment-anything's `SamOnnxModel`, it is kept apart from the model: the deployed graph
 takes what a camera crop is after resizing (uint8 [B,S,S,3], RGB) and does the cast, the
 NHWC→NCHW transpose and the normalisation in-graph (the model normalises in `forward`). The
-graph's tensor names are fixed here, once; the runtime reads them from the manifest.
+graph's tensor names are those of `dorl.contract`; the runtime reads them from the manifest.
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dorl.contract import BATCH_DIM, INPUT_NAME, OUTPUT_NAMES
 from dorl.models.dorl_model import DoRLModel
-
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("logits", "probs", "feature", "mask_logits")
-BATCH_DIM = "batch"
 
 
 class ExportWrapper(nn.Module):

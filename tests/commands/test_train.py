@@ -29,7 +29,7 @@ def copy_domain(wbc_dir: Path, name: str, target: Path, per_class: int, classes:
 
 
 def test_a_tiny_run_writes_a_bundle_of_the_shared_classes(app: typer.Typer, wbc_dir: Path, tmp_path: Path) -> None:
-    pbc = copy_domain(wbc_dir, "pbc", tmp_path / "pbc", 2, ("lymphocyte", "neutrophil", "platelet"))
+    pbc = copy_domain(wbc_dir, "pbc", tmp_path / "pbc", 2, ("lymphocyte", "neutrophil", "monocyte"))
     bccd = copy_domain(wbc_dir, "bccd", tmp_path / "bccd", 2, ("lymphocyte", "neutrophil"))
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
@@ -39,7 +39,7 @@ def test_a_tiny_run_writes_a_bundle_of_the_shared_classes(app: typer.Typer, wbc_
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().endswith(str(out / "bundle"))
     manifest = read_bundle_manifest(out / "bundle")
-    assert manifest["class_names"] == ["lymphocyte", "neutrophil"]  # platelet is not in bccd
+    assert manifest["class_names"] == ["lymphocyte", "neutrophil"]  # monocyte is not in this bccd copy
     assert manifest["metadata"]["schedule"] == "cpu" and manifest["metadata"]["head"]["kind"] == "logreg"
     assert manifest["metadata"]["deviations_from_paper"] and manifest["config"]["cae_depth"] == 4
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from manifests import edit_manifest
 
 from dorl.artifacts import write_manifest
 from dorl.data.images import load_rgb, resize_square
@@ -116,14 +116,11 @@ def test_tampered_model_is_refused(tiny_artifact, tmp_path: Path) -> None:
 
 def test_manifest_naming_a_tensor_the_graph_lacks(tiny_artifact, tmp_path: Path) -> None:
     folder = copy_artifact(tiny_artifact.folder, tmp_path)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["outputs"][0]["name"] = "scores"
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(folder, lambda manifest: manifest["outputs"][0].update(name="scores"))
     runner = OnnxRuntimeRunner(folder)
     with pytest.raises(ArtifactError, match="its manifest names"):
         runner.activate()
-    del manifest["inputs"]
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(folder, lambda manifest: manifest.pop("inputs"))
     with pytest.raises(ArtifactError, match="no valid 'inputs' list"):
         OnnxRuntimeRunner(folder)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from manifests import edit_manifest
 
 from dorl.artifacts import write_manifest
 from dorl.errors import ArtifactError, ConfigError, MissingDependencyError
@@ -107,9 +108,7 @@ def test_runner_refuses_changed_or_wrong_artifacts(tmp_path: Path) -> None:
     (engine / "model.engine").write_bytes(b"not a plan!")
     with pytest.raises(ArtifactError, match="truncated or changed"):
         TensorRTRunner(engine)
-    manifest = json.loads((engine / "manifest.json").read_text())
-    del manifest["max_batch"]
-    (engine / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(engine, lambda manifest: manifest.pop("max_batch"))
     with pytest.raises(ArtifactError, match="incomplete.*dorl build"):
         TensorRTRunner(engine, verify=False)
 

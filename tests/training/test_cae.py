@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def token_sets(tiny_domains: list[Domain], tmp_path_factory: pytest.TempPathFactory) -> list[TokenSet]:
-    """Real cells of pbc (anchor) and jtsc through the tiny encoder, 4 of each."""
+    """Real cells of pbc (anchor) and the lab with masks through the tiny encoder, 4 of each."""
     torch.manual_seed(0)
     model = build_model(TINY)
     domains = [dataclasses.replace(d, samples=d.samples[::2][:4]) for d in (tiny_domains[0], tiny_domains[2])]

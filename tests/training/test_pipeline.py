@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sample_data import MASKED
 
 from dorl.bundle import load_bundle, read_bundle_manifest
 from dorl.config import ModelConfig
@@ -24,9 +25,9 @@ TINY = TrainConfig(
 
 @pytest.fixture(scope="module")
 def domains(tiny_domains: list[Domain]) -> list[Domain]:
-    """pbc: 6 cells of 3 classes (anchor); jtsc: 3 cells with expert masks."""
-    pbc, jtsc = tiny_domains[0], tiny_domains[2]
-    return [dataclasses.replace(pbc, samples=pbc.samples[:6]), dataclasses.replace(jtsc, samples=jtsc.samples[:3])]
+    """pbc: 6 cells of 3 classes (anchor); the lab with masks: 3 cells."""
+    pbc, masked = tiny_domains[0], tiny_domains[2]
+    return [dataclasses.replace(pbc, samples=pbc.samples[:6]), dataclasses.replace(masked, samples=masked.samples[:3])]
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +48,18 @@ def copy_run(trained: tuple[Path, RecordingReporter], tmp_path: Path) -> Path:
 
 def test_the_bundle_loads_and_records_the_run(trained, cell_batch: np.ndarray) -> None:
     out, reporter = trained
-    assert {"seg", "tokens pbc", "tokens jtsc", "cae"} <= set(reporter.tasks())
+    assert {"seg", "tokens pbc", f"tokens {MASKED}", "cae"} <= set(reporter.tasks())
     model = load_bundle(out / "bundle")
     token_cache = read_bundle_manifest(out / "bundle")["metadata"]["token_cache"]
     assert token_cache["fingerprint"] == model_fingerprint(model)  # the bundle's encoder made the cached tokens
-    assert {p.name for p in Path(token_cache["folder"]).iterdir()} == {"pbc.safetensors", "jtsc.safetensors"}
+    assert {p.name for p in Path(token_cache["folder"]).iterdir()} == {"pbc.safetensors", f"{MASKED}.safetensors"}
     with torch.no_grad():
         result = model(torch.from_numpy(cell_batch[:2]).permute(0, 3, 1, 2).float())
     assert result["logits"].shape == (2, 5) and result["mask_logits"].shape == (2, 2, 56, 56)
     meta = read_bundle_manifest(out / "bundle")["metadata"]
     assert meta["class_names"] == list(TINY.model.class_names) and meta["anchor_domain"] == "pbc"
-    assert [d["name"] for d in meta["domains"]] == ["pbc", "jtsc"]
-    assert meta["seg"]["pseudo_mask_vs_expert"]["jtsc"]["n"] == 3
+    assert [d["name"] for d in meta["domains"]] == ["pbc", MASKED]
+    assert meta["seg"]["pseudo_mask_vs_expert"][MASKED]["n"] == 3
     assert {k.split("/")[1] for k in meta["seg"]["holdout"]} <= {"pseudo", "expert"}
     assert len(meta["seg"]["losses"]) == 1 and set(meta["cae"]["losses"]) == {"loss", "ssim", "mmd", "rec"}
     assert meta["head"]["kind"] == "svm" and set(meta["seconds"]) == {"seg", "cae", "head"}

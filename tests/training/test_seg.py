@@ -71,7 +71,7 @@ def test_split_is_disjoint_capped_and_spread(tiny_domains: list[Domain]) -> None
 
 def test_training_lowers_the_loss_on_real_cells_and_changes_only_lora_and_decoder(tiny_domains: list[Domain]) -> None:
     torch.manual_seed(0)
-    samples = tiny_domains[2].samples[:4]  # jtsc: expert masks
+    samples = tiny_domains[2].samples[:4]  # the lab with masks
     images = load_images(samples, 224)
     masks, kinds = cell_masks(samples, images)
     assert set(kinds) == {"expert"}

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sample_data import MASKED
 
 from dorl.artifacts import sha256_file
 from dorl.config import ModelConfig
@@ -24,7 +25,7 @@ def test_tokens_and_targets_of_every_cell(model, tiny_domains: list[Domain], tmp
     domains = tiny_domains[1:]
     reporter = RecordingReporter()
     sets = cached_tokens(model, domains, tmp_path, CPU, batch_size=4, reporter=reporter)
-    assert [s.domain for s in sets] == ["bccd", "jtsc"] and reporter.tasks() == ["tokens bccd", "tokens jtsc"]
+    assert [s.domain for s in sets] == ["bccd", MASKED] and reporter.tasks() == ["tokens bccd", f"tokens {MASKED}"]
     for token_set, domain in zip(sets, domains):
         n = len(domain)
         assert len(token_set) == n and token_set.labels == list(domain.labels)
@@ -41,10 +42,10 @@ def test_tokens_and_targets_of_every_cell(model, tiny_domains: list[Domain], tmp
 
 
 def test_cache_is_reused_only_for_the_same_weights_and_files(model, tiny_domains: list[Domain], tmp_path: Path) -> None:
-    jtsc = tiny_domains[2]
-    first = cached_tokens(model, [jtsc], tmp_path, CPU)[0]
+    masked = tiny_domains[2]
+    first = cached_tokens(model, [masked], tmp_path, CPU)[0]
     reporter = RecordingReporter()
-    again = cached_tokens(model, [jtsc], tmp_path, CPU, reporter=reporter)[0]
+    again = cached_tokens(model, [masked], tmp_path, CPU, reporter=reporter)[0]
     assert reporter.notes and "read from" in reporter.notes[0] and reporter.tasks() == []
     assert torch.equal(again.tokens, first.tokens) and torch.equal(again.targets, first.targets)
     before = model_fingerprint(model)
@@ -52,15 +53,15 @@ def test_cache_is_reused_only_for_the_same_weights_and_files(model, tiny_domains
         model.mask_decoder.mask_decoder.mask_tokens.weight.add_(1.0)
     assert model_fingerprint(model) != before
     reporter = RecordingReporter()
-    cached_tokens(model, [jtsc], tmp_path, CPU, reporter=reporter)
-    assert reporter.tasks() == ["tokens jtsc"]  # computed again
+    cached_tokens(model, [masked], tmp_path, CPU, reporter=reporter)
+    assert reporter.tasks() == [f"tokens {MASKED}"]  # computed again
 
 
 def test_a_damaged_cache_file_is_computed_again(model, tiny_domains: list[Domain], tmp_path: Path) -> None:
-    jtsc = tiny_domains[2]
-    cached_tokens(model, [jtsc], tmp_path, CPU)
-    path = tmp_path / "jtsc.safetensors"
+    masked = tiny_domains[2]
+    cached_tokens(model, [masked], tmp_path, CPU)
+    path = tmp_path / f"{MASKED}.safetensors"
     path.write_bytes(path.read_bytes()[:1000])
     reporter = RecordingReporter()
-    fresh = cached_tokens(model, [jtsc], tmp_path, CPU, reporter=reporter)[0]
-    assert reporter.tasks() == ["tokens jtsc"] and len(fresh) == len(jtsc)
+    fresh = cached_tokens(model, [masked], tmp_path, CPU, reporter=reporter)[0]
+    assert reporter.tasks() == [f"tokens {MASKED}"] and len(fresh) == len(masked)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from dorl.training.metrics import (
+from dorl.evaluation.metrics import (
     MeanStd,
     Scores,
     accuracy,

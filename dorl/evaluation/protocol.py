@@ -12,8 +12,8 @@ labels (a target cell of a class the source lacks is always wrong); `shared` res
 training and every test set to the classes present in the source and in every target.
 
 A method is a name and `dict[domain -> (X, y)]` (plus an optional transform run after the
-class restriction), so new rows (baselines, the site adaptation of issue 7) are other
-arrays, not other code.
+class restriction, `dorl.evaluation.domain_maps`), so new rows (baselines, site adaptation)
+are other arrays, not other code.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from dorl.data.splits import stratified_kfold
 from dorl.errors import ConfigError
-from dorl.runtime.site_profile import DEFAULT_METHOD, RunningStats, affine_map
+from dorl.evaluation.metrics import FoldSummary, MeanStd, Scores, summarise
 from dorl.training.config import HEAD_KINDS, HeadTrainConfig
-from dorl.training.metrics import FoldSummary, MeanStd, Scores, summarise
 from dorl.training.progress import NullReporter, Reporter
 
 DomainArrays = Mapping[str, tuple[np.ndarray, np.ndarray]]
@@ -151,50 +151,14 @@ def restrict(domains: DomainArrays, classes: Sequence[Any]) -> dict[str, tuple[n
     return out
 
 
-def standardise_per_domain(domains: DomainArrays, eps: float = 1e-6) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each domain's features standardised by its own mean/std over all its cells (no labels used)."""
-    out = {}
-    for name, (x, y) in domains.items():
-        x = np.asarray(x, dtype=np.float64)
-        out[name] = (((x - x.mean(axis=0)) / (x.std(axis=0) + eps)).astype(np.float32), y)
-    return out
-
-
-def align_to_source(domains: DomainArrays, method: str = DEFAULT_METHOD) -> DomainArrays:
-    """Site adaptation exactly as the runtime applies it (`dorl.runtime.site_profile`): every domain
-    but the first (the source) is moved onto the source's feature statistics with the affine map
-    estimated from its own cells (no labels); the source is left as it is (its own profile is the
-    identity), so in-domain scores cannot change. `method`: see `dorl.runtime.site_profile`
-    (default: what `dorl adapt` uses).
-    """
-    names = list(domains)
-    source_stats = _statistics(domains[names[0]][0])
-    source = {"mean": source_stats.mean, "std": source_stats.std, "cov": source_stats.cov}
-    out = {names[0]: domains[names[0]]}
-    for name in names[1:]:
-        x, y = domains[name]
-        a, b = affine_map(source, _statistics(x), method)
-        out[name] = ((np.asarray(x, dtype=np.float64) @ a.T + b).astype(np.float32), y)
-    return out
-
-
-def _statistics(features: np.ndarray) -> RunningStats:
-    stats = RunningStats(features.shape[1])
-    stats.update(features)
-    return stats
-
-
 def _splits(y: np.ndarray, protocol: Protocol) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import StratifiedKFold
-
     _, counts = np.unique(y, return_counts=True)
     if counts.size < 2:
         raise ConfigError(f"the source domain {protocol.source!r} holds fewer than 2 classes: nothing to classify.")
     if counts.min() < protocol.folds:
         raise ConfigError(f"the smallest class of the source domain {protocol.source!r} has {counts.min()} cells, "
                           f"fewer than the {protocol.folds} folds: add cells or lower --folds.")
-    kfold = StratifiedKFold(n_splits=protocol.folds, shuffle=True, random_state=protocol.seed)
-    return list(kfold.split(np.zeros(len(y)), y))
+    return stratified_kfold(y, protocol.folds, protocol.seed)
 
 
 def _check_arrays(method: str, arrays: DomainArrays, domains: tuple[str, ...]) -> None:

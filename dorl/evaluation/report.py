@@ -19,6 +19,7 @@ SETTING_TITLES = {
     "all": "All source classes (targets scored on their own labels)",
     "shared": "Classes shared by every domain",
 }
+SAME_TITLE = "All source classes, which every domain shares (the two class settings are one here)"
 METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
 
 
@@ -60,14 +61,26 @@ def markdown(results: dict[str, Any]) -> str:
          f"(standard scaler + {', '.join(protocol['heads'])}) is fit on the training folds and tested on the "
          "held-out fold and on all of every other domain. Mean ± std over folds, in percent."),
     ]
-    for setting, data in results["settings"].items():
-        parts += ["", f"## {SETTING_TITLES.get(setting, setting)}", "",
-                  f"Classes the heads learn: {', '.join(data['classes'])}.", ""]
+    shown = distinct_settings(results)
+    merged = len(shown) < len(results["settings"])
+    for setting in shown:
+        data = results["settings"][setting]
+        heading = SAME_TITLE if merged and setting == "all" else SETTING_TITLES.get(setting, setting)
+        parts += ["", f"## {heading}", "", f"Classes the heads learn: {', '.join(data['classes'])}.", ""]
         for metric, title in METRICS.items():
             parts += [f"**{title}**", "", table(results, setting, metric), ""]
     for note in results.get("notes", []):
         parts += [f"- {note}"]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def distinct_settings(results: dict[str, Any]) -> list[str]:
+    """The class settings to show: `shared` is left out when its rows are those of `all` (every source
+    class is in every domain and no target holds another class, so the two settings are one)."""
+    settings = results["settings"]
+    if "all" in settings and "shared" in settings and settings["all"]["rows"] == settings["shared"]["rows"]:
+        return [s for s in settings if s != "shared"]
+    return list(settings)
 
 
 def slug(text: str) -> str:

@@ -6,16 +6,8 @@ import numpy as np
 import pytest
 
 from dorl.errors import ConfigError
-from dorl.training.evaluation import (
-    Method,
-    Protocol,
-    align_to_source,
-    evaluate,
-    evaluate_method,
-    restrict,
-    shared_classes,
-    standardise_per_domain,
-)
+from dorl.evaluation.domain_maps import align_to_source, standardise_per_domain
+from dorl.evaluation.protocol import Method, Protocol, evaluate, evaluate_method, restrict, shared_classes
 
 CLASSES = np.array(["eosinophil", "lymphocyte", "neutrophil"])
 

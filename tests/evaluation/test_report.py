@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dorl.training.evaluation import Protocol, evaluate, standardise_per_domain
-from dorl.training.report import markdown, percent, table, write_report
+from dorl.evaluation.domain_maps import standardise_per_domain
+from dorl.evaluation.protocol import Protocol, evaluate
+from dorl.evaluation.report import markdown, percent, table, write_report
 
 
 @pytest.fixture(scope="module")
