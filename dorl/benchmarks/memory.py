@@ -14,7 +14,7 @@ import resource
 import sys
 import threading
 from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 MB = 1024 * 1024
 
@@ -53,7 +53,7 @@ class RssSampler:
             self.peak = max(self.peak, current_rss() or 0)
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 

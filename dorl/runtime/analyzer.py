@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
@@ -142,7 +142,7 @@ class Analyzer:
         self.threshold = threshold
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Analyzer:
         self.runner.activate()
         return self
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -37,6 +37,9 @@ class RunnerError(DorlError):
     """A runner was used wrongly or fed data that does not match its artifact."""
 
 
+_Runner = TypeVar("_Runner", bound="BaseRunner")  # typing.Self is Python 3.11+ (JetPack 6 has 3.10)
+
+
 class BaseRunner(abc.ABC):
     """Lifecycle and input validation shared by all backends."""
 
@@ -59,7 +62,7 @@ class BaseRunner(abc.ABC):
         self.deactivate_impl()
         self.is_active = False
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _Runner) -> _Runner:
         self.activate()
         return self
 

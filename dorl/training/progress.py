@@ -8,7 +8,7 @@ latest metrics), `finish` it, and `note` one-off messages. The CLI passes `RichR
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 
 class Reporter(Protocol):
@@ -80,7 +80,7 @@ class RichReporter:
                                  TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"), console=self.console)
         self.ids: dict[str, tuple[Any, int]] = {}
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> RichReporter:
         self.progress.start()
         return self
 
