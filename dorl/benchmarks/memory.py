@@ -14,7 +14,10 @@ import resource
 import sys
 import threading
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; JetPack 6 runs 3.10, where this never imports
+    from typing_extensions import Self
 
 MB = 1024 * 1024
 
@@ -53,7 +56,7 @@ class RssSampler:
             self.peak = max(self.peak, current_rss() or 0)
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dorl.errors import DorlError
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; JetPack 6 runs 3.10, where this never imports
+    from typing_extensions import Self
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,6 @@ class TensorSpec:
 
 class RunnerError(DorlError):
     """A runner was used wrongly or fed data that does not match its artifact."""
-
-
-_Runner = TypeVar("_Runner", bound="BaseRunner")  # typing.Self is Python 3.11+ (JetPack 6 has 3.10)
 
 
 class BaseRunner(abc.ABC):
@@ -62,7 +62,7 @@ class BaseRunner(abc.ABC):
         self.deactivate_impl()
         self.is_active = False
 
-    def __enter__(self: _Runner) -> _Runner:
+    def __enter__(self) -> Self:
         self.activate()
         return self
 

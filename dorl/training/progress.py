@@ -8,7 +8,10 @@ latest metrics), `finish` it, and `note` one-off messages. The CLI passes `RichR
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; JetPack 6 runs 3.10, where this never imports
+    from typing_extensions import Self
 
 
 class Reporter(Protocol):
@@ -80,7 +83,7 @@ class RichReporter:
                                  TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"), console=self.console)
         self.ids: dict[str, tuple[Any, int]] = {}
 
-    def __enter__(self) -> RichReporter:
+    def __enter__(self) -> Self:
         self.progress.start()
         return self
 
