@@ -50,6 +50,16 @@ def test_tiny_artifact_graph_passes(tiny_graph: Path) -> None:
     assert report.nodes == 10 and report.opset == 17
 
 
+def test_real_fp32_export_records_a_passing_report(tinyvit_fp32: Path) -> None:
+    manifest = read_manifest(tinyvit_fp32, "onnx")
+    compat = manifest["tensorrt_compatibility"]
+    assert compat["passed"] and compat["violations"] == [] and compat["targets"] == list(TARGETS)
+    assert compat["nodes"] == manifest["graph"]["nodes"] > 500
+    model = onnx.load(str(tinyvit_fp32 / "model.onnx"))
+    first = [n for n in model.graph.node if "images" in n.input]
+    assert sorted(n.op_type for n in first) in (["Cast"], ["Cast", "Shape"])  # the cast comes before any layout change
+
+
 def test_real_fp16_graph_passes(tinyvit_fp32: Path) -> None:
     from dorl.export.fp16 import convert_to_fp16
 
