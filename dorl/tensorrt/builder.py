@@ -252,9 +252,12 @@ def pin_fp32(network: trt.INetworkDefinition, onnx_ops: Sequence[str]) -> list[s
     import tensorrt as trt
 
     kinds = {FP32_LAYER_KINDS[op] for op in onnx_ops}
+    floats = (trt.float32, trt.float16)
     pinned = []
     for index in range(network.num_layers):
         layer = network.get_layer(index)
+        if layer.num_outputs == 0 or layer.get_output(0).dtype not in floats:
+            continue  # shape arithmetic (integer reductions, powers) has no precision to pin
         for layer_type, enum, member in kinds:
             if layer.type != getattr(trt.LayerType, layer_type):
                 continue
