@@ -24,6 +24,8 @@ _EXTRAS = {
     "onnxscript": ("export", "onnxscript"),
     "tensorrt": ("trt", "tensorrt"),
     "cuda.bindings": ("trt", "cuda-python"),
+    "starlette": ("serve", "starlette"),
+    "uvicorn": ("serve", "uvicorn"),
 }
 
 
