@@ -234,6 +234,8 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
     with staged(out_dir) as stage:
         save_model(convert_to_fp16(fp32_model, blocked), stage / MODEL_FILE)
         onnx.checker.check_model(str(stage / MODEL_FILE))
+        from dorl.export.trt_compat import require_compatible
+        compat = require_compatible(stage / MODEL_FILE, "the FP16 graph")
         runtime = compare(reference, run_onnx(stage / MODEL_FILE, cells), FP16_TIE_MARGIN, cells=names)
         save_model(emulate_fp16(fp32_model, blocked), stage / "emulated.onnx")
         del fp32_model
@@ -248,4 +250,4 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
 
     files = [f for f in files if f != HEAD_FILE] + copy_head(manifest, Path(out_dir))
     return write_manifest(out_dir, "onnx", files, **derived_fields(manifest, "fp16"), fp32_ops=list(blocked),
-                          parity=parity)
+                          parity=parity, tensorrt_compatibility=compat)

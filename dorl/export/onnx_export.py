@@ -154,7 +154,7 @@ def base_fields(model: Any, inputs: list[dict[str, Any]], outputs: list[dict[str
 
 def derived_fields(fp32_manifest: dict[str, Any], precision: str) -> dict[str, Any]:
     """The manifest fields of a graph derived from an FP32 artifact (same I/O, new precision)."""
-    skip = ("format_version", "kind", "created", "files", "folder", "parity", "graph")
+    skip = ("format_version", "kind", "created", "files", "folder", "parity", "graph", "tensorrt_compatibility")
     fields = {k: v for k, v in fp32_manifest.items() if k not in skip}
     fields["precision"] = precision
     fields["source_fp32_sha256"] = fp32_manifest["files"][MODEL_FILE]["sha256"]
@@ -188,6 +188,8 @@ def export_fp32(source: ExportSource, out_dir: str | Path, cells: ParityCells, o
         say(f"exporting the {model.config.encoder} model to ONNX (opset {opset})")
         files = export_graph(model, stage, opset)
         graph = check_graph(stage / MODEL_FILE, inputs, outputs)
+        from dorl.export.trt_compat import require_compatible
+        compat = require_compatible(stage / MODEL_FILE, "the exported FP32 graph")
         say(f"checking parity with PyTorch on {len(cells)} real cells")
         report = compare(run_torch(model, cells.pixels), run_onnx(stage / MODEL_FILE, cells.pixels),
                          tolerances=FP32_TOLERANCES if tolerances is None else tolerances, cells=cells.names)
@@ -196,7 +198,8 @@ def export_fp32(source: ExportSource, out_dir: str | Path, cells: ParityCells, o
     head = write_head(model, source.feature_stats(), Path(out_dir))
     if head:
         fields["head"] = {"kind": model.config.head, "file": HEAD_FILE}
-    return write_manifest(out_dir, "onnx", list(files) + head, **fields, parity={"reference": "pytorch", **report.to_dict()})
+    return write_manifest(out_dir, "onnx", list(files) + head, **fields, parity={"reference": "pytorch", **report.to_dict()},
+                          tensorrt_compatibility=compat)
 
 
 def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,

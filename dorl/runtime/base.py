@@ -9,12 +9,15 @@ the input specs of the artifact's manifest, so backends implement only what diff
 from __future__ import annotations
 
 import abc
-from typing import Self
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dorl.contract import TensorSpec
 from dorl.errors import DorlError
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; JetPack 6 runs 3.10, where this never imports
+    from typing_extensions import Self
 
 
 class RunnerError(DorlError):

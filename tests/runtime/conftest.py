@@ -1,19 +1,20 @@
-"""Runtime fixtures: the tiny artifact (built by tests/support/tiny_artifact.py) and real cells."""
+"""Runtime fixtures: the tiny artifact (committed, from tests/support/tiny_artifact.py) and real cells."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from sample_data import MASKED
-from tiny_artifact import TinyArtifact, build_tiny_artifact
+from tiny_artifact import COMMITTED, TinyArtifact, tiny_weights
 
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifact:
-    """The tiny artifact, built once per session; copy its folder before changing it."""
-    pytest.importorskip("onnx", reason="building the tiny artifact needs the onnx package (export extra)")
-    return build_tiny_artifact(tmp_path_factory.mktemp("tiny_artifact") / "tiny")
+    """A copy of the committed tiny artifact (no onnx package needed); copy its folder before changing it."""
+    folder = Path(shutil.copytree(COMMITTED, tmp_path_factory.mktemp("tiny_artifact") / "tiny"))
+    return tiny_weights(folder)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ an INT8 engine from the FP32 graph on TensorRT 10 (or to reuse a calibration cac
 
 The batching and the cache files are plain numpy/file code, tested without TensorRT; the
 `IInt8EntropyCalibrator2` subclass is created by `make_entropy_calibrator`, so this module
-imports without tensorrt or pycuda.
+imports without tensorrt or cuda-python. Its device buffer is cuda-python's, like the runner's.
 """
 
 from __future__ import annotations
@@ -80,18 +80,14 @@ def write_calibration_cache(path: str | Path | None, data: bytes) -> None:
         Path(path).write_bytes(bytes(data))
 
 
-def calibrators_removed(trt_version: str) -> bool:
-    """True on TensorRT 11 and later, which has no INT8 calibrators."""
-    return int(trt_version.split(".")[0]) >= 11
-
-
 def make_entropy_calibrator(calibration_set: Iterable[dict[str, np.ndarray]], input_name: str, batch_size: int,
                             cache_path: str | Path | None = None) -> trt.IInt8EntropyCalibrator2:
     """An `IInt8EntropyCalibrator2` over a calibration set (TensorRT 10 only).
 
-    Call it with a CUDA context current (pycuda allocates the device batch buffer). Errors
-    raised while TensorRT pulls batches cannot cross its C++ boundary: they are kept in the
-    calibrator's `error` attribute, and the builder re-raises them after the build.
+    The device batch buffer is allocated on the current CUDA device and freed by `release()`
+    (the builder calls it after the build). Errors raised while TensorRT pulls batches cannot
+    cross its C++ boundary: they are kept in the calibrator's `error` attribute, and the builder
+    re-raises them after the build.
 
     Args:
         calibration_set: feeds keyed by input name; may be empty when `cache_path` holds a cache.
@@ -105,16 +101,19 @@ def make_entropy_calibrator(calibration_set: Iterable[dict[str, np.ndarray]], in
     Raises:
         ConfigError: on TensorRT 11, where calibrators are gone.
     """
-    from dorl.runtime.engine import require_pycuda, require_tensorrt
+    from dorl.tensorrt.system import require_cuda, require_tensorrt
+    from dorl.tensorrt.versions import tensorrt_features
 
     require_tensorrt("INT8 calibration")
     import tensorrt as trt
 
-    if calibrators_removed(trt.__version__) or not hasattr(trt, "IInt8EntropyCalibrator2"):
+    if not tensorrt_features(trt.__version__).calibrators or not hasattr(trt, "IInt8EntropyCalibrator2"):
         raise ConfigError(f"TensorRT {trt.__version__} has no INT8 calibrators (removed in TensorRT 11): build the "
                           "INT8 engine from the Q/DQ graph, made with `dorl export <bundle> --precision int8`.")
-    require_pycuda("INT8 calibration")
-    import pycuda.driver as cuda
+    require_cuda("INT8 calibration")
+    from dorl.tensorrt.cuda import check, runtime
+
+    cudart = runtime()
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         """Copies one fixed-size batch at a time to the GPU for TensorRT's entropy calibration."""
@@ -137,8 +136,9 @@ def make_entropy_calibrator(calibration_set: Iterable[dict[str, np.ndarray]], in
                 if batch is None:
                     return []  # no more batches: TensorRT computes the scales
                 if self.device_buffer is None:
-                    self.device_buffer = cuda.mem_alloc(batch.nbytes)
-                cuda.memcpy_htod(self.device_buffer, batch)
+                    self.device_buffer = check(cudart.cudaMalloc(batch.nbytes), "cudaMalloc (calibration batch)")
+                check(cudart.cudaMemcpy(self.device_buffer, batch.ctypes.data, batch.nbytes,
+                                        cudart.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy (calibration batch)")
                 self.batches_fed += 1
                 return [int(self.device_buffer)]
             except Exception as exc:  # noqa: BLE001 - must not cross into TensorRT's C++
@@ -150,5 +150,11 @@ def make_entropy_calibrator(calibration_set: Iterable[dict[str, np.ndarray]], in
 
         def write_calibration_cache(self, cache: memoryview | bytes) -> None:
             write_calibration_cache(cache_path, bytes(cache))
+
+        def release(self) -> None:
+            """Free the device batch buffer."""
+            if self.device_buffer is not None:
+                check(cudart.cudaFree(self.device_buffer), "cudaFree (calibration batch)")
+                self.device_buffer = None
 
     return EntropyCalibrator()

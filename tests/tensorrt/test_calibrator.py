@@ -1,5 +1,5 @@
 """Legacy TensorRT calibrator: fixed-size batches from a calibration set, the cache file, and the
-refusal on TensorRT 11. The calibrator object itself needs TensorRT, pycuda and a GPU."""
+refusal on TensorRT 11. The calibrator object itself needs TensorRT, cuda-python and a GPU."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dorl.calibration.trt_calibrator import (
-    calibrators_removed,
+from dorl.errors import ConfigError, MissingDependencyError
+from dorl.tensorrt.calibrator import (
     fixed_batches,
     make_entropy_calibrator,
     read_calibration_cache,
     write_calibration_cache,
 )
-from dorl.errors import ConfigError, MissingDependencyError
-from dorl.runtime.engine import tensorrt_usable
+from dorl.tensorrt.system import tensorrt_usable
+from dorl.tensorrt.versions import tensorrt_features
 
 
 def _cells(start: int, count: int) -> dict[str, np.ndarray]:
@@ -63,39 +63,32 @@ def test_cache_round_trip(tmp_path: Path) -> None:
     write_calibration_cache(None, b"ignored")
 
 
-@pytest.mark.parametrize(("version", "removed"), [("10.3.0.30", False), ("10.13.0.35", False), ("11.0.0", True)])
-def test_calibrators_are_gone_from_tensorrt_11(version: str, removed: bool) -> None:
-    assert calibrators_removed(version) is removed
-
-
 @pytest.mark.skipif(tensorrt_usable(), reason="checks the error given when TensorRT is absent")
 def test_factory_without_tensorrt_says_so() -> None:
     with pytest.raises(MissingDependencyError, match="INT8 calibration needs TensorRT"):
         make_entropy_calibrator([], "images", 2)
 
 
-def test_module_imports_without_tensorrt_pycuda_or_torch() -> None:
-    code = ("import sys, dorl.calibration.trt_calibrator; "
-            "print(sorted(m for m in ('tensorrt', 'pycuda', 'torch') if m in sys.modules))")
+def test_module_imports_without_tensorrt_cuda_or_torch() -> None:
+    code = ("import sys, dorl.tensorrt.calibrator; "
+            "print(sorted(m for m in ('tensorrt', 'cuda', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 @pytest.mark.tensorrt
 @pytest.mark.gpu
-@pytest.mark.skipif(not tensorrt_usable(), reason="TensorRT and pycuda are not installed")
+@pytest.mark.skipif(not tensorrt_usable(), reason="TensorRT and cuda-python are not installed")
 def test_calibrator_feeds_device_batches_and_writes_its_cache(tmp_path: Path) -> None:
     import tensorrt as trt
 
-    from dorl.runtime.engine import cuda_context
-
-    if calibrators_removed(trt.__version__):
+    if not tensorrt_features(trt.__version__).calibrators:
         with pytest.raises(ConfigError, match="no INT8 calibrators"):
             make_entropy_calibrator([_cells(0, 4)], "images", 2)
         return
     cache = tmp_path / "calibration.cache"
-    with cuda_context():
-        calibrator = make_entropy_calibrator([_cells(0, 5)], "images", 2, cache)
+    calibrator = make_entropy_calibrator([_cells(0, 5)], "images", 2, cache)
+    try:
         assert calibrator.get_batch_size() == 2
         pointers = [calibrator.get_batch(["images"]) for _ in range(3)]
         assert len(pointers[0]) == 1 and pointers[0] == pointers[1] and pointers[2] == []
@@ -103,3 +96,6 @@ def test_calibrator_feeds_device_batches_and_writes_its_cache(tmp_path: Path) ->
         calibrator.write_calibration_cache(b"cache")
         assert calibrator.read_calibration_cache() == b"cache" and cache.read_bytes() == b"cache"
         assert calibrator.get_batch(["other"]) == [] and isinstance(calibrator.error, ConfigError)
+    finally:
+        calibrator.release()
+    assert calibrator.device_buffer is None
