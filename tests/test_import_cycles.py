@@ -9,10 +9,9 @@ import dorl
 
 PACKAGE = Path(dorl.__file__).parent
 
-# Circles whose removal is under way (the TensorRT backend moving into one package, the INT8
-# export moving out of calibration/); a circle not listed here fails the test.
+# Circles whose removal is under way (the INT8 export moving out of calibration/); a circle not
+# listed here fails the test.
 PENDING: set[frozenset[str]] = {
-    frozenset({"dorl.calibration.trt_calibrator", "dorl.runtime.engine"}),
     frozenset({"dorl.calibration.qdq", "dorl.export.fp16", "dorl.export.onnx_export"}),
 }
 

@@ -10,7 +10,7 @@ import pytest
 from sample_data import MASKED
 from tiny_artifact import CLASS_NAMES, build_tiny_artifact
 
-from dorl.artifacts import write_manifest
+from dorl.artifacts import read_manifest, write_manifest
 from dorl.benchmarks import accuracy, harness
 from dorl.errors import ArtifactError, ConfigError, ImageError
 
@@ -110,7 +110,10 @@ def test_engine_is_skipped_with_a_reason_without_tensorrt(tmp_path: Path, artifa
     if tensorrt_installed():
         pytest.skip("TensorRT is installed here: the engine would run")
     (tmp_path / "model.engine").write_bytes(b"not really an engine")
-    write_manifest(tmp_path, "engine", ["model.engine"], precision="fp16", max_batch=8)
+    onnx = read_manifest(artifacts[0], "onnx")
+    write_manifest(tmp_path, "engine", ["model.engine"], precision="fp16", max_batch=8,
+                   source_onnx={"folder": str(artifacts[0]), "sha256": "0" * 64, "precision": "fp32"},
+                   **{key: onnx[key] for key in ("inputs", "outputs", "class_names", "image_size")})
     cells = accuracy.collect_cells([], labelled, max_cells=2)
     out = harness.bench([artifacts[0], tmp_path], cells, harness.BenchSettings(**FAST, isolate=False))
     engine = out["configurations"][1]
