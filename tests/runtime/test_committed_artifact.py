@@ -21,7 +21,7 @@ def test_committed_artifact_is_what_the_generator_writes(tmp_path: Path) -> None
     assert (tmp_path / "tiny" / "model.onnx").read_bytes() == (COMMITTED / "model.onnx").read_bytes()
     fresh, kept = (json.loads((folder / "manifest.json").read_text()) for folder in (tmp_path / "tiny", COMMITTED))
     assert {k: v for k, v in fresh.items() if k not in VARYING} == {k: v for k, v in kept.items() if k not in VARYING}
-    assert sorted(p.name for p in COMMITTED.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in COMMITTED.iterdir()) == ["manifest.json", "manifest.sha256", "model.onnx"]
 
 
 def test_committed_artifact_runs_as_its_reference(tiny_artifact, cell_batch_from_sample: np.ndarray) -> None:  # type: ignore[no-untyped-def]
