@@ -33,6 +33,8 @@ def fields(
 
     files = collect_frames(frames)
     counts = {CELL: 0, "frames": 0, ERROR: 0, "edge": 0}
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(output, "w", encoding="utf-8")) if output is not None else sys.stdout
         analyzer = stack.enter_context(

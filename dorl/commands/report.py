@@ -33,9 +33,9 @@ def report(
     records = sources[0] if len(sources) == 1 and sources[0].suffix == ".jsonl" else None
     if records is not None:
         files = field_report(output, records=records, min_cells=min_cells, gallery=gallery)
+    elif artifact is None:
+        fail("analysing frames needs --artifact (an exported ONNX or engine folder); or give one cells.jsonl.")
     else:
-        if artifact is None:
-            fail("analysing frames needs --artifact (an exported ONNX or engine folder); or give one cells.jsonl.")
         from dorl.runtime.analyzer import Analyzer
 
         with Analyzer(artifact, backend=backend, batch_size=batch_size, threshold=threshold, site=site) as analyzer, \

@@ -97,8 +97,8 @@ def locate(frame: np.ndarray, crop: np.ndarray, step: int = 4) -> tuple[Box, flo
     grey_f = frame.astype(np.float64).mean(axis=2)
     grey_c = crop.astype(np.float64).mean(axis=2)
     coarse_f, coarse_c = grey_f[::step, ::step], grey_c[::step, ::step]
-    y, x = np.unravel_index(int(np.argmax(_ncc(coarse_f, coarse_c))), (coarse_f.shape[0] - coarse_c.shape[0] + 1,
-                                                                       coarse_f.shape[1] - coarse_c.shape[1] + 1))
+    scores = _ncc(coarse_f, coarse_c)
+    y, x = (int(v) for v in np.unravel_index(int(np.argmax(scores)), scores.shape))
     h, w = grey_c.shape
     best = (-2.0, 0, 0)
     t = grey_c - grey_c.mean()
@@ -170,8 +170,8 @@ def _print_finder(scores: dict[str, DetectionScore], speed: tuple[float, float],
 
 
 def _print_crops(matches: Sequence[CropMatch], found: dict[str, list[FoundCell]], sizes: dict[str, tuple[int, int]]) -> None:
-    placed = [m for m in matches if m.cell is not None]
-    ious = np.array([box_iou(crop_box(found[m.frame][m.cell].nucleus_box, sizes[m.frame]), m.box) for m in placed])
+    placed = [(m, m.cell) for m in matches if m.cell is not None]
+    ious = np.array([box_iou(crop_box(found[m.frame][i].nucleus_box, sizes[m.frame]), m.box) for m, i in placed])
     print(f"single-cell crops located in their frames: {len(matches)} (NCC min {min(m.ncc for m in matches):.3f}); "
           f"{len(placed)} show a found cell")
     if len(ious):

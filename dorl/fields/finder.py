@@ -8,14 +8,17 @@ and blue (they are pink) and the background absorbs nothing. So the finder works
 
 the optical densities relative to the frame's own bright background (its 95th percentile per
 channel, which removes the lamp's tint). The stain is near 0 on red cells and background and
-0.25-0.7 on nuclei. Pixels above a threshold are joined into nuclei (pieces closer than
-`lobe_gap` belong to one lobed nucleus); what is smaller than `min_area` is a platelet or a
-speck. The cell's box is the nucleus box grown by `margin`, the convention of the annotated
-white-cell boxes it was tuned against; a cell whose box leaves the frame is cut by the edge.
+0.25-0.7 on nuclei (OD(red) alone, the pseudo-masks' channel, cannot tell a nucleus from the
+red cells around it in a whole field). Pixels above `threshold` form pieces; pieces close to
+each other join into one nucleus as long as it stays nucleus-sized (the lobes of a neutrophil or
+eosinophil); nuclei smaller than `min_area` are platelets or specks. The cell's box is the
+nucleus box grown by `margin`, the convention of the annotated white-cell boxes it was tuned
+against (they hold the whole cell); a cell whose box leaves the frame is cut by the edge.
 
 Everything runs at 1/`scale` of the frame's resolution: a nucleus is 100-250 px across in a
 640x480 frame, platelets 15-30 px, so a 4x reduction keeps both apart and makes the search a few
-milliseconds per frame.
+tens of milliseconds per frame. The defaults were chosen on the even-numbered BCCD frames and
+checked on the odd-numbered ones (`python -m dorl.fields.benchmark`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class FinderConfig:
     threshold: float = field(default=0.125, metadata={"help": "stain contrast OD(red) - OD(blue) of a nucleus pixel"})
     min_area: int = field(default=5000, metadata={"help": "smallest nucleus area; platelets are far smaller"})
     min_piece: int = field(default=256, metadata={"help": "pieces smaller than this never join a nucleus"})
-    lobe_gap: int = field(default=16, metadata={"help": "pieces at most this far apart may be lobes of one nucleus"})
+    lobe_gap: int = field(default=24, metadata={"help": "pieces at most this far apart may be lobes of one nucleus"})
     max_extent: int = field(default=260, metadata={"help": "lobes never join into a nucleus longer than this"})
     margin: int = field(default=20, metadata={"help": "from the nucleus box to the cell box, each side"})
 

@@ -63,8 +63,21 @@ def write_gallery(records: Iterable[dict[str, Any]], folder: str | Path, per_she
         groups.setdefault(cell.group, []).append(cell)
     order = sorted(groups, key=lambda g: (g == NOT_COUNTED, g))
     sheets = {group: _sheets(groups[group], group, folder, per_sheet) for group in order}
+    overview(order, groups, folder).save(folder / "overview.png", optimize=True)
     (folder / "index.html").write_text(_html(order, groups, sheets, folder), encoding="utf-8")
     return sheets
+
+
+def overview(order: list[str], groups: dict[str, list[GalleryCell]], folder: Path, per_group: int = COLUMNS) -> Image.Image:
+    """One picture of the gallery: a row of the first `per_group` cells of every label."""
+    rows = [contact_sheet(groups[g][:per_group], folder, f"{g}: {len(groups[g])} cells", per_group) for g in order]
+    width = max((r.width for r in rows), default=1)
+    picture = Image.new("RGB", (width, sum(r.height for r in rows) or 1), "white")
+    top = 0
+    for row in rows:
+        picture.paste(row, (0, top))
+        top += row.height
+    return picture
 
 
 def _thumbnail(record: dict[str, Any], folder: Path) -> GalleryCell:
@@ -75,12 +88,12 @@ def _thumbnail(record: dict[str, Any], folder: Path) -> GalleryCell:
     thumb = Image.fromarray(image).resize((THUMB, THUMB), Image.Resampling.BILINEAR) if image is not None \
         else Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
     thumb.save(folder / "cells" / name, quality=90)
-    frame = Path(str(record.get("frame", "?"))).stem
-    why = "edge" if record.get("edge") else ("rejected" if not counted else "")
+    frame = Path(str(record.get("frame", "?"))).stem[-8:]
     confidence = record.get("confidence")
-    caption = f"{frame} {why or (f'{confidence:.2f}' if confidence is not None else '')}".strip()
-    if not counted and record.get("label"):
-        caption += f" {record['label'][:4]}"
+    if counted:
+        caption = f"{frame} {confidence:.2f}" if confidence is not None else frame
+    else:
+        caption = f"{frame} {'edge' if record.get('edge') else 'rejected'}"
     return GalleryCell(group, f"cells/{name}", caption, bool(record.get("uncertain")) and counted, record)
 
 
@@ -122,7 +135,7 @@ def contact_sheet(cells: list[GalleryCell], folder: Path, title: str, columns: i
         if cell.uncertain:
             draw.rectangle((x, y, x + THUMB - 1, y + THUMB - 1), outline=UNCERTAIN_COLOUR, width=4)
             draw.text((x + 6, y + 4), "?", fill=UNCERTAIN_COLOUR)
-        draw.text((x + 1, y + THUMB + 1), cell.caption[:19], fill="black")
+        draw.text((x + 1, y + THUMB + 1), cell.caption, fill="black")
     return sheet
 
 

@@ -62,7 +62,8 @@ def test_platelets_are_too_small(fields_dir: Path) -> None:
     platelets = voc_boxes(fields_dir / "annotations" / "BloodImage_00031.xml", "Platelets")
     assert platelets
     cells = find_white_cells(rgb)
-    assert all(box_iou(c.box, p) < 0.1 for c in cells for p in platelets)
+    assert len(cells) == len(voc_boxes(fields_dir / "annotations" / "BloodImage_00031.xml"))
+    assert all(box_iou(c.box, p) < 0.2 for c in cells for p in platelets)  # none is a cell of its own
     many = find_white_cells(rgb, FinderConfig(min_area=16, min_piece=16, lobe_gap=0))
     assert len(many) > len(cells)  # they are stained like nuclei: only their size keeps them out
 
