@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -47,17 +49,12 @@ def report(
                + (", gallery/index.html" if files.gallery else "") + ")", err=True)
 
 
-class _progress:
-    """A transient progress line on stderr, counting frames; a no-op off a terminal."""
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[], None]]:
+    """A transient frame counter on stderr (silent off a terminal); yields the function that advances it."""
+    from rich.progress import Progress
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        from rich.progress import Progress
-
-        err = console()
-        self.bar = Progress(console=err, transient=True, disable=not err.is_terminal)
-        self.bar.__enter__()
-        task = self.bar.add_task("analysing frames", total=None)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(None, None, None)
+    err = console()
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("analysing frames", total=None)
+        yield lambda: bar.advance(task)

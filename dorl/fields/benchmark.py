@@ -174,6 +174,12 @@ def _print_crops(matches: Sequence[CropMatch], found: dict[str, list[FoundCell]]
     ious = np.array([box_iou(crop_box(found[m.frame][i].nucleus_box, sizes[m.frame]), m.box) for m, i in placed])
     print(f"single-cell crops located in their frames: {len(matches)} (NCC min {min(m.ncc for m in matches):.3f}); "
           f"{len(placed)} show a found cell")
+    whole = [(m.box, found[m.frame][i]) for m, i in placed if not found[m.frame][i].edge]
+    ratios = np.array([(b[2] - b[0]) / max(c.nucleus_box[2] - c.nucleus_box[0], c.nucleus_box[3] - c.nucleus_box[1])
+                       for b, c in whole])
+    if len(ratios):
+        print(f"crop side / nucleus box's longer side, {len(ratios)} cells not cut by the edge: median "
+              f"{np.median(ratios):.3f}, quartiles {np.percentile(ratios, 25):.3f}-{np.percentile(ratios, 75):.3f}")
     if len(ious):
         print(f"analyzer crop boxes vs the data set's crops: IoU median {np.median(ious):.3f}, mean {ious.mean():.3f}, "
               f"10th percentile {np.percentile(ious, 10):.3f}")

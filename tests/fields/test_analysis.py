@@ -11,7 +11,7 @@ import pytest
 
 from dorl.data.images import load_rgb
 from dorl.fields.analysis import FieldConfig, analyze_fields
-from dorl.fields.crop import crop_box
+from dorl.fields.crop import CROP_SCALE, crop_box
 from dorl.fields.finder import find_white_cells
 from dorl.runtime.analyzer import Analyzer
 
@@ -66,4 +66,4 @@ def test_crop_scale_is_configurable(tiny, frame_paths: list[Path]) -> None:
         (small,) = analyze_fields([frame_paths[3]], analyzer, FieldConfig(crop_scale=1.0))
         (large,) = analyze_fields([frame_paths[3]], analyzer)
     side = lambda b: b[2] - b[0]
-    assert side(small.cells[0].crop_box) * 1.5 == pytest.approx(side(large.cells[0].crop_box), abs=2)
+    assert side(small.cells[0].crop_box) * CROP_SCALE == pytest.approx(side(large.cells[0].crop_box), abs=2)

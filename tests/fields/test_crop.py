@@ -1,4 +1,4 @@
-"""The analyzer's crop: square, 1.5 x the nucleus, centred, shifted inside the frame, never padded."""
+"""The analyzer's crop: square, 1.45 x the nucleus, centred, shifted inside the frame, never padded."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import numpy as np
 from dorl.fields.crop import MIN_CROP, crop_box, cut
 
 
-def test_centred_square_of_one_and_a_half_nuclei() -> None:
-    assert crop_box((200, 100, 300, 180), (480, 640)) == (175, 65, 325, 215)
+def test_centred_square_a_bit_larger_than_the_nucleus() -> None:
+    assert crop_box((200, 100, 300, 180), (480, 640)) == (178, 68, 323, 213)  # side 145, centre (250, 140)
+    assert crop_box((200, 100, 300, 180), (480, 640), scale=2.0) == (150, 40, 350, 240)
 
 
 def test_shifted_inside_the_frame_at_an_edge() -> None:
     x0, y0, x1, y1 = crop_box((0, 400, 100, 480), (480, 640))
-    assert (x0, y1) == (0, 480) and x1 - x0 == y1 - y0 == 150
+    assert (x0, y1) == (0, 480) and x1 - x0 == y1 - y0 == 145
 
 
 def test_capped_by_the_frame_and_floored_by_the_minimum() -> None:
