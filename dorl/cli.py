@@ -16,7 +16,9 @@ from dorl.commands import (
     info,
     predict,
     report,
+    serve,
     train,
+    triton,
 )
 
 app = typer.Typer(
@@ -39,6 +41,8 @@ app.command("bench", help="Benchmark latency, throughput, memory and accuracy pe
 app.command("fields", help="Find and classify every white cell of whole camera frames (JSON Lines).")(fields.fields)
 app.command("report", help="A slide's white-cell differential and review gallery from frames or field records.")(
     report.report)
+app.command("serve", help="Serve an artifact over HTTP (KServe v2 protocol, as Triton speaks).")(serve.serve)
+app.command("triton", help="Write a Triton Inference Server model repository from an artifact.")(triton.triton)
 app.command("demo", help="Run the whole path on the bundled sample and write a report.")(demo.demo)
 
 
