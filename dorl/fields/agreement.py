@@ -31,37 +31,60 @@ def read_frame_labels(path: Path) -> dict[str, str]:
         return {row["frame"]: row["wbc_class"] for row in csv.DictReader(f) if row.get("wbc_class")}
 
 
-def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches: Sequence[Any], batch_size: int) -> None:
-    """Run the analyzer on the frames and on the matched crops; print both agreements."""
+def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches: Sequence[Any], batch_size: int,
+                    site: Path | None = None) -> None:
+    """Run the analyzer on the frames and on the matched crops; print the agreements.
+
+    Two controls bound what any finder can reach with this artifact: the data set crop's own box
+    cut from the frame (the same pixels, only the crop file's JPEG re-encoding differs) and
+    that box shifted by 4 px (IoU about 0.95 with it).
+    """
     from dorl.runtime.analyzer import Analyzer
 
-    with Analyzer(artifact, batch_size=batch_size) as analyzer:
+    by_name = {f.name: f for f in frames}
+    placed = [m for m in matches if m.cell is not None]
+    with Analyzer(artifact, batch_size=batch_size, site=site) as analyzer:
         field_labels: dict[str, list[tuple[str | None, bool]]] = {}
         for result in analyze_fields((f.rgb for f in frames), analyzer):
-            name = frames[result.index].name
-            field_labels[name] = [(c.result.label, c.edge) for c in result.cells]
-        placed = [m for m in matches if m.cell is not None]
-        crop_labels = [r.label for r in analyzer.iter_analyze([m.path for m in placed])]
-    pairs = [(crop, *field_labels[m.frame][m.cell], m) for m, crop in zip(placed, crop_labels)]
-    _print_pairs(pairs, len(matches))
+            field_labels[frames[result.index].name] = [(c.result.label, c.edge) for c in result.cells]
+        crop = _labels(analyzer, [m.path for m in placed])
+        same_box = _labels(analyzer, [_cut(by_name[m.frame].rgb, m.box) for m in placed])
+        shifted = _labels(analyzer, [_cut(by_name[m.frame].rgb, _shift(m.box, by_name[m.frame].rgb.shape, 4))
+                                     for m in placed])
+    field = [field_labels[m.frame][m.cell][0] for m in placed]
+    edge = [field_labels[m.frame][m.cell][1] for m in placed]
+    print(f"labels of the same cells, {len(placed)} single-cell crops matched to found cells "
+          f"({len(matches) - len(placed)} unmatched); agreement with the label of the crop file:")
+    for name, labels in (("found in the frame (dorl.fields)", field),
+                         ("control: the crop file's own box cut from the frame", same_box),
+                         ("control: that box shifted by 4 px", shifted)):
+        agree = [a == b for a, b in zip(crop, labels)]
+        whole = [a for a, e in zip(agree, edge) if not e]
+        print(f"  {name}: {100 * np.mean(agree):.1f} % (cells not cut by the edge: {100 * np.mean(whole):.1f} %)")
+    confusions = Counter((c, f) for c, f in zip(crop, field) if c != f)
+    print("  disagreements (crop file -> field): " + ", ".join(f"{c}->{f} {n}" for (c, f), n in confusions.most_common()))
+    folder = [m.label for m in placed]
+    for name, labels in (("crop file", crop), ("field", field)):
+        accuracy = np.mean([a == b for a, b in zip(folder, labels)])
+        print(f"  {name} labels vs the crops' folder labels: accuracy {100 * accuracy:.1f} %, balanced "
+              f"{100 * balanced_accuracy(folder, [str(x) for x in labels]):.1f} %")
     _print_frame_labels(read_frame_labels(fields / "labels.csv"), field_labels)
 
 
-def _print_pairs(pairs: list[tuple[Any, ...]], total: int) -> None:
-    agree = sum(crop == field for crop, field, _, _ in pairs)
-    whole = [(c, f) for c, f, edge, _ in pairs if not edge]
-    print(f"field labels vs single-cell crop labels, same artifact: {agree}/{len(pairs)} matched cells agree "
-          f"({100 * agree / max(len(pairs), 1):.1f} %; {total - len(pairs)} crops showed no found cell); "
-          f"cells not cut by the edge: {sum(c == f for c, f in whole)}/{len(whole)} "
-          f"({100 * sum(c == f for c, f in whole) / max(len(whole), 1):.1f} %)")
-    folder = [m.label for _, _, _, m in pairs]
-    for name, labels in (("crop", [c for c, _, _, _ in pairs]), ("field", [f for _, f, _, _ in pairs])):
-        accuracy = np.mean([a == b for a, b in zip(folder, labels)]) if pairs else 0.0
-        print(f"  {name} labels vs the crops' folder labels: accuracy {100 * accuracy:.1f} %, balanced "
-              f"{100 * balanced_accuracy(folder, [str(x) for x in labels]):.1f} %")
-    confusions = Counter((c, f) for c, f, _, _ in pairs if c != f)
-    if confusions:
-        print("  disagreements (crop -> field): " + ", ".join(f"{c}->{f} {n}" for (c, f), n in confusions.most_common()))
+def _labels(analyzer: Any, images: Sequence[Any]) -> list[str | None]:
+    return [r.label for r in analyzer.iter_analyze(images)]
+
+
+def _cut(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    return np.ascontiguousarray(rgb[y0:y1, x0:x1])
+
+
+def _shift(box: tuple[int, int, int, int], shape: tuple[int, ...], step: int) -> tuple[int, int, int, int]:
+    """The box moved by `step` px right and down, or left and up where the frame ends."""
+    dx = step if box[2] + step <= shape[1] else -step
+    dy = step if box[3] + step <= shape[0] else -step
+    return box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
 
 
 def _print_frame_labels(truth: dict[str, str], field_labels: dict[str, list[tuple[str | None, bool]]]) -> None:

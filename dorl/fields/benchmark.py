@@ -190,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("fields", type=Path, help="folder with images/, annotations/ and labels.csv")
     parser.add_argument("--cells", type=Path, help="single-cell crops cut from the same frames (<class>/<frame>_N.jpg)")
     parser.add_argument("--artifact", type=Path, help="an exported artifact, to compare field and crop labels")
+    parser.add_argument("--site", type=Path, help="a site profile from `dorl adapt` for the artifact")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
     config = FinderConfig()
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.artifact is not None:
         from dorl.fields.agreement import print_agreement
 
-        print_agreement(args.artifact, args.fields, frames, matches, args.batch_size)
+        print_agreement(args.artifact, args.fields, frames, matches, args.batch_size, args.site)
 
 
 if __name__ == "__main__":
