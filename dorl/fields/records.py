@@ -20,6 +20,7 @@ import numpy as np
 from dorl.errors import ConfigError
 from dorl.fields.finder import Box, FoundCell
 from dorl.runtime.analyzer import CellResult
+from dorl.serve.record import mask_rle, rle_to_mask
 
 CELL, EMPTY, ERROR = "cell", "empty", "error"
 
@@ -116,18 +117,13 @@ def cell_record(cell: FieldCell, crop_file: str | None = None) -> dict[str, Any]
 
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    """Run-length code of a 2-D bool mask, row by row, the first run counting False pixels."""
-    flat = np.asarray(mask, dtype=bool).reshape(-1)
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
-    return {"size": list(mask.shape), "counts": counts}
+    """A bool mask as COCO's uncompressed run-length code (column-major runs starting with background),
+    the encoding `dorl serve` answers with."""
+    return mask_rle(mask)
 
 
 def decode_mask(code: dict[str, Any]) -> np.ndarray:
-    """The bool mask of `encode_mask`'s run-length code.
+    """The bool mask of a run-length code written by `encode_mask`.
 
     Raises:
         ConfigError: the code's runs do not add up to its size.
@@ -136,8 +132,7 @@ def decode_mask(code: dict[str, Any]) -> np.ndarray:
     counts = np.asarray(code["counts"], dtype=np.int64)
     if counts.sum() != height * width or (counts < 0).any():
         raise ConfigError(f"a mask's runs add up to {counts.sum()} pixels, not {height}x{width}: the record is corrupt.")
-    values = np.arange(len(counts)) % 2 == 1
-    return np.repeat(values, counts).reshape(height, width)
+    return rle_to_mask(code)
 
 
 def write_records(frames: Iterable[FrameResult], out: Any) -> Iterator[FrameResult]:
