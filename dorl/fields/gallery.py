@@ -1,8 +1,8 @@
 """The review gallery: every cell's crop grouped by its label, the way a technologist checks a differential.
 
 For each label, one PNG sheet of thumbnails (in frame order, captioned with the frame and the
-confidence; uncertain cells framed in orange with a "?"), and one HTML page that shows every
-cell with its frame, box and probabilities. Cells left out of the differential (cut by the edge,
+confidence; uncertain cells framed in orange with a "?"), one HTML page that shows every cell
+with its frame, box and probabilities, and `overview.jpg`, a row of the first cells of each label. Cells left out of the differential (cut by the edge,
 rejected) get their own sheet, so nothing the finder saw is hidden from the reviewer.
 Thumbnails are written one cell at a time; a sheet holds at most `per_sheet` cells.
 """
@@ -42,7 +42,7 @@ class GalleryCell:
 
 
 def write_gallery(records: Iterable[dict[str, Any]], folder: str | Path, per_sheet: int = 200) -> dict[str, list[Path]]:
-    """Write the thumbnails, one PNG sheet (or several) per label and index.html into `folder`.
+    """Write the thumbnails, one PNG sheet (or several) per label, overview.jpg and index.html into `folder`.
 
     Args:
         records: field records (lines of cells.jsonl); a cell's pixels come from its saved crop
@@ -63,14 +63,14 @@ def write_gallery(records: Iterable[dict[str, Any]], folder: str | Path, per_she
         groups.setdefault(cell.group, []).append(cell)
     order = sorted(groups, key=lambda g: (g == NOT_COUNTED, g))
     sheets = {group: _sheets(groups[group], group, folder, per_sheet) for group in order}
-    overview(order, groups, folder).save(folder / "overview.png", optimize=True)
+    overview(order, groups, folder).save(folder / "overview.jpg", quality=85)
     (folder / "index.html").write_text(_html(order, groups, sheets, folder), encoding="utf-8")
     return sheets
 
 
 def overview(order: list[str], groups: dict[str, list[GalleryCell]], folder: Path, per_group: int = COLUMNS) -> Image.Image:
     """One picture of the gallery: a row of the first `per_group` cells of every label."""
-    rows = [contact_sheet(groups[g][:per_group], folder, f"{g}: {len(groups[g])} cells", per_group) for g in order]
+    rows = [contact_sheet(groups[g][:per_group], folder, f"{g}: {_cells(len(groups[g]))}", per_group) for g in order]
     width = max((r.width for r in rows), default=1)
     picture = Image.new("RGB", (width, sum(r.height for r in rows) or 1), "white")
     top = 0
@@ -88,13 +88,19 @@ def _thumbnail(record: dict[str, Any], folder: Path) -> GalleryCell:
     thumb = Image.fromarray(image).resize((THUMB, THUMB), Image.Resampling.BILINEAR) if image is not None \
         else Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
     thumb.save(folder / "cells" / name, quality=90)
-    frame = Path(str(record.get("frame", "?"))).stem[-8:]
+    frame = _short(Path(str(record.get("frame", "?"))).stem)
     confidence = record.get("confidence")
     if counted:
         caption = f"{frame} {confidence:.2f}" if confidence is not None else frame
     else:
         caption = f"{frame} {'edge' if record.get('edge') else 'rejected'}"
     return GalleryCell(group, f"cells/{name}", caption, bool(record.get("uncertain")) and counted, record)
+
+
+def _short(stem: str) -> str:
+    """A frame's name short enough for a caption: its last `_` part (the frame number), or its end."""
+    tail = stem.rsplit("_", 1)[-1]
+    return tail if tail else stem[-10:]
 
 
 def _crop_pixels(record: dict[str, Any]) -> np.ndarray | None:
@@ -113,7 +119,7 @@ def _sheets(cells: list[GalleryCell], group: str, folder: Path, per_sheet: int) 
         part = cells[start:start + per_sheet]
         suffix = "" if len(cells) <= per_sheet else f"-{start // per_sheet + 1}"
         path = folder / f"{group.replace(' ', '-')}{suffix}.png"
-        contact_sheet(part, folder, f"{group}: {len(cells)} cells" + (f" ({start + 1}-{start + len(part)})" if suffix
+        contact_sheet(part, folder, f"{group}: {_cells(len(cells))}" + (f" ({start + 1}-{start + len(part)})" if suffix
                                                                         else "")).save(path, optimize=True)
         paths.append(path)
     return paths
@@ -149,7 +155,7 @@ def _html(order: list[str], groups: dict[str, list[GalleryCell]], sheets: dict[s
              ", ".join(f"<a href='#{_anchor(g)}'>{html.escape(g)} ({len(groups[g])})</a>" for g in order), "</p>"]
     for group in order:
         sheet_links = " ".join(f"<a href='{p.relative_to(folder).as_posix()}'>sheet</a>" for p in sheets[group])
-        parts.append(f"<h2 id='{_anchor(group)}'>{html.escape(group)}: {len(groups[group])} cells {sheet_links}</h2>")
+        parts.append(f"<h2 id='{_anchor(group)}'>{html.escape(group)}: {_cells(len(groups[group]))} {sheet_links}</h2>")
         for cell in groups[group]:
             r = cell.record
             probs = ", ".join(f"{k} {v:.2f}" for k, v in (r.get("probs") or {}).items() if v is not None)
@@ -158,6 +164,10 @@ def _html(order: list[str], groups: dict[str, list[GalleryCell]], sheets: dict[s
             parts.append(f"<figure{css}><img src='{cell.file}' width='{THUMB}' title='{title}'>"
                          f"<figcaption>{html.escape(cell.caption)}</figcaption></figure>")
     return "\n".join(parts) + "\n"
+
+
+def _cells(count: int) -> str:
+    return f"{count} cell" if count == 1 else f"{count} cells"
 
 
 def _anchor(group: str) -> str:

@@ -39,7 +39,7 @@ def test_sheets_per_label_with_uncertain_cells_marked(frame_paths: list[Path], t
     assert page.count("<figure") == 5 and page.count("class='uncertain'") == 1
     assert "not counted: 2 cells" in page and "BloodImage_00098" in page
     assert len(list((tmp_path / "gallery" / "cells").glob("*.jpg"))) == 5
-    picture = Image.open(tmp_path / "gallery" / "overview.png")  # one row per group
+    picture = Image.open(tmp_path / "gallery" / "overview.jpg")  # one row per group
     assert picture.height == sum(Image.open(p[0]).height for p in sheets.values())
 
 
