@@ -19,16 +19,41 @@ the segmenter and the classifier.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from dorl.errors import ImageError
+from dorl.errors import ConfigError, ImageError
 
 GREY = 128
 MARGIN = 0.1  # of the bounding box's longer side, on each side
 FRAMINGS = ("whole", "cell")  # how an image becomes the encoder's input
+CROP_MASKS = ("pseudo", "segmenter")  # where the crop's mask comes from (both run on the analyzer)
+
+
+@dataclass(frozen=True)
+class FramingConfig:
+    """How a cell image becomes the encoder's input; written beside the model, read by the runtime."""
+
+    input: str = field(default="whole", metadata={
+        "help": f"one of {FRAMINGS}: 'whole' resizes the image as it is; 'cell' crops it to the cell (crop_cell)"})
+    mask: str = field(default="pseudo", metadata={
+        "help": f"the crop's mask, one of {CROP_MASKS}: 'pseudo' = dorl.data.pseudo_masks (stain-based, numpy), "
+                "'segmenter' = the model's own mask decoder on the whole image"})
+    margin: float = field(default=MARGIN, metadata={"help": "share of the mask box's longer side added on each side"})
+
+    def __post_init__(self) -> None:
+        if self.input not in FRAMINGS:
+            raise ConfigError(f"framing input must be one of {FRAMINGS}, got {self.input!r}.")
+        if self.mask not in CROP_MASKS:
+            raise ConfigError(f"framing mask must be one of {CROP_MASKS}, got {self.mask!r}.")
+        if not 0 <= self.margin <= 1:
+            raise ConfigError(f"framing margin must be in [0, 1], got {self.margin}.")
+
+    @property
+    def cell(self) -> bool:
+        return self.input == "cell"
 
 
 @dataclass(frozen=True)
