@@ -38,6 +38,8 @@ class SegTrainConfig:
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
     ce_weight: float = field(default=0.2, metadata={"help": "weight of cross-entropy on the 56x56 logits"})
     dice_weight: float = field(default=0.8, metadata={"help": "weight of the soft Dice loss"})
+    dice_per_image: bool = field(default=False, metadata={
+        "help": "Dice per image, then averaged (every cell weighs alike); False: over the whole batch (SAMed)"})
     max_train_images: int | None = field(default=None, metadata={
         "help": "train on at most this many images, spread over the domains (None: all; CPU: 64)"})
     holdout_fraction: float = field(default=0.2, metadata={"help": "images held out to measure mask IoU/Dice"})
