@@ -24,6 +24,8 @@ _EXTRAS = {
     "onnxscript": ("export", "onnxscript"),
     "tensorrt": ("trt", "tensorrt"),
     "pycuda": ("trt", "pycuda"),
+    "starlette": ("serve", "starlette"),
+    "uvicorn": ("serve", "uvicorn"),
 }
 
 
