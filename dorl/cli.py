@@ -12,8 +12,10 @@ from dorl.commands import (
     demo,
     evaluate,
     export,
+    fields,
     info,
     predict,
+    report,
     serve,
     train,
     triton,
@@ -37,6 +39,9 @@ app.command("predict", help="Classify and segment cell images with an exported a
             epilog=predict.EXIT_CODES_HELP)(predict.predict)
 app.command("adapt", help="Write a site profile from a new lab's unlabelled cells.")(adapt.adapt)
 app.command("bench", help="Benchmark latency, throughput, memory and accuracy per backend.")(bench.bench)
+app.command("fields", help="Find and classify every white cell of whole camera frames (JSON Lines).")(fields.fields)
+app.command("report", help="A slide's white-cell differential and review gallery from frames or field records.")(
+    report.report)
 app.command("serve", help="Serve an artifact over HTTP (KServe v2 protocol, as Triton speaks).")(serve.serve)
 app.command("triton", help="Write a Triton Inference Server model repository from an artifact.")(triton.triton)
 app.command("demo", help="Run the whole path on the bundled sample and write a report.")(demo.demo)

@@ -23,7 +23,7 @@ _EXTRAS = {
     "onnxruntime": ("export", "onnxruntime"),
     "onnxscript": ("export", "onnxscript"),
     "tensorrt": ("trt", "tensorrt"),
-    "pycuda": ("trt", "pycuda"),
+    "cuda.bindings": ("trt", "cuda-python"),
     "starlette": ("serve", "starlette"),
     "uvicorn": ("serve", "uvicorn"),
 }

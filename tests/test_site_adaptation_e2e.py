@@ -35,7 +35,7 @@ def test_adapted_onnx_labels_equal_pytorch_with_the_same_profile(wbc_dir, tmp_pa
         assert "recorded with the bundle" in analyzer.cell_check.distance.calibration
         assert analyzer.cell_check.distance.threshold == pytest.approx(calibrate_threshold(features.numpy()), rel=1e-5)
 
-    site_cells = sorted((wbc_dir / "bccd" / "neutrophil").glob("*.jpg"))[:24]
+    site_cells = sorted((wbc_dir / "bccd").rglob("*.jpg"))[:24]
     profile = adapt_site(tmp_path / "onnx", site_cells, "bccd", min_cells=20)
     from dorl.runtime.site_profile import save_profile
 

@@ -13,7 +13,7 @@ from dorl.commands.common import user_errors
 @user_errors
 def triton(
     artifact: Annotated[Path, typer.Argument(help="An exported ONNX artifact folder or a TensorRT engine folder.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The model repository folder (created).")],
+    output: Annotated[Path, typer.Option("-o", "--output", "--out", help="The model repository folder (created).")],
     name: Annotated[str, typer.Option(help="Model name: its folder in the repository, /v2/models/NAME.")] = "dorl",
     max_batch: Annotated[
         int | None, typer.Option(min=1, help="max_batch_size (default: the engine's max, or 8 for ONNX).")

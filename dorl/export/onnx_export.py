@@ -3,7 +3,7 @@
 The graph comes from the dynamo exporter (`torch.onnx.export(..., dynamo=True)`) at opset 18:
 it keeps LayerNormalization as one node and matched SAM ViT-B to 4.5e-6, where the TorchScript
 exporter at opset 17 drifted to 8e-4 and cannot trace TinyViT's neck norm with a dynamic batch
-(DESIGN.md, and measured again for this module). Every export is run in ONNX Runtime on real
+(measured for this module). Every export is run in ONNX Runtime on real
 cell images beside the PyTorch model before its manifest is written; the FP16 and INT8 graphs
 are derived from the verified FP32 one.
 """
@@ -13,21 +13,22 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dorl.artifacts import read_manifest, write_manifest
+from dorl.artifacts import write_manifest
 from dorl.config import to_dict
+from dorl.contract import DATA_FILE, EXTERNAL_DATA_BYTES, HEAD_FILE, MODEL_FILE
 from dorl.deps import require, versions
 from dorl.errors import ArtifactError, ConfigError
+from dorl.export.parity import Tolerance
+from dorl.export.parity_cells import DEFAULT_PARITY_CELLS, default_cells, sample_cells
+from dorl.export.source import ExportSource, ParityCells
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # LayerNormalization is a single ONNX op from opset 17 on
-MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
-EXTERNAL_DATA_BYTES = 2**31 - 2**27  # protobuf's 2 GB limit, less room for the graph itself
 MAX_BATCH = 4096
 EXPORT_VERSIONS = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy")
 
@@ -55,20 +56,6 @@ def staged(out_dir: str | Path) -> Iterator[Path]:
             shutil.move(str(path), str(out / path.name))
 
 
-def load_source(source: Any) -> tuple[Any, str | None]:
-    """The model to export, in eval mode with LoRA merged, and its bundle's weights sha256.
-
-    Args:
-        source: a bundle folder (str or Path) or a DoRLModel (None is returned as the sha256).
-    """
-    from dorl.bundle import load_bundle, merged_copy
-
-    if isinstance(source, (str, Path)):
-        sha = source_facts(source)[2]
-        return load_bundle(source), sha
-    return merged_copy(source).eval(), None
-
-
 def export_graph(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> list[str]:
     """Write the wrapped model as `folder/model.onnx` (plus external data past 2 GB).
 
@@ -77,7 +64,8 @@ def export_graph(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> list[s
     """
     torch = require("torch", "exporting to ONNX")
     require("onnxscript", "the dynamo ONNX exporter")
-    from dorl.export.wrapper import INPUT_NAME, OUTPUT_NAMES, ExportWrapper
+    from dorl.contract import INPUT_NAME, OUTPUT_NAMES
+    from dorl.export.wrapper import ExportWrapper
 
     check_precision("fp32", opset)
     size = model.config.image_size
@@ -125,12 +113,8 @@ def _spec(value: Any) -> tuple[str, str, list[int | str]]:
     return value.name, dtype, [d.dim_param or d.dim_value for d in tensor.shape.dim]
 
 
-HEAD_FILE = "head.safetensors"
-
-
-def write_head(model: Any, folder: Path) -> list[str]:
-    """Write the host-side head + source feature statistics (site profiles, issue 7), if known."""
-    stats = getattr(model, "source_feature_stats", None)
+def write_head(model: Any, stats: dict[str, Any] | None, folder: Path) -> list[str]:
+    """Write the host-side head and the source feature statistics (for site profiles), when the bundle has them."""
     if stats is None:
         return []
     from safetensors.torch import save_file
@@ -170,7 +154,7 @@ def base_fields(model: Any, inputs: list[dict[str, Any]], outputs: list[dict[str
 
 def derived_fields(fp32_manifest: dict[str, Any], precision: str) -> dict[str, Any]:
     """The manifest fields of a graph derived from an FP32 artifact (same I/O, new precision)."""
-    skip = ("format_version", "kind", "created", "files", "folder", "parity", "graph")
+    skip = ("format_version", "kind", "created", "files", "folder", "parity", "graph", "tensorrt_compatibility")
     fields = {k: v for k, v in fp32_manifest.items() if k not in skip}
     fields["precision"] = precision
     fields["source_fp32_sha256"] = fp32_manifest["files"][MODEL_FILE]["sha256"]
@@ -178,45 +162,52 @@ def derived_fields(fp32_manifest: dict[str, Any], precision: str) -> dict[str, A
     return fields
 
 
-def export_fp32(model: Any, out_dir: str | Path, images: Any, opset: int = DEFAULT_OPSET,
-                source_sha256: str | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+def export_fp32(source: ExportSource, out_dir: str | Path, cells: ParityCells, opset: int = DEFAULT_OPSET,
+                reporter: Reporter | None = None, tolerances: Mapping[str, Tolerance] | None = None) -> dict[str, Any]:
     """Export, check and verify the FP32 graph; write its manifest.
 
     Args:
-        model: a DoRLModel in eval mode (see `load_source`).
+        source: the bundle (read once) or model to export.
         out_dir: the artifact folder (created).
-        images: uint8 [N,S,S,3] real cells for the parity check (see `parity.prepare_images`).
+        cells: the real cells of the parity check.
+        tolerances: per output (see `parity.Tolerance`); default `parity.FP32_TOLERANCES`.
 
     Returns:
         The manifest written.
 
     Raises:
-        ParityError: ONNX Runtime and PyTorch disagree beyond the FP32 thresholds.
+        ParityError: ONNX Runtime and PyTorch disagree beyond the FP32 tolerances.
     """
-    from dorl.export.parity import check_fp32, compare, run_onnx, run_torch
+    from dorl.export.parity import FP32_TOLERANCES, check_fp32, compare, run_onnx, run_torch
     from dorl.export.wrapper import io_specs
 
     say = reporter or (lambda message: None)
+    model = source.load()
     inputs, outputs = io_specs(model)
     with staged(out_dir) as stage:
         say(f"exporting the {model.config.encoder} model to ONNX (opset {opset})")
         files = export_graph(model, stage, opset)
         graph = check_graph(stage / MODEL_FILE, inputs, outputs)
-        say(f"checking parity with PyTorch on {len(images)} real cells")
-        report = compare(run_torch(model, images), run_onnx(stage / MODEL_FILE, images))
+        from dorl.export.trt_compat import require_compatible
+        compat = require_compatible(stage / MODEL_FILE, "the exported FP32 graph")
+        say(f"checking parity with PyTorch on {len(cells)} real cells")
+        report = compare(run_torch(model, cells.pixels), run_onnx(stage / MODEL_FILE, cells.pixels),
+                         tolerances=FP32_TOLERANCES if tolerances is None else tolerances, cells=cells.names)
         check_fp32(report)
-    fields = base_fields(model, inputs, outputs, graph, source_sha256)
-    head = write_head(model, Path(out_dir))
+    fields = base_fields(model, inputs, outputs, graph, source.sha256)
+    head = write_head(model, source.feature_stats(), Path(out_dir))
     if head:
         fields["head"] = {"kind": model.config.head, "file": HEAD_FILE}
-    return write_manifest(out_dir, "onnx", list(files) + head, **fields, parity={"reference": "pytorch", **report.to_dict()})
+    return write_manifest(out_dir, "onnx", list(files) + head, **fields, parity={"reference": "pytorch", **report.to_dict()},
+                          tensorrt_compatibility=compat)
 
 
 def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                 images: Sequence[Any] | None = None, calibration: str | Path | None = None,
                 gate_images: Sequence[Any] | None = None, exclude: Sequence[str] = (),
                 fp32_artifact: str | Path | None = None, reporter: Reporter | None = None,
-                gate: tuple[float, float] | None = None) -> dict[str, Any]:
+                gate: tuple[float, float] | None = None, parity_cells: int = DEFAULT_PARITY_CELLS,
+                tolerances: Mapping[str, Tolerance] | None = None) -> dict[str, Any]:
     """Export a bundle (or model) to a verified ONNX artifact of `precision`.
 
     Every input is checked (precision, bundle, calibration set, images) before the slow export.
@@ -225,7 +216,8 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
         source: a bundle folder or a DoRLModel.
         out_dir: the artifact folder. For int8 the CPU variant goes beside it, in `<out_dir>-cpu`.
         precision: "fp32", "fp16" or "int8" (Q/DQ, symmetric, for TensorRT).
-        images: real cell images (paths or arrays) for the parity checks; required.
+        images: real cell images (paths or arrays) for the parity checks; None: drawn from the
+            bundle's training domains or the bundled sample (`parity_cells.default_cells`).
         calibration: an INT8 calibration-set folder from `dorl calibrate` (int8 only).
         gate_images: labelled held-out cells for the INT8 accuracy gate (int8 only; paths whose
             parent folder is the class name); default `images`.
@@ -234,25 +226,32 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
             instead of exporting it again.
         gate: the INT8 accuracy gate's (minimum top-1 agreement, maximum accuracy drop), both
             fractions; default (0.99, 0.01). The manifest records the thresholds used.
+        parity_cells: the parity checks run on at most this many of the images, drawn stratified by
+            lab and class (0: all of them).
+        tolerances: the FP32 check's per-output tolerances (default `parity.FP32_TOLERANCES`).
 
     Returns:
         The manifest of the artifact in `out_dir`.
     """
-    from dorl.export.parity import prepare_images
-
     check_precision(precision, opset)
-    size, class_names, sha = source_facts(source)
-    images = list(images) if images is not None else []
-    int8 = _int8_inputs(calibration, images if gate_images is None else list(gate_images), class_names) \
-        if precision == "int8" else None
-    cells = prepare_images(images, size)
+    what = ExportSource.of(source)
+    calibration_set = _calibration_set(calibration) if precision == "int8" else None
+    held = frozenset(c.sha256 for c in calibration_set.cells) if calibration_set else frozenset()
+    if images is None:
+        images, where = default_cells(what.metadata, parity_cells, held)
+        if reporter:
+            reporter(f"no --images given: {len(images)} cells from {where}")
+    images = list(images)
+    int8 = _int8_inputs(calibration_set, images if gate_images is None else list(gate_images), what.class_names) \
+        if calibration_set is not None else None
+    cells = ParityCells.load(sample_cells(images, parity_cells), what.image_size)
     if precision == "fp32":
-        return export_fp32(load_source(source)[0], out_dir, cells, opset, sha, reporter)
-    with _verified_fp32(source, fp32_artifact, sha, cells, opset, reporter) as fp32_dir:
+        return export_fp32(what, out_dir, cells, opset, reporter, tolerances)
+    with _verified_fp32(what, fp32_artifact, cells, opset, reporter, tolerances) as fp32_dir:
         if int8 is None:
             from dorl.export.fp16 import export_fp16
 
-            return export_fp16(fp32_dir, out_dir, cells, reporter)
+            return export_fp16(fp32_dir, out_dir, cells.pixels, reporter, names=cells.names)
         from dorl.calibration.gate import MAX_ACCURACY_DROP, MIN_AGREEMENT
         from dorl.calibration.qdq import quantize_artifact
 
@@ -261,42 +260,35 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
                                  min_agreement=min_agreement, max_accuracy_drop=max_drop)
 
 
-def _int8_inputs(calibration: str | Path | None, gate_images: list[Any], class_names: list[str]) -> tuple[Any, Any]:
-    """The calibration set and the labelled held-out cells (outside it) for the gate."""
+def _calibration_set(calibration: str | Path | None) -> Any:
     from dorl.calibration.calibration_set import read_calibration_set
-    from dorl.calibration.gate import gate_set
 
     if calibration is None:
         raise ConfigError("an INT8 export needs a calibration set: create one with `dorl calibrate` and pass "
                           "--calibration DIR.")
-    calibration_set = read_calibration_set(calibration)
+    return read_calibration_set(calibration)
+
+
+def _int8_inputs(calibration_set: Any, gate_images: list[Any], class_names: list[str]) -> tuple[Any, Any]:
+    """The calibration set and the labelled held-out cells (outside it) for the gate."""
+    from dorl.calibration.gate import gate_set
+
     return calibration_set, gate_set(gate_images, class_names, frozenset(c.sha256 for c in calibration_set.cells))
 
 
 @contextlib.contextmanager
-def _verified_fp32(source: Any, fp32_artifact: str | Path | None, sha: str | None, cells: Any, opset: int,
-                   reporter: Reporter | None) -> Iterator[Path]:
+def _verified_fp32(source: ExportSource, fp32_artifact: str | Path | None, cells: ParityCells, opset: int,
+                   reporter: Reporter | None, tolerances: Mapping[str, Tolerance] | None) -> Iterator[Path]:
     """The given FP32 artifact of this bundle, or a fresh export in a temporary folder."""
     if fp32_artifact is not None:
-        manifest = read_manifest(fp32_artifact, "onnx")
-        if manifest.get("precision") != "fp32" or (sha is not None and manifest.get("source_bundle_sha256") != sha):
+        from dorl.manifests import read_onnx
+
+        manifest = read_onnx(fp32_artifact)
+        if manifest.precision != "fp32" or (source.sha256 is not None and manifest.source_bundle_sha256 != source.sha256):
             raise ArtifactError(f"{fp32_artifact} is not an FP32 export of this bundle: export the bundle with "
                                 "--precision fp32 and pass that folder.")
-        yield Path(manifest["folder"])
+        yield manifest.folder
         return
     with tempfile.TemporaryDirectory(prefix="dorl-fp32-") as tmp:
-        export_fp32(load_source(source)[0], tmp, cells, opset, sha, reporter)
+        export_fp32(source, tmp, cells, opset, reporter, tolerances)
         yield Path(tmp)
-
-
-def source_facts(source: Any) -> tuple[int, list[str], str | None]:
-    """Image size, class names and weights sha256 of a bundle (None for a model), without loading weights."""
-    if isinstance(source, (str, Path)):
-        from dorl.bundle import WEIGHTS_FILE, read_bundle_manifest
-
-        if not Path(source).exists():
-            raise ArtifactError(f"bundle {source} does not exist: give the folder written by `dorl train`.")
-        manifest = read_bundle_manifest(source)
-        sha = str(manifest["files"][WEIGHTS_FILE]["sha256"])
-        return int(manifest["config"]["image_size"]), list(manifest["class_names"]), sha
-    return int(source.config.image_size), list(source.config.class_names), None

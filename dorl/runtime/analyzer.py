@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from dorl.runtime.cell_result import CellResult
 from dorl.runtime.loader import load_runner
 from dorl.runtime.site_profile import DriftWatch, SiteProfile
 
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; JetPack 6 runs 3.10, where this never imports
+    from typing_extensions import Self
+
 __all__ = ["Analyzer", "CellResult", "batch_cap"]
 
 # Output roles of the deployed graph, named once by the export wrapper.
@@ -34,7 +37,6 @@ PROBS, LOGITS, FEATURE, MASK_LOGITS = "probs", "logits", "feature", "mask_logits
 # activations per cell in ONNX Runtime, so 64 cells stay near 1 GB. An engine's own max batch
 # (its optimisation profile) lowers it further.
 MAX_BATCH = 64
-_A = TypeVar("_A", bound="Analyzer")
 
 
 def batch_cap(manifest: dict[str, Any]) -> int:
@@ -164,7 +166,7 @@ class Analyzer:
         return spec.name, size
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self: _A) -> _A:  # noqa: PYI019  (typing.Self is Python 3.11+)
+    def __enter__(self) -> Self:
         self.runner.activate()
         return self
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sample_data import MASKED
 
 from dorl.artifacts import sha256_file
 from dorl.calibration.gate import GateError, check, evaluate, gate_set
@@ -50,9 +51,9 @@ def test_gate_set_labels_by_folder_and_skips_calibration_cells(wbc_dir: Path, tm
     for name in ("neutrophil", "monocyte", "masks"):
         folder = tmp_path / name
         folder.mkdir()
-        source = min((wbc_dir / "jtsc" / ("neutrophil" if name == "masks" else name)).iterdir())
+        source = min((wbc_dir / MASKED / ("neutrophil" if name == "masks" else name)).iterdir())
         files.append(shutil.copy(source, folder / f"{name}.jpg"))
-    extra = shutil.copy(sorted((wbc_dir / "jtsc" / "neutrophil").iterdir())[1], tmp_path / "neutrophil" / "b.jpg")
+    extra = shutil.copy(sorted((wbc_dir / MASKED / "neutrophil").iterdir())[1], tmp_path / "neutrophil" / "b.jpg")
     gate = gate_set(files + [extra], CLASSES, held_out_from=frozenset({sha256_file(extra)}))
     assert [Path(s).name for s in gate.sources] == ["neutrophil.jpg", "monocyte.jpg"]
     assert list(gate.labels) == [4, 3]

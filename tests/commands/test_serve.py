@@ -118,7 +118,7 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
         while (depth := queue_depth(url)) < 3 and time.monotonic() < deadline:  # one running, three queued
             time.sleep(0.01)
         process.send_signal(signal.SIGTERM)
-        assert depth == 3
+        assert depth >= 3  # three queued behind the running one, or all four when none has started yet
         for t in threads:
             t.join(120)
         assert answers == [200] * 4  # every request in flight got its answer

@@ -51,9 +51,9 @@ def test_running_stats_match_numpy_in_any_chunking():
 
 @pytest.mark.parametrize("method", ["standardise", "coral", "mean"])
 def test_adapted_site_features_take_the_source_statistics(adapted_artifact, wbc_root, method):
-    cells = sorted((wbc_root / "bccd" / "neutrophil").glob("*.jpg"))[:60]
+    cells = sorted((wbc_root / "bccd").rglob("*.jpg"))[:50]
     profile = adapt_site(adapted_artifact, cells, "bccd", method=method, min_cells=20)
-    assert profile.stats.n == 60 and profile.method == method
+    assert profile.stats.n == 50 and profile.method == method
     head_source = read_manifest(adapted_artifact)
     from dorl.runtime.head import load_head
 
@@ -63,7 +63,7 @@ def test_adapted_site_features_take_the_source_statistics(adapted_artifact, wbc_
 
 
 def test_analyzer_applies_the_profile_before_the_head(adapted_artifact, tiny_artifact, wbc_root, tmp_path):
-    cells = sorted((wbc_root / "bccd" / "eosinophil").glob("*.jpg"))[:30]
+    cells = sorted((wbc_root / "bccd").rglob("*.jpg"))[:30]
     profile = adapt_site(adapted_artifact, cells, "bccd", min_cells=20)
     save_profile(profile, tmp_path / "profile")
     with Analyzer(adapted_artifact, site=tmp_path / "profile") as analyzer:
@@ -75,7 +75,7 @@ def test_analyzer_applies_the_profile_before_the_head(adapted_artifact, tiny_art
 
 
 def test_guard_rails(adapted_artifact, tiny_artifact, wbc_root, tmp_path):
-    cells = sorted((wbc_root / "bccd" / "neutrophil").glob("*.jpg"))
+    cells = sorted((wbc_root / "bccd").rglob("*.jpg"))
     with pytest.raises(SiteProfileError, match="at least 50"):
         adapt_site(adapted_artifact, cells[:10], "bccd")
     profile = adapt_site(adapted_artifact, cells[:25], "bccd", min_cells=20)
@@ -96,7 +96,7 @@ def test_noise_is_refused_as_a_site(adapted_artifact, tmp_path):
     rng = np.random.default_rng(0)
     for i in range(25):  # saturated noise: not blood cells
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"noise{i}.png")
-    with pytest.raises(SiteProfileError, match="moves a feature by 155 standard deviations, above 50"):
+    with pytest.raises(SiteProfileError, match=r"moves a feature by \d+ standard deviations, above 50"):
         adapt_site(adapted_artifact, tmp_path, "noise", min_cells=20)
 
 
@@ -110,17 +110,17 @@ def test_cli_adapt_then_predict_with_site(adapted_artifact, wbc_root, tmp_path):
     app = typer.Typer()
     app.command("adapt")(adapt)
     app.command("predict")(predict)
-    folder = wbc_root / "bccd" / "lymphocyte"
+    folder = wbc_root / "bccd"
     result = CliRunner().invoke(app, ["adapt", str(adapted_artifact), "--cells", str(folder), "-o",
                                       str(tmp_path / "site"), "--min-cells", "20"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "site" / "manifest.json").is_file()
-    image = min(folder.glob("*.jpg"))
+    image = min(folder.rglob("*.jpg"))
     result = CliRunner().invoke(app, ["predict", str(adapted_artifact), str(image), "--json", "--site",
                                       str(tmp_path / "site"), "--no-cell-check"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout.strip().splitlines()[0])
-    assert record["label"] is not None and record["site"] == "lymphocyte"
+    assert record["label"] is not None and record["site"] == "bccd"
 
 
 def test_the_command_line_defaults_are_the_library_default() -> None:
