@@ -1,12 +1,14 @@
 """Soak test of `dorl predict --json`: memory stays flat and records stream out, however many cells.
 
-    python -m dorl.benchmarks.soak ARTIFACT [--cells 10000] [--batch-size 8] [--source FOLDER]
+    python -m dorl.benchmarks.soak ARTIFACT [--cells 10000] [--batch-size 8] [--source FOLDER ...]
 
 Makes a folder of N cell files (hard links to the bundled sample's real cells, or to the images
-of `--source`, repeated under distinct names), runs `dorl predict ARTIFACT FOLDER --json` in a
+of the `--source` folders, repeated under distinct names), runs `dorl predict ARTIFACT FOLDER --json` in a
 child process, reads its records as they arrive, and samples the child's resident memory (RSS)
 as it goes. Prints the time to the first record, the RSS every `--every` cells, the growth of
-RSS from cell 1,000 to the end, cells/s, and the load average before and after (Linux only:
+RSS from cell 1,000 to the end, cells/s, the first record's time in batches (the time to the
+first record over the mean time per batch: about 1 when records stream, the number of batches
+when they come only at the end), and the load average before and after (Linux only:
 the RSS comes from /proc).
 """
 
@@ -24,13 +26,13 @@ from pathlib import Path
 SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "sample"
 
 
-def make_cells(folder: Path, count: int, source: Path) -> int:
-    """Fill `folder` with `count` distinct names for the images under `source` (hard links, else copies)."""
+def make_cells(folder: Path, count: int, sources: list[Path]) -> int:
+    """Fill `folder` with `count` distinct names for the images under `sources` (hard links, else copies)."""
     from dorl.data.scan import find_images
 
-    images = find_images([source])
+    images = find_images(sources)
     if not images:
-        raise SystemExit(f"no images under {source}")
+        raise SystemExit(f"no images under {', '.join(map(str, sources))}")
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         original = images[i % len(images)]
@@ -77,7 +79,9 @@ def soak(artifact: Path, folder: Path, batch_size: int, every: int) -> dict[str,
     code = child.wait()
     total = time.perf_counter() - started
     after_1000 = [rss for cells, _, rss in samples if cells >= 1000]
+    per_batch = total / max(1, -(-count // batch_size))
     return {"cells": count, "exit_code": code, "seconds": round(total, 1), "first_record_s": first,
+            "first_record_batches": round(first / per_batch, 2) if first is not None else None,
             "cells_per_s": round(count / total, 2), "statuses": statuses, "samples": samples,
             "rss_growth_from_1000_mb": round(max(after_1000) - after_1000[0], 1) if after_1000 else None,
             "summary": stderr.strip().splitlines()[-1] if stderr.strip() else ""}
@@ -89,18 +93,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cells", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--every", type=int, default=500, help="sample RSS every N cells")
-    parser.add_argument("--source", type=Path, default=SAMPLE, help="images to repeat (default: the bundled sample)")
+    parser.add_argument("--source", type=Path, action="append",
+                        help="a folder of images to repeat; may be given more than once (default: the bundled sample)")
     parser.add_argument("--json", type=Path, help="write the measurements here")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="dorl-soak-") as tmp:
-        distinct = make_cells(Path(tmp) / "cells", args.cells, args.source)
+        distinct = make_cells(Path(tmp) / "cells", args.cells, args.source or [SAMPLE])
         print(f"{args.cells} cells ({distinct} distinct images repeated), batch {args.batch_size}, "
               f"load average {load_before[0]:.1f}", flush=True)
         result = soak(args.artifact, Path(tmp) / "cells", args.batch_size, args.every)
     result["load_before"], result["load_after"] = load_before, os.getloadavg()
     print(f"{result['cells']} records in {result['seconds']} s: {result['cells_per_s']} cells/s; first record after "
-          f"{result['first_record_s']:.1f} s; RSS growth from cell 1,000 to the end: "
+          f"{result['first_record_s']:.1f} s ({result['first_record_batches']} batches' time); RSS growth from cell 1,000 to the end: "
           f"{result['rss_growth_from_1000_mb']} MB; exit code {result['exit_code']}; load average "
           f"{result['load_before'][0]:.1f} -> {result['load_after'][0]:.1f}")  # type: ignore[index]
     print(result["summary"])

@@ -6,6 +6,10 @@ is decoded at a reduced size), is batched into the graph's uint8 NHWC input, and
 `CellResult`: a label with its probabilities, "no cell" with the reasons (`cell_check`), or the
 error that stopped that one image. A bad image never stops the rest of the batch, and nothing
 but the current batch is held in memory.
+
+A cell-centric artifact (its manifest records `framing` with input "cell") is run twice per
+batch: pass 1 on the whole images gives the masks, the host cuts each cell out
+(`dorl.runtime.cell_framing`), and pass 2 on the crops gives labels, probabilities and features.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.runtime import postprocess
 from dorl.runtime.base import BaseRunner
 from dorl.runtime.cell_check import CellCheck, FeatureDistance
+from dorl.runtime.cell_framing import BORDER_NOTE, EMPTY_CROP, Framed, frame_cell
 from dorl.runtime.cell_result import CellResult
 from dorl.runtime.loader import load_runner
 from dorl.runtime.site_profile import DriftWatch, SiteProfile
@@ -62,6 +67,7 @@ class Analyzer:
         max_batch: int | None = None,
         check_cells: bool = True,
         warn: Callable[[str], None] | None = None,
+        framing: Any = None,
     ) -> None:
         """Load (not yet activate) the runner for `artifact`.
 
@@ -79,6 +85,8 @@ class Analyzer:
                 runner given directly; an artifact's manifest says it itself.
             check_cells: decide "no cell" from the mask and the feature (see `cell_check`).
             warn: called with a sentence when the cells look like another lab than the site profile's.
+            framing: a `dorl.data.framing.FramingConfig`, for a runner given directly (an artifact's
+                manifest records its own); input "cell" runs the two passes.
         """
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
@@ -93,7 +101,10 @@ class Analyzer:
                 raise ConfigError("an analyzer around a runner needs the class names of its head.")
             runner, names, cap = artifact, list(class_names), MAX_BATCH
         else:
+            from dorl.manifests import parse_framing
+
             manifest = read_manifest(artifact, verify=False)  # the runner verifies the files
+            framing = framing or parse_framing(manifest)
             runner = load_runner(artifact, backend, **({"threads": threads} if threads is not None else {}))
             names = list(class_names or manifest.get("class_names") or [])
             image_size = image_size or manifest.get("image_size")
@@ -108,6 +119,10 @@ class Analyzer:
             cap = min(cap, max_batch)
         self.runner, self.class_names = runner, names
         self.input_name, self.image_size = self._check_contract(runner, names, image_size)
+        self.framing = framing if framing is not None and framing.cell else None
+        if self.framing is not None and self.framing.mask == "segmenter" and MASK_LOGITS not in runner.output_specs:
+            raise ArtifactError(f"{runner.name} is cell-centric with the segmenter's mask but has no {MASK_LOGITS!r} "
+                                "output: re-export the artifact with dorl.")
         self.batch_size = min(batch_size, cap)
         self.threshold = threshold
         self.cell_check: CellCheck | None = CellCheck(distance=distance) if check_cells else None
@@ -201,9 +216,10 @@ class Analyzer:
             yield from self.analyze_batch(chunk)
 
     def analyze_batch(self, sources: Sequence[ImageSource]) -> list[CellResult]:
-        """Analyse at most `batch_size` images in one inference call; one result per image, in order."""
+        """Analyse at most `batch_size` images in one inference call (two for a cell-centric
+        artifact); one result per image, in order."""
         results: list[CellResult | None] = [None] * len(sources)
-        pixels, slots = [], []
+        pixels, slots, decoded_rgb = [], [], []
         for i, source in enumerate(sources):
             try:
                 decoded = decode_image(source, reduce_for=self.image_size)
@@ -212,13 +228,48 @@ class Analyzer:
                 continue
             pixels.append(resize_square(decoded.rgb, self.image_size))
             slots.append((i, decoded.size_hw, decoded.notes))
+            if self.framing is not None:
+                decoded_rgb.append(decoded.rgb)
         if slots:
             self.runner.activate()
             outputs = self.runner.infer({self.input_name: np.stack(pixels)})
+            framed: list[Framed | None] = [None] * len(slots)
+            if self.framing is not None:
+                outputs, framed, failures = self._second_pass(outputs, decoded_rgb)
+                for row, error in failures.items():
+                    i = slots[row][0]
+                    results[i] = CellResult.failed(describe_source(sources[i]), error)
             batch = _Batch(self, outputs)
             for row, (i, size_hw, notes) in enumerate(slots):
-                results[i] = batch.cell(row, describe_source(sources[i]), size_hw, notes)
+                if results[i] is None:
+                    results[i] = batch.cell(row, describe_source(sources[i]), size_hw, notes, framed[row])
         return [r for r in results if r is not None]
+
+    def _second_pass(self, whole: dict[str, np.ndarray], images: list[np.ndarray]
+                     ) -> tuple[dict[str, np.ndarray], list[Framed | None], dict[int, str]]:
+        """Cut each image's cell using pass 1's outputs, run the graph on the crops.
+
+        Returns:
+            The batch's outputs (pass 2's, with pass 1's mask logits: the record's mask is the
+            whole image's), each row's crop, and the rows whose crop could not be made (row -> why).
+        """
+        assert self.framing is not None
+        crops, framed, failures = [], [], {}
+        masks = whole.get(MASK_LOGITS)
+        for row, rgb in enumerate(images):
+            mask = postprocess.low_res_mask(masks[row]) if masks is not None else None
+            try:
+                crop = frame_cell(rgb, mask, self.framing, self.image_size)
+            except (ImageError, ValueError) as exc:
+                failures[row] = f"the cell could not be cut out of the image: {exc}"
+                crop = None
+            crops.append(crop.image if crop is not None else np.full((self.image_size, self.image_size, 3), 128,
+                                                                     np.uint8))
+            framed.append(Framed.of(crop) if crop is not None else None)
+        outputs = dict(self.runner.infer({self.input_name: np.stack(crops)}))
+        if masks is not None:
+            outputs[MASK_LOGITS] = masks
+        return outputs, framed, failures
 
     def class_probabilities(self, outputs: dict[str, np.ndarray], adapted: np.ndarray | None = None) -> np.ndarray:
         """The class probabilities [B, C] of a batch: the one place the head's output is read.
@@ -252,7 +303,8 @@ class _Batch:
             if check is not None and check.distance is not None:
                 self.distances = check.distance(adapted)  # after the site's map: distance to the source
 
-    def cell(self, row: int, source: str, size_hw: tuple[int, int], notes: tuple[str, ...]) -> CellResult:
+    def cell(self, row: int, source: str, size_hw: tuple[int, int], notes: tuple[str, ...],
+             framed: Framed | None = None) -> CellResult:
         analyzer, outputs = self.analyzer, self.outputs
         site = analyzer.site.site if analyzer.site is not None else None
         if not self.finite[row]:
@@ -264,6 +316,10 @@ class _Batch:
         mask = postprocess.low_res_mask(outputs[MASK_LOGITS][row]) if MASK_LOGITS in outputs else None
         distance = float(self.distances[row]) if self.distances is not None else None
         no_cell = analyzer.cell_check.reasons(mask, distance) if analyzer.cell_check is not None else ()
+        if framed is not None and framed.empty and not no_cell:
+            no_cell = (EMPTY_CROP,)  # never a label from the whole field in place of the cell, even unchecked
+        if framed is not None and framed.touches_border:
+            notes = (*notes, BORDER_NOTE)
         label, uncertain = postprocess.decide(probs, analyzer.class_names, analyzer.threshold)
         return CellResult(
             source=source,
@@ -277,4 +333,6 @@ class _Batch:
             distance=distance,
             notes=notes,
             site=site,
+            crop_box=framed.box if framed is not None else None,
+            touches_border=framed.touches_border if framed is not None else None,
         )

@@ -32,6 +32,8 @@ class CellResult:
     distance: float | None = None  # the feature's distance to the source cells (see cell_check)
     notes: tuple[str, ...] = ()  # how the image was read, when worth saying (e.g. its significant bits)
     site: str | None = None  # the site profile that mapped the feature, if any
+    crop_box: tuple[int, int, int, int] | None = None  # where a cell-centric analyzer cut the cell (top, bottom, left, right)
+    touches_border: bool | None = None  # the cut cell's mask touches the image border (None: not cell-framed)
 
     @property
     def ok(self) -> bool:

@@ -24,7 +24,7 @@ EXIT_PARTIAL = 3  # some images failed, hold no cell, or could not be reached; t
 EXIT_NOTHING = 4  # no image got a label
 EXIT_INTERRUPTED = 128  # + the signal number (130 for Ctrl-C, 143 for SIGTERM), after flushing the results
 CSV_COLUMNS = ("source", "status", "label", "confidence", "uncertain", "error", "no_cell", "mask", "mask_error",
-               "site", "distance")
+               "site", "distance", "touches_border")
 
 
 def printable_source(source: str) -> tuple[str, str | None]:
@@ -53,8 +53,9 @@ def cell_record(result: CellResult, mask_file: str | None = None, mask_error: st
         A dict with `source`, `status` (one of "ok", "uncertain", "no_cell", "failed"), `label`
         (None unless the image holds a cell), `confidence`, `uncertain`, `error`, `no_cell` (the
         reasons), `probs`, `distance` (to the source cells), `size` ([height, width]), `notes`,
-        `site` (the site profile applied), `mask` and `mask_error`, and `source_b64` for a name that
-        is not valid UTF-8.
+        `site` (the site profile applied), `mask` and `mask_error`, `crop_box` and `touches_border`
+        (where a cell-centric artifact cut the cell, and whether its mask touches the image's
+        border; None otherwise), and `source_b64` for a name that is not valid UTF-8.
     """
     source, raw = printable_source(result.source)
     record: dict[str, Any] = {
@@ -72,6 +73,8 @@ def cell_record(result: CellResult, mask_file: str | None = None, mask_error: st
         "site": result.site,
         "mask": printable_source(mask_file)[0] if mask_file is not None else None,
         "mask_error": mask_error,
+        "crop_box": list(result.crop_box) if result.crop_box is not None else None,
+        "touches_border": result.touches_border,
     }
     if raw is not None:
         record["source_b64"] = raw
