@@ -5,15 +5,14 @@ mask fires where the image is darker than mid-grey, so crops are known in advanc
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from framed_artifact import SEGMENTER, with_framing
 from tiny_artifact import TinyArtifact, tiny_weights
 
-from dorl.artifacts import read_manifest, write_manifest
 from dorl.data.framing import FramingConfig, crop_cell
 from dorl.data.images import load_rgb, resize_square
 from dorl.errors import ArtifactError
@@ -23,17 +22,6 @@ from dorl.runtime import postprocess
 from dorl.runtime.analyzer import Analyzer
 from dorl.runtime.cell_framing import BORDER_NOTE, EMPTY_CROP
 from dorl.runtime.records import cell_record
-
-SEGMENTER = {"input": "cell", "mask": "segmenter", "margin": 0.1}
-
-
-def with_framing(source: Path, folder: Path, framing: Any) -> Path:
-    """A copy of an ONNX artifact whose manifest records `framing`."""
-    shutil.copytree(source, folder)
-    manifest = read_manifest(folder)
-    fields = {k: v for k, v in manifest.items() if k not in ("format_version", "kind", "created", "files", "folder")}
-    write_manifest(folder, "onnx", list(manifest["files"]), **{**fields, "framing": framing})
-    return folder
 
 
 @pytest.fixture
