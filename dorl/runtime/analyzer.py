@@ -120,6 +120,10 @@ class Analyzer:
         self.runner, self.class_names = runner, names
         self.input_name, self.image_size = self._check_contract(runner, names, image_size)
         self.framing = framing if framing is not None and framing.cell else None
+        if self.framing is not None and self.framing.mask == "pseudo":
+            from dorl.deps import require
+
+            require("scipy", "this artifact's cell crop (framing mask 'pseudo': dorl.data.pseudo_masks)")
         if self.framing is not None and self.framing.mask == "segmenter" and MASK_LOGITS not in runner.output_specs:
             raise ArtifactError(f"{runner.name} is cell-centric with the segmenter's mask but has no {MASK_LOGITS!r} "
                                 "output: re-export the artifact with dorl.")
