@@ -13,6 +13,7 @@ import pytest
 import torch
 from distributed_runs import (
     BATCH_ROWS,
+    SAMPLE_PBC,
     Rows,
     bn_batch,
     bn_net,
@@ -194,3 +195,22 @@ def test_a_batch_smaller_than_the_number_of_processes_says_how_many_to_start(ran
     for result in results:
         assert "a batch of the data loader of 1 rows cannot be spread over 2 processes: start at most 1" \
             in result["too_few_rows"]
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--backend", "nccl", "--device", "cpu"], {}, "the nccl backend needs CUDA GPUs"),
+    (["--device", "cpu"], {"WORLD_SIZE": "2", "RANK": "1"}, "LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not"),
+])
+def test_dorl_train_refuses_a_bad_setup_in_one_sentence(args: list[str], env: dict[str, str], message: str,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from dorl.commands.train import train
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    app = typer.Typer()
+    app.command()(train)
+    result = CliRunner().invoke(app, ["-d", f"pbc={SAMPLE_PBC}", "-o", str(tmp_path / "out"), *args])
+    assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
