@@ -268,7 +268,4 @@ def _train_config(metadata: Mapping[str, Any]) -> tuple[TrainConfig, bool]:
     recorded = metadata.get("train_config")
     if not recorded:
         return dataclasses.replace(cpu_schedule(), framing=FramingConfig("whole")), False
-    config = train_config_from_dict(recorded)
-    if "framing" not in recorded:
-        config = dataclasses.replace(config, framing=FramingConfig("whole"))
-    return config, True
+    return train_config_from_dict(recorded), True  # which reads a record without framing as whole

@@ -132,7 +132,8 @@ class TrainConfig:
     seg: SegTrainConfig = field(default_factory=SegTrainConfig)
     cae: CaeTrainConfig = field(default_factory=CaeTrainConfig)
     head: HeadTrainConfig = field(default_factory=HeadTrainConfig)
-    framing: FramingConfig = field(default_factory=FramingConfig)
+    framing: FramingConfig = field(default_factory=lambda: FramingConfig(input="cell"), metadata={
+        "help": "the encoder's input: the cell cut out with its pseudo mask (default), or the whole image"})
     seed: int = field(default=1234, metadata={"help": "seed of splits, sampling and initialisation"})
     schedule: str = field(default="paper", metadata={"help": "name of the schedule, for reports"})
 
@@ -192,7 +193,9 @@ def train_config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Rebuild a TrainConfig from `train_config_to_dict` output."""
+    """Rebuild a TrainConfig from `train_config_to_dict` output.
+
+    A record without `framing` comes from a version that always encoded the whole image, so it reads as whole."""
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping for TrainConfig, got {type(data).__name__}.")
     parts = {"model": ModelConfig, "seg": SegTrainConfig, "cae": CaeTrainConfig, "head": HeadTrainConfig,
@@ -201,4 +204,5 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     if unknown:
         raise ConfigError(f"unknown TrainConfig fields {sorted(unknown)}: the file was written by another dorl version.")
     kwargs = {k: model_from_dict(parts[k], v) if k in parts else v for k, v in data.items()}
+    kwargs.setdefault("framing", FramingConfig(input="whole"))
     return TrainConfig(**kwargs)
