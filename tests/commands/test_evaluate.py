@@ -68,8 +68,10 @@ def test_evaluate_writes_results_and_prints_the_table(bundle: Path, domains: dic
     features = ["DoRL (CAE CLS)", "CAE without mean-matching", "CLS-aligned CAE", "pooled tokens"]
     assert methods == [f"{f} · {framing}{adapt}" for framing in ("whole", "cell") for f in features
                        for adapt in ("", " + adapt (mean)")]
-    # the bundle records no framing: it was trained on whole images, so its own CAE is the whole-image DoRL row
-    assert results["info"]["cae"]["DoRL (CAE CLS) · whole"] == "the bundle's CAE"
+    # the bundle records the CPU schedule (cell framing): its own CAE is the cell DoRL row, the others are trained
+    assert results["info"]["bundle_framing"]["input"] == "cell"
+    assert results["info"]["cae"]["DoRL (CAE CLS) · cell"] == "the bundle's CAE"
+    assert results["info"]["cae"]["DoRL (CAE CLS) · whole"]["alignment"] == "z"
     assert results["info"]["cae"]["CAE without mean-matching · cell"]["mmd_weight"] == 0.0
     assert results["info"]["cae"]["CLS-aligned CAE · whole"]["alignment"] == "cls_mean"
     assert data["class_counts"] == {"pbc": {c: 4 for c in CLASSES}, "bccd": {"lymphocyte": 3, "neutrophil": 3}}
