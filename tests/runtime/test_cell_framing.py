@@ -89,8 +89,6 @@ def test_a_cell_at_the_border_is_flagged_and_an_empty_mask_never_labelled(framed
 
 
 def test_the_pseudo_mask_framing_cuts_with_the_stain_mask(tiny_artifact: TinyArtifact, tmp_path: Path) -> None:
-    pytest.importorskip("scipy", reason="the pseudo mask needs scipy (installed with dorl[train]; absent from "
-                                        "the torch-free Python 3.10 runtime job)")
     from dorl.data.pseudo_masks import pseudo_mask
 
     framing = {"input": "cell", "mask": "pseudo", "margin": 0.2}
