@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dorl.artifacts import write_manifest
+from dorl.artifacts import staged, write_manifest
 from dorl.config import to_dict
 from dorl.contract import DATA_FILE, EXTERNAL_DATA_BYTES, HEAD_FILE, MODEL_FILE
 from dorl.deps import require, versions
@@ -41,19 +41,6 @@ def check_precision(precision: str, opset: int = DEFAULT_OPSET) -> None:
         raise ConfigError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}.")
     if opset < MIN_OPSET:
         raise ConfigError(f"opset {opset} splits LayerNormalization into pieces that overflow in FP16: use {MIN_OPSET}+.")
-
-
-@contextlib.contextmanager
-def staged(out_dir: str | Path) -> Iterator[Path]:
-    """A scratch folder beside `out_dir` whose files move into `out_dir` only if the block succeeds,
-    so a failed check leaves no half-written artifact behind."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
-        yield Path(tmp)
-        out.mkdir(exist_ok=True)
-        for path in Path(tmp).iterdir():
-            shutil.move(str(path), str(out / path.name))
 
 
 def export_graph(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> list[str]:
