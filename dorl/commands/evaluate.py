@@ -10,8 +10,10 @@ import typer
 from dorl.commands.common import fail, user_errors
 
 HEADS_HELP = "Comma-separated heads to fit per split: svm (linear, what `dorl train` deploys), logreg, mlp."
-# The CAE rows of the table (dorl.evaluation.run.CAE_VARIANTS; written here to keep the CLI import light).
+# The CAE rows of the table (dorl.evaluation.run.CAE_VARIANTS and DEFAULT_CAE_VARIANTS; written here to keep
+# the CLI import light).
 CAE_VARIANT_NAMES = ("DoRL (CAE CLS)", "CAE without mean-matching", "CLS-aligned CAE")
+DEFAULT_CAE_VARIANT = CAE_VARIANT_NAMES[0]
 
 
 @user_errors
@@ -27,8 +29,10 @@ def evaluate(
     repeats: Annotated[int, typer.Option(min=1, help="Seeds (seed, seed+1, ...): each splits the source anew.")] = 3,
     framings: Annotated[str, typer.Option(help="Comma-separated encoder inputs to score: whole, cell.")] = "whole,cell",
     cae_variants: Annotated[str, typer.Option(
-        "--cae-variants", help=f"Comma-separated CAE rows (empty: none): {', '.join(CAE_VARIANT_NAMES)}.")] =
-        ",".join(CAE_VARIANT_NAMES),
+        "--cae-variants", help=f"Comma-separated CAE rows (empty: none; 'all': every one): "
+                               f"{', '.join(CAE_VARIANT_NAMES)}. Each CAE the bundle does not hold is trained "
+                               "on the cached tokens with the bundle's schedule (minutes on a CPU).")] =
+        DEFAULT_CAE_VARIANT,
     cache: Annotated[Path | None, typer.Option(
         help="Token and CAE cache folder (reused when bundle and images match; default OUTPUT/cache).")] = None,
     confusion: Annotated[bool, typer.Option("--confusion/--no-confusion",
@@ -67,6 +71,8 @@ def _listed(text: str) -> tuple[str, ...]:
 
 
 def _variants(text: str) -> tuple[str, ...]:
-    """CAE variant names, matched without regard to case (their names hold no commas)."""
+    """CAE variant names, matched without regard to case (their names hold no commas); 'all': every one."""
+    if text.strip().lower() == "all":
+        return CAE_VARIANT_NAMES
     by_lower = {name.lower(): name for name in CAE_VARIANT_NAMES}
     return tuple(by_lower.get(part.lower(), part) for part in _listed(text))

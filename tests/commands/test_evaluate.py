@@ -57,7 +57,7 @@ def invoke(*args: object) -> tuple[int, str, str]:
 def test_evaluate_writes_results_and_prints_the_table(bundle: Path, domains: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "eval"
     args = [bundle, "--domain", f"pbc={domains['pbc']}", "--domain", f"bccd={domains['bccd']}", "-o", out,
-            "--heads", "logreg", "--folds", "3", "--repeats", "2", "--device", "cpu"]
+            "--heads", "logreg", "--folds", "3", "--repeats", "2", "--device", "cpu", "--cae-variants", "all"]
     code, stdout, stderr = invoke(*args)
     assert code == 0, stderr
     results = json.loads((out / "results.json").read_text())
@@ -118,3 +118,14 @@ def test_bad_inputs_give_clear_errors(bundle: Path, domains: dict[str, Path], tm
     assert code == 1 and "unknown CAE variant 'MAE'" in err
     code, _, err = invoke(tmp_path, "-d", pbc, "-o", tmp_path / "o")
     assert code == 1 and "manifest" in err
+
+
+def test_cae_variants_default_to_dorl_and_all_names_every_one() -> None:
+    from dorl.commands.evaluate import CAE_VARIANT_NAMES, _variants
+    from dorl.evaluation.run import CAE_VARIANTS, EvaluationOptions
+
+    assert CAE_VARIANT_NAMES == tuple(CAE_VARIANTS)  # the CLI's copy of the names stays the library's
+    assert EvaluationOptions().cae_variants == ("DoRL (CAE CLS)",)
+    assert _variants("All") == CAE_VARIANT_NAMES
+    assert _variants("") == ()
+    assert _variants("cls-aligned cae, dorl (cae cls)") == ("CLS-aligned CAE", "DoRL (CAE CLS)")
