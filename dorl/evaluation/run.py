@@ -242,12 +242,14 @@ def _tokens(model: DoRLModel, loaded: list[Any], cache_dir: Path, settings: Inpu
             metadata: Mapping[str, Any], device: torch.device, options: EvaluationOptions,
             reporter: Reporter) -> list[TokenSet]:
     """The domains' tokens for one framing: the training run's cache when it holds exactly these
-    (same weights, settings and images), else `cache_dir/<framing>` (read or computed there)."""
+    (same weights, settings and images), else `cache_dir/<framing>` (read or computed there; the
+    training run's pseudo masks, which depend on the pixels only, are reused for it)."""
     from dorl.artifacts import sha256_file
     from dorl.training.token_cache import cached_tokens, load_token_set
 
     recorded = metadata.get("token_cache", {})
     folder = Path(recorded["folder"]) if recorded.get("folder") else None
+    target = cache_dir / settings.framing.input
     if folder is not None and folder.is_dir():
         fingerprint = model_fingerprint(model)
         found = []
@@ -261,8 +263,20 @@ def _tokens(model: DoRLModel, loaded: list[Any], cache_dir: Path, settings: Inpu
         if len(found) == len(loaded):
             reporter.note(f"tokens ({settings.framing.input}): read from the training run's cache {folder}")
             return found
-    return cached_tokens(model, loaded, cache_dir / settings.framing.input, device, options.batch_size, reporter,
-                         settings)
+    if folder is not None and folder.is_dir():
+        _copy_pseudo_masks(folder, target, [d.name for d in loaded])
+    return cached_tokens(model, loaded, target, device, options.batch_size, reporter, settings)
+
+
+def _copy_pseudo_masks(source: Path, target: Path, domains: Sequence[str]) -> None:
+    """Copy `<domain>.pseudo.npz` from `source` where `target` has none (the reader checks their image keys)."""
+    import shutil
+
+    for name in domains:
+        found, wanted = source / f"{name}.pseudo.npz", target / f"{name}.pseudo.npz"
+        if found.is_file() and not wanted.exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(found, wanted)
 
 
 def _train_config(metadata: Mapping[str, Any]) -> tuple[TrainConfig, bool]:

@@ -100,3 +100,27 @@ def test_options_refuse_unknown_framings_and_variants() -> None:
     with pytest.raises(ConfigError, match="unknown CAE variant"):
         EvaluationOptions(cae_variants=("MAE",))
     assert EvaluationOptions().protocol("pbc").seeds == (1234, 1235, 1236)
+
+
+def test_training_runs_pseudo_masks_are_copied_where_the_evaluation_has_none(tmp_path: Path) -> None:
+    from dorl.evaluation.run import _copy_pseudo_masks
+    from dorl.training.token_cache import domain_pseudo_masks
+
+    train, evaluation = tmp_path / "tokens", tmp_path / "eval" / "whole"
+    train.mkdir()
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, 2:5, 3:6] = True
+    np.savez(train / "src.pseudo.npz", keys=np.array(["k0", "k1"]), size=np.array(8),
+             bits=np.packbits(masks.reshape(2, -1), axis=1))
+    (evaluation).mkdir(parents=True)
+    (evaluation / "tgt.pseudo.npz").write_bytes(b"kept")
+    (train / "tgt.pseudo.npz").write_bytes(b"not copied over an existing file")
+    _copy_pseudo_masks(train, evaluation, ["src", "tgt", "other"])
+    assert (evaluation / "tgt.pseudo.npz").read_bytes() == b"kept"
+    assert not (evaluation / "other.pseudo.npz").exists()
+
+    class Domain:  # what domain_pseudo_masks reads of a domain when its cache matches
+        name, samples = "src", ()
+
+    read = domain_pseudo_masks(Domain(), ["k0", "k1"], 8, evaluation)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(read, masks)
