@@ -33,6 +33,10 @@ def evaluate(
                                f"{', '.join(CAE_VARIANT_NAMES)}. Each CAE the bundle does not hold is trained "
                                "on the cached tokens with the bundle's schedule (minutes on a CPU).")] =
         DEFAULT_CAE_VARIANT,
+    cae_framings: Annotated[str, typer.Option(
+        "--cae-framings", help="Comma-separated inputs the CAE rows are scored on (among --framings), or "
+                               "'bundle': the input the bundle was trained on, whose CAE needs no training.")] =
+        "bundle",
     cache: Annotated[Path | None, typer.Option(
         help="Token and CAE cache folder (reused when bundle and images match; default OUTPUT/cache).")] = None,
     confusion: Annotated[bool, typer.Option("--confusion/--no-confusion",
@@ -53,6 +57,7 @@ def evaluate(
         fail(f"bundle {bundle} does not exist: give the bundle folder `dorl train` wrote (OUT/bundle).")
     options = EvaluationOptions(heads=_listed(heads), folds=folds, seed=seed, repeats=repeats,
                                 framings=_listed(framings), cae_variants=_variants(cae_variants),
+                                cae_framings=None if cae_framings.strip() == "bundle" else _listed(cae_framings),
                                 adapt_methods=_listed(adapt_methods), device=device, batch_size=batch_size)
     with RichReporter() as reporter:
         result = evaluate_bundle(bundle, domain, cache or output / "cache", options, reporter)

@@ -9,6 +9,10 @@ The table crosses three things, all on the bundle's (LoRA-merged) encoder:
 - **site adaptation** or none: each target's features moved onto the source's statistics from
   its own unlabelled cells, as `dorl adapt` + the analyzer do (`domain_maps.align_to_source`).
 
+By default the CAE rows are DoRL's alone, on the bundle's own input, so the bundle's CAE is read
+and none is trained; pooled tokens are scored on every framing. The ablations and the CAE rows
+of the other input are opt-in (`cae_variants`, `cae_framings`): each costs one CAE training.
+
 Tokens are computed once per framing and domain and cached (`dorl.training.token_cache`); each
 CAE the bundle does not hold (another variant, or another framing) is trained on those tokens
 with the bundle's CAE schedule and cached too, so a second evaluation only fits the heads.
@@ -149,6 +153,8 @@ class EvaluationOptions:
     seed: int = 1234  # the first seed of the splits and heads
     repeats: int = 3  # seeds: seed, seed + 1, ...
     framings: tuple[str, ...] = FRAMINGS  # whole image and cell crop
+    # the inputs the CAE rows are scored on; None: the bundle's own (whose CAE needs no training)
+    cae_framings: tuple[str, ...] | None = None
     cae_variants: tuple[str, ...] = DEFAULT_CAE_VARIANTS  # CAE rows (pooled tokens are always scored);
     # tuple(CAE_VARIANTS) adds the ablations without mean-matching and aligned on the CLS
     adapt_methods: tuple[str, ...] = (DEFAULT_METHOD,)  # one adapted row per feature and framing, each
@@ -162,6 +168,10 @@ class EvaluationOptions:
         bad = [f for f in self.framings if f not in FRAMINGS]
         if bad or not self.framings:
             raise ConfigError(f"unknown framing {bad or '(none)'}: choose among {', '.join(FRAMINGS)}.")
+        bad = [f for f in self.cae_framings or () if f not in self.framings]
+        if bad:
+            raise ConfigError(f"CAE rows on input {bad[0]!r}, which is not among the scored framings "
+                              f"{list(self.framings)}: add it to the framings or leave it out.")
         bad = [v for v in self.cae_variants if v not in CAE_VARIANTS]
         if bad:
             raise ConfigError(f"unknown CAE variant {bad[0]!r}: choose among {', '.join(CAE_VARIANTS)}.")
@@ -203,10 +213,11 @@ def evaluate_bundle(bundle: str | Path, domains: Sequence[str | tuple[str, str |
     train, recorded = _train_config(manifest.metadata)
     trusted = tuple(manifest.metadata.get("ssim_targets", {}).get("segmenter_trusted_on", []))
     methods, trained = [], {}
+    cae_framings = options.cae_framings if options.cae_framings is not None else (train.framing.input,)
     for framing in options.framings:
         settings = InputSettings(dataclasses.replace(train.framing, input=framing), train.cae.ssim_masks, trusted)
         tokens = _tokens(model, loaded, Path(cache_dir), settings, manifest.metadata, torch_device, options, reporter)
-        for variant in options.cae_variants:
+        for variant in options.cae_variants if framing in cae_framings else ():
             own = framing == train.framing.input and is_variant(train.cae, variant)
             schedule = train.cae if own else variant_schedule(train.cae, variant)
             cae = model.cae if own else variant_cae(model, tokens, schedule, torch_device, cache_dir, train.seed,
@@ -216,6 +227,9 @@ def evaluate_bundle(bundle: str | Path, domains: Sequence[str | tuple[str, str |
             methods += feature_methods(variant, framing, arrays, options.adapt_methods)
         methods += feature_methods(POOLED_METHOD, framing, token_set_arrays(tokens, _pooled), options.adapt_methods)
     result = evaluate(methods, protocol, reporter)
+    if options.cae_variants and not set(cae_framings) & set(options.framings):
+        result.notes.append(f"no CAE rows: they are scored on {', '.join(cae_framings)} input, which is not among the "
+                            "framings; choose their input with --cae-framings.")
     for setting, rows in result.to_dict()["settings"].items():
         result.comparisons[setting] = (compare_rows(rows["rows"], "feature", POOLED_METHOD)
                                        + compare_rows(rows["rows"], "framing", "whole")

@@ -57,7 +57,8 @@ def invoke(*args: object) -> tuple[int, str, str]:
 def test_evaluate_writes_results_and_prints_the_table(bundle: Path, domains: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "eval"
     args = [bundle, "--domain", f"pbc={domains['pbc']}", "--domain", f"bccd={domains['bccd']}", "-o", out,
-            "--heads", "logreg", "--folds", "3", "--repeats", "2", "--device", "cpu", "--cae-variants", "all"]
+            "--heads", "logreg", "--folds", "3", "--repeats", "2", "--device", "cpu", "--cae-variants", "all",
+            "--cae-framings", "whole,cell"]
     code, stdout, stderr = invoke(*args)
     assert code == 0, stderr
     results = json.loads((out / "results.json").read_text())
@@ -116,6 +117,8 @@ def test_bad_inputs_give_clear_errors(bundle: Path, domains: dict[str, Path], tm
     assert code == 1 and "unknown framing" in err
     code, _, err = invoke(bundle, "-d", pbc, "-o", tmp_path / "o", "--cae-variants", "dorl (cae cls),MAE")
     assert code == 1 and "unknown CAE variant 'MAE'" in err
+    code, _, err = invoke(bundle, "-d", pbc, "-o", tmp_path / "o", "--framings", "cell", "--cae-framings", "whole")
+    assert code == 1 and "CAE rows on input 'whole', which is not among the scored framings" in err
     code, _, err = invoke(tmp_path, "-d", pbc, "-o", tmp_path / "o")
     assert code == 1 and "manifest" in err
 
@@ -129,3 +132,18 @@ def test_cae_variants_default_to_dorl_and_all_names_every_one() -> None:
     assert _variants("All") == CAE_VARIANT_NAMES
     assert _variants("") == ()
     assert _variants("cls-aligned cae, dorl (cae cls)") == ("CLS-aligned CAE", "DoRL (CAE CLS)")
+
+
+def test_by_default_only_the_bundles_own_cae_is_scored(bundle: Path, domains: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    """The default rows train no CAE: DoRL's on the bundle's input (cell), pooled tokens on both inputs."""
+    out = tmp_path / "eval"
+    code, _, stderr = invoke(bundle, "-d", f"pbc={domains['pbc']}", "-d", f"bccd={domains['bccd']}", "-o", out,
+                             "--heads", "logreg", "--folds", "2", "--repeats", "1", "--device", "cpu",
+                             "--adapt-methods", "")
+    assert code == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    methods = [r["method"] for r in results["settings"]["all"]["rows"]]
+    assert methods == ["pooled tokens · whole", "DoRL (CAE CLS) · cell", "pooled tokens · cell"]
+    assert results["info"]["cae"] == {"DoRL (CAE CLS) · cell": "the bundle's CAE"}
+    assert not list((out / "cache").glob("cae_*.safetensors"))
