@@ -34,22 +34,26 @@ class Framed:
         return cls(crop.box, crop.empty, crop.touches_border)
 
 
-def crop_mask(rgb: np.ndarray, segmenter_mask: np.ndarray | None, framing: FramingConfig) -> np.ndarray:
+def crop_mask(rgb: np.ndarray, segmenter_mask: np.ndarray | None, framing: FramingConfig,
+              size: int | None = None) -> np.ndarray:
     """The mask the crop is cut from (any resolution; `crop_cell` fits it to the image).
 
     Args:
         rgb: the image as decoded, HxWx3 uint8.
         segmenter_mask: pass 1's low-resolution mask (None when its logits were not finite).
         framing: the artifact's framing.
+        size: the model's input side; the pseudo mask is computed on the image resized to it, as
+            training computes it (on the decoded image, its outline shifts by up to ~15 px on pbc).
     """
     if framing.mask == "pseudo":
+        from dorl.data.images import resize_square
         from dorl.data.pseudo_masks import pseudo_mask
 
-        return pseudo_mask(rgb)
+        return pseudo_mask(rgb if size is None else resize_square(rgb, size))
     return segmenter_mask if segmenter_mask is not None else np.zeros((1, 1), bool)
 
 
 def frame_cell(rgb: np.ndarray, segmenter_mask: np.ndarray | None, framing: FramingConfig,
                size: int) -> CellCrop:
     """Pass 2's input for one image: its cell framed as in training (see `dorl.data.framing.crop_cell`)."""
-    return crop_cell(rgb, crop_mask(rgb, segmenter_mask, framing), size, framing.margin)
+    return crop_cell(rgb, crop_mask(rgb, segmenter_mask, framing, size), size, framing.margin)
