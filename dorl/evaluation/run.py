@@ -239,8 +239,9 @@ def evaluate_bundle(bundle: str | Path, domains: Sequence[str | tuple[str, str |
                    "cae": trained}
     source = f"the bundle's CAE schedule ({train.schedule})" if recorded else \
         "the CPU schedule (the bundle records no training config)"
-    result.notes.append(f"CAEs the bundle does not hold are trained on the same tokens with {source}, "
-                        "changed only as each variant says.")
+    if any(how != "the bundle's CAE" for how in trained.values()):
+        result.notes.append(f"CAEs the bundle does not hold are trained on the same tokens with {source}, "
+                            "changed only as each variant says.")
     return result
 
 

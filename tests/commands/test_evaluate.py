@@ -75,6 +75,7 @@ def test_evaluate_writes_results_and_prints_the_table(bundle: Path, domains: dic
     assert results["info"]["cae"]["DoRL (CAE CLS) · whole"]["alignment"] == "z"
     assert results["info"]["cae"]["CAE without mean-matching · cell"]["mmd_weight"] == 0.0
     assert results["info"]["cae"]["CLS-aligned CAE · whole"]["alignment"] == "cls_mean"
+    assert any("CAEs the bundle does not hold are trained" in note for note in results["notes"])
     assert data["class_counts"] == {"pbc": {c: 4 for c in CLASSES}, "bccd": {"lymphocyte": 3, "neutrophil": 3}}
     assert data["majority"]["bccd"]["accuracy"] == 0.5 and data["majority"]["pbc"]["accuracy"] == pytest.approx(1 / 3)
     assert data["small_classes"] == {"pbc": list(CLASSES), "bccd": ["lymphocyte", "neutrophil"]}
@@ -147,3 +148,4 @@ def test_by_default_only_the_bundles_own_cae_is_scored(bundle: Path, domains: di
     assert methods == ["pooled tokens · whole", "DoRL (CAE CLS) · cell", "pooled tokens · cell"]
     assert results["info"]["cae"] == {"DoRL (CAE CLS) · cell": "the bundle's CAE"}
     assert not list((out / "cache").glob("cae_*.safetensors"))
+    assert not any("CAEs the bundle does not hold" in note for note in results["notes"])
