@@ -153,8 +153,9 @@ class TrainConfig:
 CPU_DEVIATIONS = (
     ("seg: 4 epochs over 64 images (spread over the domains), batch 8, 1 warm-up epoch, peak lr 1e-3; IoU/Dice "
      "on 40 held-out images (paper: 150 epochs, batch 32, 10 warm-up epochs, lr 1e-4)"),
-    ("cae: 4 epochs (about 220 steps on pbc+bccd+jtsc; the loss still falls ~7 % an epoch there), batch 32, "
-     "10 warm-up steps, peak lr 5e-4 (paper: 300 epochs, batch 64, 500 steps, 1e-4)"),
+    ("cae: 4 epochs (152 steps on the 1,201 cells of pbc+bccd+jtsc; the token reconstruction loss still falls "
+     "~9 % in the last epoch there), batch 32, 10 warm-up steps, peak lr 5e-4 (paper: 300 epochs, batch 64, "
+     "500 steps, 1e-4)"),
     "cae: 4 encoder blocks and 1 feature-decoder block (paper: 12 and 4)",
     "cae: the image (and L_ssim) is decoded for a random quarter of each batch (paper: all of it)",
     ("seg: SAM's pixel mean/std kept (paper: computed on the training set); after a 4-epoch fine-tune the "
