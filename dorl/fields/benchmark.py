@@ -180,9 +180,12 @@ def _print_crops(matches: Sequence[CropMatch], found: dict[str, list[FoundCell]]
     if len(ratios):
         print(f"crop side / nucleus box's longer side, {len(ratios)} cells not cut by the edge: median "
               f"{np.median(ratios):.3f}, quartiles {np.percentile(ratios, 25):.3f}-{np.percentile(ratios, 75):.3f}")
-    if len(ious):
-        print(f"analyzer crop boxes vs the data set's crops: IoU median {np.median(ious):.3f}, mean {ious.mean():.3f}, "
-              f"10th percentile {np.percentile(ious, 10):.3f}")
+    edge = np.array([found[m.frame][i].edge for m, i in placed], dtype=bool)
+    for name, rows in (("", np.ones_like(edge)), (" (cells not cut by the edge)", ~edge), (" (cells cut by the edge)", edge)):
+        if rows.any():
+            part = ious[rows]
+            print(f"analyzer crop boxes vs the data set's crops{name}: {len(part)} cells, IoU median "
+                  f"{np.median(part):.3f}, mean {part.mean():.3f}, 10th percentile {np.percentile(part, 10):.3f}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
