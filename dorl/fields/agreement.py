@@ -43,6 +43,7 @@ def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches
     finding the cell changes the label). The field run reads the frame files, so its time is the
     whole path: decoding, finding, cutting and classifying.
     """
+    from dorl.fields.benchmark import HELD_OUT, TUNE, split_of
     from dorl.runtime.analyzer import Analyzer
 
     by_name = {f.name: f for f in frames}
@@ -68,8 +69,12 @@ def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches
                          ("control: the crop file's own box cut from the frame", same_box),
                          ("control: that box shifted by 4 px", shifted)):
         agree = [a == b for a, b in zip(crop, labels)]
-        whole = [a for a, e in zip(agree, edge) if not e]
-        print(f"  {name}: {100 * np.mean(agree):.1f} % (cells not cut by the edge: {100 * np.mean(whole):.1f} %)")
+        print(f"  {name}: {_share(agree)} (cells not cut by the edge: {_share([a for a, e in zip(agree, edge) if not e])}"
+              f"; cut by it: {_share([a for a, e in zip(agree, edge) if e])})")
+        for split in (TUNE, HELD_OUT):
+            rows = [i for i, m in enumerate(placed) if split_of(m.frame) == split]
+            print(f"    {split}: {_share([agree[i] for i in rows])} (not cut by the edge: "
+                  f"{_share([agree[i] for i in rows if not edge[i]])})")
     confusions = Counter((c, f) for c, f in zip(crop, field) if c != f)
     print("  disagreements (crop file -> field): " + ", ".join(f"{c}->{f} {n}" for (c, f), n in confusions.most_common()))
     folder = [m.label for m in placed]
@@ -78,6 +83,10 @@ def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches
         print(f"  {name} labels vs the crops' folder labels: accuracy {100 * accuracy:.1f} %, balanced "
               f"{100 * balanced_accuracy(folder, [str(x) for x in labels]):.1f} %")
     _print_frame_labels(read_frame_labels(fields / "labels.csv"), field_labels)
+
+
+def _share(agree: Sequence[bool]) -> str:
+    return f"{100 * np.mean(agree):.1f} % ({sum(agree)}/{len(agree)})" if agree else "-"
 
 
 def _labels(analyzer: Any, images: Sequence[Any]) -> list[str | None]:
