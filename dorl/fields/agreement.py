@@ -50,17 +50,18 @@ def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches
     placed = [m for m in matches if m.cell is not None]
     with Analyzer(artifact, batch_size=batch_size, site=site, check_cells=False) as analyzer:
         field_labels: dict[str, list[tuple[str | None, bool]]] = {}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for result in analyze_fields((fields / "images" / f"{f.name}.jpg" for f in frames), analyzer):
             field_labels[frames[result.index].name] = [(c.result.label, c.edge) for c in result.cells]
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         crop = _labels(analyzer, [m.path for m in placed])
         same_box = _labels(analyzer, [_cut(by_name[m.frame].rgb, m.box) for m in placed])
         shifted = _labels(analyzer, [_cut(by_name[m.frame].rgb, _shift(m.box, by_name[m.frame].rgb.shape, 4))
                                      for m in placed])
     cells = sum(len(v) for v in field_labels.values())
     print(f"field analysis end to end (decode, find, cut, classify; batch {analyzer.batch_size}): "
-          f"{len(frames) / seconds:.2f} frames/s, {cells / seconds:.2f} cells/s ({len(frames)} frames, {cells} cells)")
+          f"{len(frames) / seconds:.2f} frames/s, {cells / seconds:.2f} cells/s ({len(frames)} frames, {cells} cells); "
+          f"CPU time {1000 * cpu / len(frames):.0f} ms per frame, all threads")
     field = [field_labels[m.frame][m.cell][0] for m in placed]
     edge = [field_labels[m.frame][m.cell][1] for m in placed]
     print(f"labels of the same cells, {len(placed)} single-cell crops matched to found cells "

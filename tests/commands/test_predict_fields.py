@@ -71,3 +71,8 @@ def test_no_frame_readable_exits_4(artifact: Path, tmp_path: Path) -> None:
 def test_single_cell_outputs_are_refused(artifact: Path, tmp_path: Path, option: list[str]) -> None:
     code, _, stderr = invoke(predict, artifact, FRAMES, "--fields", *option)
     assert code == 2 and "--csv and --save-masks are for single-cell images" in stderr
+
+
+def test_a_bad_artifact_exits_1(tmp_path: Path) -> None:
+    code, stdout, stderr = invoke(predict, tmp_path / "no-artifact", FRAMES, "--fields")
+    assert code == 1 and "error:" in stderr and stdout == ""
