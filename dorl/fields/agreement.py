@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dorl.fields.analysis import analyze_fields
+from dorl.fields.scoring import HELD_OUT, TUNE, split_of
 
 
 def balanced_accuracy(truth: Sequence[str], predicted: Sequence[str]) -> float:
@@ -43,7 +44,6 @@ def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches
     finding the cell changes the label). The field run reads the frame files, so its time is the
     whole path: decoding, finding, cutting and classifying.
     """
-    from dorl.fields.benchmark import HELD_OUT, TUNE, split_of
     from dorl.runtime.analyzer import Analyzer
 
     by_name = {f.name: f for f in frames}

@@ -29,10 +29,8 @@ import numpy as np
 from dorl.data.images import load_rgb
 from dorl.fields.crop import crop_box
 from dorl.fields.finder import Box, FinderConfig, FoundCell, find_white_cells
-from dorl.fields.scoring import DetectionScore, box_iou
+from dorl.fields.scoring import HELD_OUT, TUNE, DetectionScore, box_iou, split_of
 from dorl.fields.voc import read_voc
-
-TUNE, HELD_OUT = "tune (even frame numbers)", "held out (odd frame numbers)"
 
 
 @dataclass
@@ -49,11 +47,6 @@ def load_frames(fields: Path) -> list[Frame]:
         objects = [o for o in read_voc(fields / "annotations" / f"{path.stem}.xml") if o.name == "WBC"]
         frames.append(Frame(path.stem, load_rgb(path), [o.box for o in objects], [o.truncated for o in objects]))
     return frames
-
-
-def split_of(name: str) -> str:
-    digits = "".join(c for c in name if c.isdigit())
-    return TUNE if digits and int(digits) % 2 == 0 else HELD_OUT
 
 
 def score_finder(frames: Sequence[Frame], found: dict[str, list[FoundCell]]) -> dict[str, DetectionScore]:

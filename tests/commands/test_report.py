@@ -68,7 +68,7 @@ def test_report_from_records_matches(artifact: Path, frames: Path, tmp_path: Pat
     records = tmp_path / "run" / "cells.jsonl"
     code, _, stderr = invoke(fields, artifact, frames, "-o", records)
     assert code == 3, stderr  # one frame unreadable and cells without a label: partial, as in `dorl predict`
-    assert "7 frames (0 without a white cell, 1 unreadable): 8 white cells (2 cut by the edge), 3 labelled" in stderr
+    assert "7 frames (0 without a white cell, 1 unreadable): 8 white cells (2 cut by the edge), 2 labelled" in stderr
     code, _, stderr = invoke(report, records, "-o", tmp_path / "from-records", "--no-gallery", "--min-cells", "2")
     assert code == 0, stderr
     data = json.loads((tmp_path / "from-records" / "differential.json").read_text())
