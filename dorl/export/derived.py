@@ -1,0 +1,53 @@
+"""What every artifact derived from the verified FP32 graph shares: file names, the staged write,
+the manifest fields inherited from FP32, and the host-side head.
+
+The FP16 and INT8 exports import these from here, and `onnx_export` imports those exports, so
+the shared pieces live apart from all three.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dorl.deps import versions
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+HEAD_FILE = "head.safetensors"
+EXPORT_VERSIONS = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy")
+
+
+@contextlib.contextmanager
+def staged(out_dir: str | Path) -> Iterator[Path]:
+    """A scratch folder beside `out_dir` whose files move into `out_dir` only if the block succeeds,
+    so a failed check leaves no half-written artifact behind."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
+        yield Path(tmp)
+        out.mkdir(exist_ok=True)
+        for path in Path(tmp).iterdir():
+            shutil.move(str(path), str(out / path.name))
+
+
+def derived_fields(fp32_manifest: dict[str, Any], precision: str) -> dict[str, Any]:
+    """The manifest fields of a graph derived from an FP32 artifact (same I/O, new precision)."""
+    skip = ("format_version", "kind", "created", "files", "folder", "parity", "graph")
+    fields = {k: v for k, v in fp32_manifest.items() if k not in skip}
+    fields["precision"] = precision
+    fields["source_fp32_sha256"] = fp32_manifest["files"][MODEL_FILE]["sha256"]
+    fields["versions"] = versions(*EXPORT_VERSIONS)
+    return fields
+
+
+def copy_head(fp32_manifest: dict[str, Any], folder: Path) -> list[str]:
+    """Copy the FP32 artifact's host-side head into a derived artifact's folder."""
+    if HEAD_FILE not in fp32_manifest.get("files", {}):
+        return []
+    shutil.copy2(Path(fp32_manifest["folder"]) / HEAD_FILE, folder / HEAD_FILE)
+    return [HEAD_FILE]
