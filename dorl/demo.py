@@ -115,12 +115,17 @@ def _export(out: Path, bundle: Path, config: DemoConfig) -> dict[str, Path]:
     export_onnx(bundle, folders["fp32"], "fp32", images=parity)
     export_onnx(bundle, folders["fp16"], "fp16", images=parity)
     write_calibration_set(domains(), out / "calibration", size=config.calibration_size, seed=0)
-    gate = _sample_cells(SOURCE)[1::2]
     from dorl.errors import DorlError
+    from dorl.export.int8 import Int8Settings
+    from dorl.export.int8_gate import GateThresholds
 
+    # the gate scores every sample cell of both labs outside the calibration set (the sample is too
+    # small for the default 200)
+    gate = _sample_cells(SOURCE) + _sample_cells(TARGET)
+    int8 = Int8Settings(gate=GateThresholds(min_cells=len(gate) - config.calibration_size), exclude=("cae*",))
     try:  # the CAE's few wide nodes are the sensitive group on a briefly trained model: kept in float
         export_onnx(bundle, folders["int8"], "int8", images=parity, calibration=out / "calibration",
-                    gate_images=gate, exclude=("cae*",))
+                    gate_images=gate, int8=int8)
     except DorlError as exc:  # the gate refused it: the report says so, the rest of the demo goes on
         (out / "onnx" / "int8-refused.txt").write_text(str(exc) + "\n")
         del folders["int8"]

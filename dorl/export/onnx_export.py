@@ -11,25 +11,25 @@ are derived from the verified FP32 one.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dorl.artifacts import read_manifest, write_manifest
 from dorl.config import to_dict
 from dorl.deps import require, versions
 from dorl.errors import ArtifactError, ConfigError
+from dorl.export.derived import DATA_FILE, EXPORT_VERSIONS, HEAD_FILE, MODEL_FILE, staged
+
+if TYPE_CHECKING:
+    from dorl.export.int8 import Int8Settings
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # LayerNormalization is a single ONNX op from opset 17 on
-MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
 EXTERNAL_DATA_BYTES = 2**31 - 2**27  # protobuf's 2 GB limit, less room for the graph itself
 MAX_BATCH = 4096
-EXPORT_VERSIONS = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy")
 
 Reporter = Callable[[str], None]
 
@@ -40,19 +40,6 @@ def check_precision(precision: str, opset: int = DEFAULT_OPSET) -> None:
         raise ConfigError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}.")
     if opset < MIN_OPSET:
         raise ConfigError(f"opset {opset} splits LayerNormalization into pieces that overflow in FP16: use {MIN_OPSET}+.")
-
-
-@contextlib.contextmanager
-def staged(out_dir: str | Path) -> Iterator[Path]:
-    """A scratch folder beside `out_dir` whose files move into `out_dir` only if the block succeeds,
-    so a failed check leaves no half-written artifact behind."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
-        yield Path(tmp)
-        out.mkdir(exist_ok=True)
-        for path in Path(tmp).iterdir():
-            shutil.move(str(path), str(out / path.name))
 
 
 def load_source(source: Any) -> tuple[Any, str | None]:
@@ -125,9 +112,6 @@ def _spec(value: Any) -> tuple[str, str, list[int | str]]:
     return value.name, dtype, [d.dim_param or d.dim_value for d in tensor.shape.dim]
 
 
-HEAD_FILE = "head.safetensors"
-
-
 def write_head(model: Any, folder: Path) -> list[str]:
     """Write the host-side head + source feature statistics (site profiles, issue 7), if known."""
     stats = getattr(model, "source_feature_stats", None)
@@ -138,14 +122,6 @@ def write_head(model: Any, folder: Path) -> list[str]:
     tensors = {f"head.{k}": v.detach().float().contiguous() for k, v in model.head.state_dict().items()}
     tensors.update({f"source.{k}": v.float().contiguous() for k, v in stats.items()})
     save_file(tensors, str(folder / HEAD_FILE))
-    return [HEAD_FILE]
-
-
-def copy_head(fp32_manifest: dict[str, Any], folder: Path) -> list[str]:
-    """Copy the FP32 artifact's host-side head into a derived artifact's folder."""
-    if HEAD_FILE not in fp32_manifest.get("files", {}):
-        return []
-    shutil.copy2(Path(fp32_manifest["folder"]) / HEAD_FILE, folder / HEAD_FILE)
     return [HEAD_FILE]
 
 
@@ -166,16 +142,6 @@ def base_fields(model: Any, inputs: list[dict[str, Any]], outputs: list[dict[str
         "versions": versions(*EXPORT_VERSIONS),
         "source_bundle_sha256": source_sha256,
     }
-
-
-def derived_fields(fp32_manifest: dict[str, Any], precision: str) -> dict[str, Any]:
-    """The manifest fields of a graph derived from an FP32 artifact (same I/O, new precision)."""
-    skip = ("format_version", "kind", "created", "files", "folder", "parity", "graph")
-    fields = {k: v for k, v in fp32_manifest.items() if k not in skip}
-    fields["precision"] = precision
-    fields["source_fp32_sha256"] = fp32_manifest["files"][MODEL_FILE]["sha256"]
-    fields["versions"] = versions(*EXPORT_VERSIONS)
-    return fields
 
 
 def export_fp32(model: Any, out_dir: str | Path, images: Any, opset: int = DEFAULT_OPSET,
@@ -214,26 +180,25 @@ def export_fp32(model: Any, out_dir: str | Path, images: Any, opset: int = DEFAU
 
 def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                 images: Sequence[Any] | None = None, calibration: str | Path | None = None,
-                gate_images: Sequence[Any] | None = None, exclude: Sequence[str] = (),
-                fp32_artifact: str | Path | None = None, reporter: Reporter | None = None,
-                gate: tuple[float, float] | None = None) -> dict[str, Any]:
+                gate_images: Sequence[Any] | None = None, fp32_artifact: str | Path | None = None,
+                reporter: Reporter | None = None, int8: Int8Settings | None = None) -> dict[str, Any]:
     """Export a bundle (or model) to a verified ONNX artifact of `precision`.
 
     Every input is checked (precision, bundle, calibration set, images) before the slow export.
 
     Args:
         source: a bundle folder or a DoRLModel.
-        out_dir: the artifact folder. For int8 the CPU variant goes beside it, in `<out_dir>-cpu`.
+        out_dir: the artifact folder. For int8 the FP16-remainder and CPU variants go beside it, in
+            `<out_dir>-fp16` and `<out_dir>-cpu`.
         precision: "fp32", "fp16" or "int8" (Q/DQ, symmetric, for TensorRT).
         images: real cell images (paths or arrays) for the parity checks; required.
         calibration: an INT8 calibration-set folder from `dorl calibrate` (int8 only).
-        gate_images: labelled held-out cells for the INT8 accuracy gate (int8 only; paths whose
-            parent folder is the class name); default `images`.
-        exclude: extra node-name, module or group patterns kept out of INT8 quantization.
+        gate_images: labelled held-out cells for the INT8 gate (int8 only; paths whose parent
+            folder is the class name); default `images`.
         fp32_artifact: the verified FP32 artifact of the same bundle to derive fp16/int8 from,
             instead of exporting it again.
-        gate: the INT8 accuracy gate's (minimum top-1 agreement, maximum accuracy drop), both
-            fractions; default (0.99, 0.01). The manifest records the thresholds used.
+        int8: the INT8 settings (`int8.Int8Settings`: quantizer, gate thresholds, exclusions);
+            default its defaults. The manifest records them.
 
     Returns:
         The manifest of the artifact in `out_dir`.
@@ -243,34 +208,40 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
     check_precision(precision, opset)
     size, class_names, sha = source_facts(source)
     images = list(images) if images is not None else []
-    int8 = _int8_inputs(calibration, images if gate_images is None else list(gate_images), class_names) \
+    quantizing = _int8_inputs(calibration, images if gate_images is None else list(gate_images), class_names, int8) \
         if precision == "int8" else None
     cells = prepare_images(images, size)
     if precision == "fp32":
         return export_fp32(load_source(source)[0], out_dir, cells, opset, sha, reporter)
     with _verified_fp32(source, fp32_artifact, sha, cells, opset, reporter) as fp32_dir:
-        if int8 is None:
+        if quantizing is None:
             from dorl.export.fp16 import export_fp16
 
             return export_fp16(fp32_dir, out_dir, cells, reporter)
-        from dorl.calibration.gate import MAX_ACCURACY_DROP, MIN_AGREEMENT
-        from dorl.calibration.qdq import quantize_artifact
+        from dorl.export.int8 import quantize_artifact
 
-        min_agreement, max_drop = gate if gate is not None else (MIN_AGREEMENT, MAX_ACCURACY_DROP)
-        return quantize_artifact(fp32_dir, out_dir, int8[0], int8[1], exclude, reporter,
-                                 min_agreement=min_agreement, max_accuracy_drop=max_drop)
+        return quantize_artifact(fp32_dir, out_dir, *quantizing, reporter=reporter)
 
 
-def _int8_inputs(calibration: str | Path | None, gate_images: list[Any], class_names: list[str]) -> tuple[Any, Any]:
-    """The calibration set and the labelled held-out cells (outside it) for the gate."""
+def _int8_inputs(calibration: str | Path | None, gate_images: list[Any], class_names: list[str],
+                 settings: Int8Settings | None) -> tuple[Any, Any, Int8Settings]:
+    """The calibration set, the labelled held-out cells (outside it) for the gate, and the settings."""
     from dorl.calibration.calibration_set import read_calibration_set
-    from dorl.calibration.gate import gate_set
+    from dorl.export.int8 import Int8Settings
+    from dorl.export.int8_gate import gate_set
 
+    settings = settings or Int8Settings()
+    if settings.quantizer == "modelopt":
+        from dorl.export.int8_modelopt import require_modelopt
+
+        require_modelopt()
     if calibration is None:
         raise ConfigError("an INT8 export needs a calibration set: create one with `dorl calibrate` and pass "
                           "--calibration DIR.")
     calibration_set = read_calibration_set(calibration)
-    return calibration_set, gate_set(gate_images, class_names, frozenset(c.sha256 for c in calibration_set.cells))
+    held_out = gate_set(gate_images, class_names, frozenset(c.sha256 for c in calibration_set.cells),
+                        settings.gate.min_cells)
+    return calibration_set, held_out, settings
 
 
 @contextlib.contextmanager
