@@ -9,21 +9,21 @@ touches pickle.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dorl.artifacts import read_manifest, write_manifest
-from dorl.config import ModelConfig, from_dict, to_dict
+from dorl.artifacts import CLASS_NAMES_KEY, write_manifest
+from dorl.config import to_dict
+from dorl.contract import FEATURE_STATS_FILE, WEIGHTS_FILE
 from dorl.deps import versions
 from dorl.errors import ArtifactError
+from dorl.manifests import BundleManifest, read_bundle
 from dorl.models.dorl_model import DoRLModel
 from dorl.models.lora import is_lora, merge_lora
 from dorl.models.registry import build_model
-
-WEIGHTS_FILE = "weights.safetensors"
-STATS_FILE = "feature_stats.safetensors"
 
 
 def merged_copy(model: DoRLModel) -> DoRLModel:
@@ -60,11 +60,12 @@ def save_bundle(
     plain = merged_copy(model)
     state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in plain.state_dict().items()
              if v.is_floating_point()}
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "dorl_kind": "bundle"})
+    names = json.dumps(list(model.config.class_names))  # bound into the weights: see dorl.artifacts
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "dorl_kind": "bundle", CLASS_NAMES_KEY: names})
     files = [WEIGHTS_FILE]
     if source_features is not None:
-        save_file(feature_statistics(source_features), str(folder / STATS_FILE))
-        files.append(STATS_FILE)
+        save_file(feature_statistics(source_features), str(folder / FEATURE_STATS_FILE))
+        files.append(FEATURE_STATS_FILE)
     config = model.config
     return write_manifest(
         folder,
@@ -90,45 +91,45 @@ def feature_statistics(features: Any) -> dict[str, torch.Tensor]:
             "n": torch.tensor([float(x.shape[0])])}
 
 
-def load_feature_stats(path: str | Path) -> dict[str, torch.Tensor] | None:
+def load_feature_stats(bundle: str | Path | BundleManifest) -> dict[str, torch.Tensor] | None:
     """The source feature statistics of a bundle (None for bundles saved without them)."""
     from safetensors.torch import load_file
 
-    manifest = read_bundle_manifest(path)
-    if STATS_FILE not in manifest["files"]:
+    manifest = bundle if isinstance(bundle, BundleManifest) else read_bundle(bundle)
+    if FEATURE_STATS_FILE not in manifest.files:
         return None
-    return load_file(str(Path(manifest["folder"]) / STATS_FILE))
+    return load_file(str(manifest.path(FEATURE_STATS_FILE)))
 
 
 def read_bundle_manifest(path: str | Path) -> dict[str, Any]:
-    """The verified manifest of a bundle folder."""
-    return read_manifest(path, "bundle")
+    """The verified manifest of a bundle folder, as a dict (`dorl.manifests.read_bundle` types it)."""
+    return read_bundle(path).to_dict()
 
 
-def load_bundle(path: str | Path, device: str = "cpu") -> DoRLModel:
+def load_bundle(bundle: str | Path | BundleManifest, device: str = "cpu") -> DoRLModel:
     """Load a bundle written by `save_bundle`, in eval mode.
+
+    Args:
+        bundle: the bundle folder, or its manifest already read (`dorl.manifests.read_bundle`).
+        device: where the weights go.
 
     Raises:
         ArtifactError: the folder is not a bundle, a file changed, or the weights do not fit the config.
     """
     from safetensors.torch import load_file
 
-    manifest = read_bundle_manifest(path)
-    folder = Path(manifest["folder"])
-    config = from_dict(ModelConfig, manifest["config"])
-    model = build_model(config)
-    state = load_file(str(folder / WEIGHTS_FILE), device=device)
+    manifest = bundle if isinstance(bundle, BundleManifest) else read_bundle(bundle)
+    model = build_model(manifest.config)
+    state = load_file(str(manifest.path(WEIGHTS_FILE)), device=device)
     target = model.state_dict()
     missing = [k for k in target if target[k].is_floating_point() and k not in state]
     unexpected = [k for k in state if k not in target]
     wrong = [k for k in state if k in target and state[k].shape != target[k].shape]
     if missing or unexpected or wrong:
         raise ArtifactError(
-            f"{folder} holds weights that do not fit its own config ({len(missing)} missing, {len(unexpected)} "
-            f"unexpected, {len(wrong)} of another shape, e.g. {(missing + unexpected + wrong)[:2]}): re-create the "
-            "bundle with this version of dorl."
+            f"{manifest.folder} holds weights that do not fit its own config ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(wrong)} of another shape, e.g. {(missing + unexpected + wrong)[:2]}): "
+            "re-create the bundle with this version of dorl."
         )
     model.load_state_dict(state, strict=False)
-    # Plain attribute, not a buffer: the export writes it beside the graph for site profiles.
-    model.source_feature_stats = load_feature_stats(folder)  # type: ignore[assignment]
     return model.to(device).eval()

@@ -4,7 +4,22 @@ from __future__ import annotations
 
 import typer
 
-from dorl.commands import adapt, bench, build, calibrate, demo, evaluate, export, info, predict, train
+from dorl.commands import (
+    adapt,
+    bench,
+    build,
+    calibrate,
+    demo,
+    evaluate,
+    export,
+    fields,
+    info,
+    predict,
+    report,
+    serve,
+    train,
+    triton,
+)
 
 app = typer.Typer(
     name="dorl",
@@ -23,6 +38,11 @@ app.command("build", help="Build a TensorRT engine from an exported ONNX graph."
 app.command("predict", help="Classify and segment cell images with an exported artifact.")(predict.predict)
 app.command("adapt", help="Write a site profile from a new lab's unlabelled cells.")(adapt.adapt)
 app.command("bench", help="Benchmark latency, throughput, memory and accuracy per backend.")(bench.bench)
+app.command("fields", help="Find and classify every white cell of whole camera frames (JSON Lines).")(fields.fields)
+app.command("report", help="A slide's white-cell differential and review gallery from frames or field records.")(
+    report.report)
+app.command("serve", help="Serve an artifact over HTTP (KServe v2 protocol, as Triton speaks).")(serve.serve)
+app.command("triton", help="Write a Triton Inference Server model repository from an artifact.")(triton.triton)
 app.command("demo", help="Run the whole path on the bundled sample and write a report.")(demo.demo)
 
 

@@ -1,6 +1,6 @@
 """Frozen, validated configurations, written beside every artifact.
 
-Defaults are DoRL's (Li et al. 2024, read from the paper's released code); see DESIGN.md.
+Defaults are DoRL's (Li et al. 2024, read from the paper's released code).
 """
 
 from __future__ import annotations

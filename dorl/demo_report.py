@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dorl.deps import versions
+
+if TYPE_CHECKING:
+    from dorl.manifests import OnnxManifest
 
 
 def _machine() -> str:
@@ -47,33 +50,35 @@ def _training_lines(meta: dict[str, Any]) -> list[str]:
     return lines or ["- every stage was reused from an earlier run."]
 
 
-def _manifests(artifacts: dict[str, Path]) -> dict[str, dict[str, Any]]:
+def _manifests(artifacts: dict[str, Path]) -> dict[str, OnnxManifest]:
     """Each artifact folder's name → its manifest, read once for every table of the report."""
-    return {folder.name: json.loads((folder / "manifest.json").read_text()) for folder in artifacts.values()}
+    from dorl.manifests import read_onnx
+
+    return {folder.name: read_onnx(folder, verify=False) for folder in artifacts.values()}
 
 
-def _mask_warning(manifests: dict[str, dict[str, Any]]) -> list[str]:
+def _mask_warning(manifests: dict[str, OnnxManifest]) -> list[str]:
     """INT8's accuracy gate scores labels only: say when its masks drift from FP32's."""
     lines = []
     for name, manifest in manifests.items():
-        iou = manifest.get("parity", {}).get("mask_iou_mean")
-        if manifest.get("precision") == "int8" and iou is not None and iou < MASK_IOU_WARNING:
+        iou = manifest.parity.get("mask_iou_mean")
+        if manifest.precision == "int8" and iou is not None and iou < MASK_IOU_WARNING:
             lines.append(f"Note: the masks of `{name}` agree with FP32's at IoU {iou:.2f} on average (the "
                          "accuracy gate scores labels only); where masks matter, export again with "
                          "`--exclude 'mask_decoder*'` as well, or calibrate on more cells.")
     return [*lines, ""] if lines else []
 
 
-def _export_lines(manifests: dict[str, dict[str, Any]]) -> list[str]:
+def _export_lines(manifests: dict[str, OnnxManifest]) -> list[str]:
     lines = [("| artifact | target | checked against | cells | max abs diff of probs | top-1 agreement "
              "| mask IoU mean / min | accuracy gate (cells outside the calibration set) |"), "|---|---|---|---|---|---|---|---|"]
     for name, manifest in manifests.items():
-        parity, gate = manifest.get("parity", {}), manifest.get("gate")
+        parity, gate = manifest.parity, manifest.data.get("gate")
         iou = (f"{parity['mask_iou_mean']:.3f} / {parity['mask_iou_min']:.3f}"
                if parity.get("mask_iou_mean") is not None else "-")
         gate_text = (f"FP32 {100 * gate['accuracy_fp32']:.1f} % → INT8 {100 * gate['accuracy_int8']:.1f} % "
                      f"on {gate['images']} cells" if gate else "-")
-        lines.append(f"| `{name}` | {manifest.get('precision')} {manifest.get('target', '')} "
+        lines.append(f"| `{name}` | {manifest.precision} {manifest.data.get('target', '')} "
                      f"| {parity.get('reference', '-')} | {parity.get('images', '-')} "
                      f"| {parity.get('max_abs_diff', {}).get('probs', float('nan')):.2e} "
                      f"| {100 * parity.get('top1_agreement', float('nan')):.1f} % | {iou} | {gate_text} |")
@@ -85,7 +90,7 @@ def write_demo_report(out: Path, trained: Any, evaluation: dict[str, Any], artif
                       config: Any) -> Path:
     """Write `out/report.md` and `out/report.json`; returns the markdown path."""
     from dorl.benchmarks.report import to_markdown
-    from dorl.training.report import markdown
+    from dorl.evaluation.report import markdown
 
     meta = trained.metadata
     manifests = _manifests(artifacts)

@@ -24,7 +24,9 @@ _EXTRAS = {
     "onnxscript": ("export", "onnxscript"),
     "modelopt": ("modelopt", "nvidia-modelopt"),
     "tensorrt": ("trt", "tensorrt"),
-    "pycuda": ("trt", "pycuda"),
+    "cuda.bindings": ("trt", "cuda-python"),
+    "starlette": ("serve", "starlette"),
+    "uvicorn": ("serve", "uvicorn"),
 }
 
 

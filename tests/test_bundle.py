@@ -1,10 +1,11 @@
-import json
 
 import pytest
 import torch
+from manifests import edit_manifest
 
-from dorl.bundle import WEIGHTS_FILE, load_bundle, save_bundle
+from dorl.bundle import load_bundle, save_bundle
 from dorl.config import ModelConfig
+from dorl.contract import WEIGHTS_FILE
 from dorl.errors import ArtifactError
 from dorl.models.lora import apply_lora
 from dorl.models.registry import build_model
@@ -63,9 +64,7 @@ def test_changed_missing_truncated_and_foreign_files_are_refused(tmp_path, lora_
 def test_manifest_of_another_kind_is_refused(tmp_path, lora_model):
     folder = tmp_path / "b"
     save_bundle(lora_model, folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["kind"] = "onnx"
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(folder, lambda manifest: manifest.update(kind="onnx"))
     with pytest.raises(ArtifactError, match="'onnx' artifact"):
         load_bundle(folder)
 

@@ -1,35 +1,49 @@
-"""The demo report's summaries, from the manifests and metadata the real steps write."""
+"""The demo report's summaries, from the manifests the real export steps write and the metadata of a
+real training run's bundle."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from dorl.demo_report import _export_lines, _manifests, _mask_warning, _training_lines
+import numpy as np
+import pytest
 
-PARITY = {"reference": "onnx fp32", "images": 20, "max_abs_diff": {"probs": 0.0634}, "top1_agreement": 1.0,
-          "mask_iou_mean": 0.453, "mask_iou_min": 0.0}
-GATE = {"images": 20, "accuracy_fp32": 0.95, "accuracy_int8": 0.9}
-
-
-def _artifact(folder: Path, precision: str, parity: dict, gate: dict | None = None) -> Path:
-    folder.mkdir()
-    manifest = {"precision": precision, "parity": parity, **({"target": "cpu", "gate": gate} if gate else {})}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
+from dorl.demo_report import MASK_IOU_WARNING, _export_lines, _manifests, _mask_warning, _training_lines
+from dorl.evaluation.domain_maps import standardise_per_domain
+from dorl.evaluation.protocol import Protocol, evaluate
+from dorl.evaluation.report import SAME_TITLE, SETTING_TITLES, markdown
+from dorl.manifests import read_onnx
 
 
-def test_export_rows_and_the_int8_mask_warning(tmp_path: Path) -> None:
-    fp32 = _artifact(tmp_path / "fp32", "fp32", {**PARITY, "reference": "pytorch", "max_abs_diff": {"probs": 1.2e-5},
-                                                 "mask_iou_mean": 1.0, "mask_iou_min": 1.0})
-    int8 = _artifact(tmp_path / "int8-cpu", "int8", PARITY, GATE)
-    rows = _export_lines(_manifests({"fp32": fp32, "int8-cpu": int8}))
-    assert rows[2] == "| `fp32` | fp32  | pytorch | 20 | 1.20e-05 | 100.0 % | 1.000 / 1.000 | - |"
-    assert rows[3] == ("| `int8-cpu` | int8 cpu | onnx fp32 | 20 | 6.34e-02 | 100.0 % | 0.453 / 0.000 "
-                       "| FP32 95.0 % → INT8 90.0 % on 20 cells |")
-    warning = _mask_warning(_manifests({"fp32": fp32, "int8-cpu": int8}))
-    assert len(warning) == 2 and "`int8-cpu` agree with FP32's at IoU 0.45" in warning[0]
-    assert _mask_warning(_manifests({"fp32": fp32})) == []
+@pytest.fixture(scope="module")
+def tinyvit_int8(tinyvit_bundle: tuple[Path, list[str]], tinyvit_fp32: Path, calibration_dir: Path,
+                 held_out_cells: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CPU INT8 variant with only the mask decoder quantized (the gate then holds on this test model)."""
+    from dorl.export.int8 import Int8Settings
+    from dorl.export.int8_gate import GateThresholds
+    from dorl.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "int8"
+    settings = Int8Settings(gate=GateThresholds(min_cells=len(held_out_cells)), exclude=("encoder*", "cae*"))
+    export_onnx(tinyvit_bundle[0], out, "int8", images=held_out_cells, calibration=calibration_dir,
+                int8=settings, fp32_artifact=tinyvit_fp32)
+    return out.with_name("int8-cpu")
+
+
+def test_export_rows_from_the_real_manifests(tinyvit_fp32: Path, tinyvit_fp16: Path, tinyvit_int8: Path) -> None:
+    manifests = _manifests({"fp32": tinyvit_fp32, "fp16": tinyvit_fp16, "int8-cpu": tinyvit_int8})
+    rows = _export_lines(manifests)
+    fp32, fp16, int8 = (read_onnx(folder) for folder in (tinyvit_fp32, tinyvit_fp16, tinyvit_int8))
+    assert rows[2] == (f"| `fp32` | fp32  | pytorch | 12 | {fp32.parity['max_abs_diff']['probs']:.2e} | 100.0 % "
+                       f"| {fp32.parity['mask_iou_mean']:.3f} / {fp32.parity['mask_iou_min']:.3f} | - |")
+    assert rows[3].startswith(f"| `fp16` | fp16  | onnx fp32 | 24 | {fp16.parity['max_abs_diff']['probs']:.2e} |")
+    gate = int8.data["gate"]
+    assert rows[4].startswith("| `int8-cpu` | int8 cpu | onnx fp32 |")
+    assert rows[4].endswith(f"| FP32 {100 * gate['accuracy_fp32']:.1f} % → INT8 {100 * gate['accuracy_int8']:.1f} % "
+                            f"on {gate['images']} cells |")
+    warned = bool(_mask_warning(manifests))
+    assert warned == (int8.parity["mask_iou_mean"] < MASK_IOU_WARNING)
+    assert _mask_warning(_manifests({"fp32": tinyvit_fp32, "fp16": tinyvit_fp16})) == []
 
 
 def test_training_summary_reads_the_bundle_metadata() -> None:
@@ -42,3 +56,28 @@ def test_training_summary_reads_the_bundle_metadata() -> None:
         "- head: svm, training accuracy 100.0 %.",
     ]
     assert _training_lines({}) == ["- every stage was reused from an earlier run."]
+
+
+def _evaluation(target_classes: list[str]) -> dict:
+    rng = np.random.default_rng(0)
+    classes = ["eosinophil", "lymphocyte", "neutrophil"]
+
+    def domain(n: int, shift: float, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        y = np.repeat(names, n)
+        x = rng.normal(0, 1, (len(y), 4)) + np.array([names.index(c) if c in names else 0 for c in y])[:, None] + shift
+        return x, y
+
+    data = {"pbc": domain(10, 0.0, classes), "bccd": domain(6, 1.0, target_classes)}
+    return evaluate([("pooled", data), ("standardised", standardise_per_domain(data))],
+                    Protocol("pbc", heads=("logreg",), folds=3)).to_dict()
+
+
+def test_the_report_shows_one_table_when_both_class_settings_are_the_same() -> None:
+    same = _evaluation(["eosinophil", "lymphocyte", "neutrophil"])
+    assert same["settings"]["all"]["rows"] == same["settings"]["shared"]["rows"]
+    text = markdown(same)
+    assert text.count("**accuracy**") == 1 and f"## {SAME_TITLE}" in text
+    assert SETTING_TITLES["shared"] not in text
+    different = markdown(_evaluation(["eosinophil", "lymphocyte", "neutrophil", "platelet"][1:]))
+    assert different.count("**accuracy**") == 2
+    assert f"## {SETTING_TITLES['all']}" in different and f"## {SETTING_TITLES['shared']}" in different

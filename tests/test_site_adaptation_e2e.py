@@ -28,7 +28,7 @@ def test_adapted_onnx_labels_equal_pytorch_with_the_same_profile(wbc_dir, tmp_pa
     export_onnx(tmp_path / "bundle", tmp_path / "onnx", "fp32", images=source_cells[:4])
     assert (tmp_path / "onnx" / "head.safetensors").is_file()
 
-    site_cells = sorted((wbc_dir / "bccd" / "neutrophil").glob("*.jpg"))[:24]
+    site_cells = sorted((wbc_dir / "bccd").rglob("*.jpg"))[:24]
     profile = adapt_site(tmp_path / "onnx", site_cells, "bccd", min_cells=20)
     from dorl.runtime.site_profile import save_profile
 

@@ -1,8 +1,9 @@
-"""The cells a benchmark runs on, the timed pipeline pass over them, and the accuracy scores.
+"""The cells a benchmark runs on, the shipped analyzer timed over them, and the accuracy scores.
 
 Cells come from labelled domain folders (`<domain>/<class>/<image>`, the label is the class
 folder) and unlabelled image folders; a name that is not a path is looked up as a domain of the
-shared data (`shared/data/wbc/<name>`). Every configuration sees the same cells in the same order.
+shared data (`shared/data/wbc/<name>`), then of the sample bundled with dorl. Every configuration
+sees the same cells in the same order, through the `Analyzer` that `dorl predict` runs.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from dorl.contract import NEAR_TIE_MARGIN, top2_margin
 from dorl.errors import ConfigError, ImageError
-
-MASKS_FOLDER = "masks"
-NEAR_TIE = 0.05  # reference top-1 minus top-2 probability below this: agreement there is a coin toss
 
 
 @dataclass(frozen=True)
@@ -36,17 +35,17 @@ class Cells:
 
 
 def resolve_folder(name: str | Path) -> Path:
-    """A folder by path, else by domain name under the shared data (`shared/data/wbc/NAME`)."""
-    from dorl.paths import wbc_data_dir
+    """A folder by path, else by domain name: the shared data's (`shared/data/wbc/NAME`), then the bundled sample's."""
+    from dorl.paths import ASSETS_DIR, wbc_data_dir
 
     path = Path(name)
     if path.exists():
         return path
-    shared = wbc_data_dir()
-    if shared is not None and (shared / str(name)).is_dir():
-        return shared / str(name)
-    raise ImageError(f"{name} is neither an existing path nor a domain of the shared data: give a folder of images "
-                     "or a domain name such as pbc, bccd or jtsc.")
+    for root in (wbc_data_dir(), ASSETS_DIR / "sample"):
+        if root is not None and (root / str(name)).is_dir():
+            return root / str(name)
+    raise ImageError(f"{name} is neither an existing path nor a known domain: give a folder of images or a domain "
+                     "name such as pbc or bccd (the bundled sample), or jtsc where the shared data is.")
 
 
 def labelled_files(domain: Path, classes: Sequence[str] | None = None) -> list[tuple[Path, str]]:
@@ -56,10 +55,14 @@ def labelled_files(domain: Path, classes: Sequence[str] | None = None) -> list[t
         domain: the folder; its `masks/` tree (expert masks) is not a class.
         classes: keep only these class folders (None: all).
     """
-    from dorl.data.images import find_images
+    from dorl.calibration.calibration_set import list_strata
 
-    folders = [d for d in sorted(domain.iterdir()) if d.is_dir() and d.name != MASKS_FOLDER]
-    per_class = [[(f, d.name) for f in find_images([d])] for d in folders if classes is None or d.name in classes]
+    try:
+        strata = list_strata({domain.name: domain})
+    except ConfigError:  # no class folder holds an image
+        return []
+    per_class = [[(f, label) for f in files] for (_, label), files in sorted(strata.items())
+                 if classes is None or label in classes]
     return [pair for row in zip_longest(*per_class) for pair in row if pair is not None]
 
 
@@ -95,42 +98,36 @@ def collect_cells(
     return Cells(tuple(str(p) for p, _ in pairs), tuple(label for _, label in pairs))
 
 
-def preprocess(paths: Sequence[str], size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Decode and resize cells exactly as the analyzer does: uint8 [N,S,S,3] and original (h, w)."""
-    from dorl.data.images import load_rgb, resize_square
+def analyzer_pass(runner: Any, class_names: Sequence[str], image_size: int, cells: Cells, batch: int,
+                  inference_ms_per_cell: float | None = None) -> dict[str, Any]:
+    """Every cell through the shipped `Analyzer` (decode, resize, batched inference, softmax, mask) at `batch`.
 
-    rgbs = [load_rgb(p) for p in paths]
-    return np.stack([resize_square(rgb, size) for rgb in rgbs]), [(r.shape[0], r.shape[1]) for r in rgbs]
+    Args:
+        runner: an active runner of the configuration (see `dorl.benchmarks.sessions`).
+        class_names: the head's classes, in output order.
+        image_size: the graph's input side.
+        cells: the benchmark's cells.
+        batch: the analyzer's batch size.
+        inference_ms_per_cell: the timed inference alone at this batch; the rest of the analyzer's
+            time is its host work.
 
+    Returns:
+        The analyzer's time per cell (and its split), each cell's top-1 class index and probabilities.
+    """
+    from dorl.runtime.analyzer import Analyzer
 
-def postprocess(outputs: dict[str, np.ndarray], sizes: list[tuple[int, int]]) -> np.ndarray:
-    """The analyzer's host work per batch: softmax of the logits and each cell's mask; returns probs."""
-    from dorl.runtime import postprocess as post
-
-    probs = post.softmax(outputs["logits"]) if "logits" in outputs else outputs["probs"]
-    if "mask_logits" in outputs:
-        for row, size in enumerate(sizes):
-            post.cell_mask(outputs["mask_logits"][row], size)
-    return probs
-
-
-def pipeline_pass(session: Any, cells: Cells, batch: int) -> dict[str, Any]:
-    """Every cell through decode+resize → inference → postprocessing at `batch`, each stage timed."""
-    spent = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-    probs: list[np.ndarray] = []
-    for start in range(0, len(cells.paths), batch):
-        t0 = time.perf_counter()
-        pixels, sizes = preprocess(cells.paths[start:start + batch], session.image_size)
-        t1 = time.perf_counter()
-        outputs = session.infer(pixels)
-        t2 = time.perf_counter()
-        probs.append(postprocess(outputs, sizes))
-        spent["preprocess"] += t1 - t0
-        spent["inference"] += t2 - t1
-        spent["postprocess"] += time.perf_counter() - t2
-    table = np.concatenate(probs).astype(np.float64)
-    return {"pipeline_batch": batch, "stages_ms_per_cell": {k: v * 1e3 / len(cells.paths) for k, v in spent.items()},
-            "predictions": [int(i) for i in table.argmax(axis=1)], "probs": table.round(6).tolist()}
+    analyzer = Analyzer.from_runner(runner, list(class_names), batch_size=batch, image_size=image_size)
+    start = time.perf_counter()
+    results = analyzer.analyze(list(cells.paths))
+    total_ms = (time.perf_counter() - start) * 1e3 / len(cells.paths)
+    probs = np.array([[r.probs.get(c, np.nan) for c in class_names] for r in results], dtype=np.float64)
+    finite = np.asarray(np.isfinite(probs).all(axis=1), dtype=bool)
+    stages = None if inference_ms_per_cell is None else {
+        "inference": inference_ms_per_cell, "host": max(total_ms - inference_ms_per_cell, 0.0)}
+    return {"pipeline_batch": batch, "analyzer_ms_per_cell": total_ms, "stages_ms_per_cell": stages,
+            "failed_cells": int((~finite).sum()),
+            "predictions": [int(row.argmax()) if ok else -1 for row, ok in zip(probs, finite)],
+            "probs": np.where(finite[:, None], probs, 0.0).round(6).tolist()}
 
 
 def reference_name(results: Sequence[dict[str, Any]]) -> str | None:
@@ -160,7 +157,8 @@ def accuracy(result: dict[str, Any], cells: Cells) -> dict[str, Any] | None:
     known = [i for i, label in enumerate(cells.labels) if label is not None and label in names]
     if not known:
         return None
-    correct = sum(names[result["predictions"][i]] == cells.labels[i] for i in known)
+    predictions = result["predictions"]
+    correct = sum(predictions[i] >= 0 and names[predictions[i]] == cells.labels[i] for i in known)
     unknown = sum(label is not None and label not in names for label in cells.labels)
     return {"correct": correct, "total": len(known), "accuracy": correct / len(known), "unknown_class_cells": unknown}
 
@@ -169,8 +167,7 @@ def agreement(result: dict[str, Any], reference: dict[str, Any]) -> dict[str, An
     """Top-1 agreement with the reference, the largest probability difference and the near-ties."""
     ours, theirs = np.asarray(result["probs"]), np.asarray(reference["probs"])
     same = np.asarray(result["predictions"]) == np.asarray(reference["predictions"])
-    ranked = np.sort(theirs, axis=1)
-    near = (ranked[:, -1] - ranked[:, -2]) < NEAR_TIE if theirs.shape[1] > 1 else np.zeros(len(same), bool)
+    near = top2_margin(theirs) < NEAR_TIE_MARGIN
     return {"reference": reference["name"], "agree": int(same.sum()), "total": int(same.size),
             "top1_agreement": float(same.mean()), "max_abs_prob_diff": float(np.abs(ours - theirs).max()),
             "near_ties": int(near.sum()), "disagree_on_near_ties": int((~same & near).sum())}

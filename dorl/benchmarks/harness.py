@@ -4,8 +4,8 @@ Configurations: the PyTorch eager FP32 baseline (from a bundle), ONNX Runtime ar
 (FP32/FP16/INT8) and TensorRT engines (skipped, with the reason, where TensorRT is absent). Per
 configuration, in its own process so that peak memory is its own: load time; warm-up, then
 trtexec-style latency and throughput per batch size; a pipeline pass over every cell at the
-largest batch that splits decode+resize / inference / softmax+mask time and records the
-predictions; FLOPs per cell. The parent then scores accuracy on the labelled cells and top-1
+largest batch through the shipped `Analyzer` (decode, resize, inference, softmax, mask), whose time
+per cell less the timed inference is its host work, recording the predictions; FLOPs per cell. The parent then scores accuracy on the labelled cells and top-1
 agreement with the reference (the ONNX FP32 artifact, else the PyTorch model).
 Run a single configuration with `python -m dorl.benchmarks.harness REQUEST.json RESULT.json`.
 """
@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from dorl.artifacts import read_manifest
 from dorl.benchmarks import accuracy, timing
 from dorl.benchmarks.memory import RssSampler, current_rss, memory_summary
+from dorl.contract import load_cells
 from dorl.errors import ConfigError, DorlError
 
 Reporter = Callable[[str], None]
@@ -65,6 +65,7 @@ class Target:
     backend: str  # pytorch, onnxruntime or tensorrt
     path: str
     precision: str
+    class_names: tuple[str, ...] = ()
 
 
 def targets_from(artifacts: Sequence[str | Path], bundle: str | Path | None) -> list[Target]:
@@ -73,19 +74,22 @@ def targets_from(artifacts: Sequence[str | Path], bundle: str | Path | None) -> 
     Raises:
         ArtifactError: an artifact is missing, corrupt or not an ONNX graph or engine.
     """
+    from dorl.manifests import GraphDescription, read_artifact, read_bundle
+
     targets = []
     if bundle is not None:
-        read_manifest(bundle, "bundle", verify=False)
-        targets.append(Target("pytorch-eager-fp32", "pytorch", str(bundle), "fp32"))
+        classes = read_bundle(bundle, verify=False).class_names
+        targets.append(Target("pytorch-eager-fp32", "pytorch", str(bundle), "fp32", classes))
     for path in artifacts:
-        manifest = read_manifest(path, ("onnx", "engine"), verify=False)
-        backend = "onnxruntime" if manifest["kind"] == "onnx" else "tensorrt"
-        precision = str(manifest.get("precision", "fp32"))
-        variant = f"-{manifest['target']}" if precision == "int8" and manifest.get("target") else ""
-        name = f"{backend}-{precision}{variant}"
+        manifest = read_artifact(path, ("onnx", "engine"), verify=False)
+        assert isinstance(manifest, GraphDescription)
+        backend = "onnxruntime" if manifest.kind == "onnx" else "tensorrt"
+        target = manifest.data.get("target")
+        variant = f"-{target}" if manifest.precision == "int8" and target else ""
+        name = f"{backend}-{manifest.precision}{variant}"
         if any(t.name == name for t in targets):
-            name = f"{name}:{Path(manifest['folder']).name}"
-        targets.append(Target(name, backend, str(path), precision))
+            name = f"{name}:{manifest.folder.name}"
+        targets.append(Target(name, backend, str(path), manifest.precision, manifest.class_names))
     if not targets:
         raise ConfigError("nothing to benchmark: give at least one artifact folder or --bundle.")
     return targets
@@ -97,6 +101,7 @@ def bench(
     settings: BenchSettings,
     bundle: str | Path | None = None,
     reporter: Reporter | None = None,
+    targets: Sequence[Target] | None = None,
 ) -> dict[str, Any]:
     """Benchmark every configuration on `cells` and return the report (JSON-ready).
 
@@ -106,11 +111,12 @@ def bench(
         settings: batch sizes, iterations, threads, device, isolation.
         bundle: a model bundle for the PyTorch eager FP32 baseline.
         reporter: called with one line of progress per step.
+        targets: the configurations, when `targets_from` already read them.
     """
     from dorl.benchmarks.flops import add_efficiency, matmul_peak_gflops
 
     say = reporter or (lambda line: None)
-    targets = targets_from(artifacts, bundle)
+    targets = list(targets) if targets is not None else targets_from(artifacts, bundle)
     say(f"measuring this machine's float32 matmul peak ({settings.peak_size}^3)")
     peak = matmul_peak_gflops(settings.peak_size, threads=settings.threads)
     results = []
@@ -176,10 +182,13 @@ def _measure(target: Target, cells: accuracy.Cells, settings: BenchSettings) -> 
     session = open_session(target, settings)
     load_s = time.perf_counter() - start
     try:
-        pixels, _ = accuracy.preprocess(cells.paths[: max(settings.batch_sizes)], session.image_size)
+        pixels = load_cells(cells.paths[: max(settings.batch_sizes)], session.image_size)
         batches = [_time_batch(session, pixels, b, settings) for b in settings.batch_sizes]
-        largest = max((b["batch"] for b in batches if b["status"] == "ok"), default=session.max_batch or 1)
-        pipeline = accuracy.pipeline_pass(session, cells, largest)
+        timed = [b for b in batches if b["status"] == "ok"]
+        largest = max((b["batch"] for b in timed), default=session.max_batch or 1)
+        inference = next((b["latency_ms"]["p50"] / b["batch"] for b in timed if b["batch"] == largest), None)
+        pipeline = accuracy.analyzer_pass(session.runner, session.class_names, session.image_size, cells, largest,
+                                          inference)
         flops = session.flops()
     finally:
         session.close()
@@ -236,7 +245,8 @@ def _worker(request_path: str, result_path: str) -> None:
     request = json.loads(Path(request_path).read_text())
     settings = BenchSettings(**{**request["settings"], "batch_sizes": tuple(request["settings"]["batch_sizes"])})
     cells = accuracy.Cells(**{k: tuple(v) if isinstance(v, list) else v for k, v in request["cells"].items()})
-    result = run_target(Target(**request["target"]), cells, settings)
+    target = Target(**{**request["target"], "class_names": tuple(request["target"]["class_names"])})
+    result = run_target(target, cells, settings)
     Path(result_path).write_text(json.dumps(result))
 
 

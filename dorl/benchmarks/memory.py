@@ -14,7 +14,10 @@ import resource
 import sys
 import threading
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; JetPack 6 runs 3.10, where this never imports
+    from typing_extensions import Self
 
 MB = 1024 * 1024
 
@@ -64,7 +67,7 @@ class RssSampler:
 
 
 def gpu_memory() -> dict[str, Any]:
-    """Peak GPU memory of this process where torch.cuda or pycuda can tell, else a reason.
+    """Peak GPU memory of this process where torch.cuda or cuda-python can tell, else a reason.
 
     Returns:
         {"peak_mb": float | None, "source": str} where source names the API or why there is none.
@@ -72,9 +75,9 @@ def gpu_memory() -> dict[str, Any]:
     torch = sys.modules.get("torch")  # only when the configuration already imported it
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         return {"peak_mb": torch.cuda.max_memory_allocated() / MB, "source": "torch.cuda.max_memory_allocated"}
-    if "pycuda.driver" in sys.modules:
-        free, total = sys.modules["pycuda.driver"].mem_get_info()
-        return {"peak_mb": (total - free) / MB, "source": "pycuda mem_get_info (device-wide in use, at the end)"}
+    cudart = sys.modules.get("cuda.bindings.runtime")  # the TensorRT runner's CUDA binding
+    if cudart is not None and (info := cudart.cudaMemGetInfo())[0] == cudart.cudaError_t.cudaSuccess:
+        return {"peak_mb": (info[2] - info[1]) / MB, "source": "cudaMemGetInfo (device-wide in use, at the end)"}
     return {"peak_mb": None, "source": "no GPU in use by this configuration"}
 
 

@@ -1,7 +1,8 @@
 """The benchmark report: a rich table on the terminal, JSON, markdown and PNG plots.
 
 Two tables: one row per configuration (load, size, memory, FLOPs, accuracy, agreement, the
-split of a cell's time between decode+resize, inference and softmax+mask), and one row per
+shipped analyzer's time per cell and its split between inference and host work: decode, resize,
+softmax, mask), and one row per
 configuration and batch size (latency p50/p90/p99 in trtexec's definition, throughput, achieved
 GFLOP/s, efficiency against the float32 matmul peak, speedup over PyTorch eager). Plots use
 matplotlib's Agg canvas directly, so no display and no pyplot state is touched.
@@ -16,7 +17,7 @@ from typing import Any
 
 MB = 1024 * 1024
 SUMMARY_COLUMNS = ("configuration", "status", "load s", "size MB", "peak RSS MB", "GFLOP/cell", "accuracy",
-                   "top-1 agreement", "pre / infer / post ms per cell")
+                   "top-1 agreement", "analyzer ms per cell (inference + host)")
 BATCH_COLUMNS = ("configuration", "batch", "p50 ms", "p90 ms", "p99 ms", "cells/s", "GFLOP/s", "efficiency",
                  "vs PyTorch")
 
@@ -41,8 +42,9 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
             rows.append([r["name"], f"{r['status']}: {r.get('reason')}"] + ["-"] * (len(SUMMARY_COLUMNS) - 2))
             continue
         flops = (r.get("flops") or {}).get("flops_per_cell")
-        stages = r["stages_ms_per_cell"]
-        split = " / ".join(_num(stages[k]) for k in ("preprocess", "inference", "postprocess"))
+        stages = r.get("stages_ms_per_cell")
+        split = _num(r.get("analyzer_ms_per_cell")) + (
+            f" ({_num(stages['inference'])} + {_num(stages['host'])})" if stages else "")
         rows.append([r["name"], "ok", _num(r["load_s"]), _num(r["size_bytes"] / MB, 1),
                      _num(r["memory"]["peak_rss_mb"], 0), _num(flops / 1e9 if flops else None),
                      _ratio(r.get("accuracy"), "accuracy", "correct"),

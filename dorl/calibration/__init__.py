@@ -1,3 +1,3 @@
-"""INT8 calibration: calibration sets, the Q/DQ quantization of the ONNX graph, and TensorRT's
-legacy entropy calibrator with its cache (TensorRT 10 only; TensorRT 11 builds the Q/DQ graph).
+"""INT8 calibration: calibration sets and the Q/DQ quantization of the ONNX graph (TensorRT's legacy
+entropy calibrator, TensorRT 10 only, lives with the rest of TensorRT in dorl.tensorrt.calibrator).
 """

@@ -14,7 +14,7 @@ from dorl.commands.common import user_errors
 def adapt(
     artifact: Annotated[Path, typer.Argument(help="Exported artifact folder (ONNX or engine).")],
     cells: Annotated[Path, typer.Option("--cells", help="Folder of the new site's unlabelled cell images.")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Site profile folder to write.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", "--out", help="Site profile folder to write.")] = None,
     site: Annotated[str | None, typer.Option(help="Site name (default: the cells folder's name).")] = None,
     method: Annotated[str, typer.Option(
         help="mean (shift only; measured best), standardise (mean and std) or coral (full covariance).")] = "mean",

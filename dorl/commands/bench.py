@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -23,21 +22,10 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(sizes)))
 
 
-def model_classes(artifacts: Sequence[Path], bundle: Path | None) -> list[str] | None:
-    """The class names of the first artifact (or the bundle), to pick the labelled folders."""
-    from dorl.artifacts import read_manifest
-
-    for path in [*artifacts, *([bundle] if bundle else [])]:
-        names = read_manifest(path, verify=False).get("class_names")
-        if names:
-            return list(names)
-    return None
-
-
 @user_errors
 def bench(
     artifacts: Annotated[list[Path] | None, typer.Argument(help="ONNX artifact and TensorRT engine folders.")] = None,
-    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for report.json, report.md and the plots.")] = Path(
+    out: Annotated[Path, typer.Option("-o", "--output", "--out", help="Folder for report.json, report.md and the plots.")] = Path(
         "bench"),
     bundle: Annotated[Path | None, typer.Option(help="Model bundle: the PyTorch eager FP32 baseline.")] = None,
     images: Annotated[list[str] | None, typer.Option(
@@ -48,7 +36,8 @@ def bench(
     iterations: Annotated[int, typer.Option(min=1, help="Timed runs per batch size.")] = 20,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs before them.")] = 3,
     threads: Annotated[int | None, typer.Option(min=1, help="Intra-op threads (default: each library's).")] = None,
-    max_cells: Annotated[int, typer.Option(min=1, help="At most this many cells (labelled first).")] = 64,
+    max_cells: Annotated[int, typer.Option(
+        "--max-cells", "-n", min=1, help="At most this many cells (labelled first).")] = 64,
     device: Annotated[str, typer.Option(help="cpu, or cuda (ONNX Runtime CUDA provider, torch on the GPU).")] = "cpu",
     plots: Annotated[bool, typer.Option(help="Write latency, throughput and accuracy PNGs.")] = True,
 ) -> None:
@@ -61,12 +50,14 @@ def bench(
     paths = list(artifacts or [])
     settings = BenchSettings(batch_sizes=parse_batch_sizes(batch_sizes), iterations=iterations, warmup=warmup,
                              threads=threads, device=device)
-    targets_from(paths, bundle)  # checks every artifact before any image is read
+    targets = targets_from(paths, bundle)  # checks every artifact before any image is read
     if not images and labelled is None:
         raise ConfigError("no cells to benchmark on: give --labelled DOMAIN and/or --images FOLDER.")
-    cells = collect_cells(images or [], labelled, max_cells, model_classes(paths, bundle))
+    classes = next((list(t.class_names) for t in targets if t.class_names), None)
+    cells = collect_cells(images or [], labelled, max_cells, classes)
     err = console()
-    report = run_bench(paths, cells, settings, bundle=bundle, reporter=lambda line: err.print(line, highlight=False))
+    report = run_bench(paths, cells, settings, bundle=bundle, reporter=lambda line: err.print(line, highlight=False),
+                       targets=targets)
     print_report(report)
     written = write_report(report, out, plots=plots)
     typer.echo(f"report written to {written['json'].parent}: {', '.join(p.name for p in written.values())}", err=True)

@@ -19,20 +19,25 @@ def build(
         "--opt-batch", help="Batch TensorRT tunes for (default: --max-batch).")] = None,
     workspace: Annotated[int, typer.Option(
         "--workspace", help="Builder workspace limit in MB (keep it low on a Jetson).")] = 1024,
+    opt_level: Annotated[int, typer.Option(
+        "--opt-level", help="Builder optimization level 0-5: higher builds slower and may run faster.")] = 3,
     timing_cache: Annotated[Path | None, typer.Option(
         "--timing-cache", help="Timing cache file, read and updated: rebuilds get faster.")] = None,
     calibration_cache: Annotated[Path | None, typer.Option(
         "--calibration-cache", help="Legacy INT8 calibration cache (TensorRT 10, FP32 graph only).")] = None,
+    verify: Annotated[int, typer.Option(
+        "--verify", help="Real cells run through the engine and its ONNX graph before it is kept (0: skip).")] = 64,
+    verify_images: Annotated[list[Path] | None, typer.Option(
+        "--verify-images", help="Images or folders to verify on (default: the bundled sample cells).")] = None,
     output: Annotated[Path | None, typer.Option(
-        "-o", "--output", help="Engine artifact folder (default: beside the ONNX artifact).")] = None,
+        "-o", "--output", "--out", help="Engine artifact folder (default: beside the ONNX artifact).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Print TensorRT's verbose build log.")] = False,
 ) -> None:
-    from dorl.runtime.engine import build_engine, default_engine_dir, validate_build_options
+    from dorl.tensorrt.builder import BuildSettings, build_engine
+    from dorl.tensorrt.plan import default_engine_dir
 
-    validate_build_options(precision, max_batch, opt_batch, workspace)
-    folder = build_engine(
-        onnx, output if output is not None else default_engine_dir(onnx, precision), precision=precision,
-        max_batch=max_batch, opt_batch=opt_batch, workspace_mb=workspace, timing_cache=timing_cache,
-        calibrator_cache=calibration_cache, verbose=verbose,
-    )
+    settings = BuildSettings(precision=precision, max_batch=max_batch, opt_batch=opt_batch, workspace_mb=workspace,
+                             opt_level=opt_level, timing_cache=timing_cache, calibration_cache=calibration_cache,
+                             verify_cells=verify, verify_images=tuple(verify_images or ()), verbose=verbose)
+    folder = build_engine(onnx, output if output is not None else default_engine_dir(onnx, precision), settings)
     typer.echo(f"wrote {folder}")

@@ -27,8 +27,8 @@ def parse_domains(options: list[str]) -> dict[str, Path]:
 
 @user_errors
 def calibrate(
-    domain: Annotated[list[str], typer.Option("--domain", help=DOMAIN_HELP)],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The calibration-set folder to write.")],
+    domain: Annotated[list[str], typer.Option("-d", "--domain", help=DOMAIN_HELP)],
+    output: Annotated[Path, typer.Option("-o", "--output", "--out", help="The calibration-set folder to write.")],
     size: Annotated[int, typer.Option(min=1, help="How many cells to draw (stratified by domain and class).")] = 512,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed and folders give the same set.")] = 0,
 ) -> None:

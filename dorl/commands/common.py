@@ -36,13 +36,3 @@ def user_errors(func: F) -> F:
             fail(str(exc))
 
     return wrapper  # type: ignore[return-value]
-
-
-def not_ready(command: str, issue: int) -> Callable[[], None]:
-    """A command whose implementation has not landed yet: it says so and exits non-zero."""
-
-    def run() -> None:
-        fail(f"`dorl {command}` is not implemented in this version yet (tracked in issue #{issue}).", code=2)
-
-    run.__doc__ = f"(not implemented yet, issue #{issue})"
-    return run

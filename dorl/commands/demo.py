@@ -12,7 +12,7 @@ from dorl.commands.common import user_errors
 
 @user_errors
 def demo(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the report and every artifact.")] = Path(
+    output: Annotated[Path, typer.Option("-o", "--output", "--out", help="Folder for the report and every artifact.")] = Path(
         "dorl-demo"),
     quick: Annotated[bool, typer.Option("--quick", help="Shortened schedule (what CI runs).")] = False,
 ) -> None:

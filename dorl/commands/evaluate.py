@@ -17,7 +17,7 @@ def evaluate(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `dorl train`.")],
     domain: Annotated[list[str], typer.Option(
         "--domain", "-d", help="NAME=PATH of a domain (class folders of images); repeat it. The first is the source.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for results.json, results.md, confusion PNGs.")],
+    output: Annotated[Path, typer.Option("-o", "--output", "--out", help="Folder for results.json, results.md, confusion PNGs.")],
     heads: Annotated[str, typer.Option(help=HEADS_HELP)] = "svm,logreg,mlp",
     folds: Annotated[int, typer.Option(min=2, help="Stratified folds on the source domain.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the fold split and of the heads.")] = 1234,
@@ -34,21 +34,25 @@ def evaluate(
         "--adapt-methods", help="Comma-separated site-adaptation maps, one row each: mean, standardise, coral.")] = "mean",
 ) -> None:
     """Cross-validate heads on the source domain and test them on every other domain."""
-    from dorl.training.features import evaluate_bundle
+    from dorl.evaluation.report import distinct_settings, table, write_report
+    from dorl.evaluation.run import EvaluationOptions, evaluate_bundle
     from dorl.training.progress import RichReporter
-    from dorl.training.report import table, write_report
 
     if not bundle.exists():
         fail(f"bundle {bundle} does not exist: give the bundle folder `dorl train` wrote (OUT/bundle).")
-    head_list = [h.strip() for h in heads.split(",") if h.strip()]
+    options = EvaluationOptions(heads=_listed(heads), folds=folds, seed=seed, cae_baseline=cae_baseline,
+                                pooled_baselines=pooled_baselines, adapt_methods=_listed(adapt_methods), device=device,
+                                batch_size=batch_size)
     with RichReporter() as reporter:
-        result = evaluate_bundle(bundle, domain, cache or output / "tokens", head_list, folds, seed, cae_baseline,
-                                 pooled_baselines, device, batch_size, reporter,
-                                 [m.strip() for m in adapt_methods.split(",") if m.strip()])
+        result = evaluate_bundle(bundle, domain, cache or output / "tokens", options, reporter)
         data = result.to_dict()
         paths = write_report(data, output, confusion=confusion)
-    for setting in data["settings"]:
+    for setting in distinct_settings(data):
         typer.echo(f"\n{setting} classes, accuracy %:\n{table(data, setting)}")
     for note in data["notes"]:
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"\nwrote {paths['json']}, {paths['markdown']} and {len(paths['confusion'])} confusion PNGs", err=True)
+
+
+def _listed(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -1,4 +1,4 @@
-"""`dorl export`: a bundle to a verified ONNX graph (fp32, fp16, or int8 Q/DQ plus its CPU variant)."""
+"""`dorl export`: a bundle to a verified ONNX graph (fp32, fp16, or int8 Q/DQ plus its FP16-remainder and CPU variants)."""
 
 from __future__ import annotations
 
@@ -9,31 +9,25 @@ import typer
 
 from dorl.commands.common import user_errors
 
-DEFAULT_SAMPLE = 200  # cells: 1 flip in 200 is the FP16 limit of 99.5 % agreement
-SAMPLE_SEED = 1
 IMAGES_HELP = ("Real cell images or folders (repeat the option) for the parity checks and, for int8, the accuracy "
-               "gate (labelled by their <class>/ folder). Default: a sample of shared/data/wbc.")
-
-
-def default_images(calibration: Path | None) -> list[str]:
-    """A stratified sample of the shared cell images, outside the calibration set; [] if there are none."""
-    from dorl.calibration.calibration_set import NOT_CLASSES, draw_cells, read_calibration_set
-    from dorl.paths import wbc_data_dir
-
-    root = wbc_data_dir()
-    if root is None:
-        return []
-    domains = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and d.name not in NOT_CLASSES}
-    held = frozenset(c.sha256 for c in read_calibration_set(calibration).cells) if calibration else frozenset()
-    return [c.path for c in draw_cells(domains, DEFAULT_SAMPLE, SAMPLE_SEED, exclude=held)]
+               "gate (labelled by their <class>/ folder). Default: cells of the bundle's training domains (as its "
+               "manifest records them) where they are on this machine, else the sample bundled with dorl.")
+TOLERANCE_HELP = ("FP32 parity: {what} tolerance, for every output (VALUE) or one (NAME=VALUE, e.g. probs=2e-4); "
+                  "repeat it. A value mismatches when it is beyond both atol and rtol x |PyTorch's value|.")
 
 
 @user_errors
 def export(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `dorl train`.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The artifact folder (int8 also writes <DIR>-cpu).")],
+    output: Annotated[Path, typer.Option(
+        "-o", "--output", "--out", help="The artifact folder (int8 also writes <DIR>-fp16 and <DIR>-cpu).")],
     precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
     images: Annotated[list[Path] | None, typer.Option("--images", help=IMAGES_HELP)] = None,
+    parity_cells: Annotated[int, typer.Option(
+        "--parity-cells", min=0, help="Check parity on at most this many of the images, drawn stratified by lab and "
+                                      "class (0: all of them).")] = 200,
+    atol: Annotated[list[str] | None, typer.Option("--atol", help=TOLERANCE_HELP.format(what="absolute"))] = None,
+    rtol: Annotated[list[str] | None, typer.Option("--rtol", help=TOLERANCE_HELP.format(what="relative"))] = None,
     calibration: Annotated[
         Path | None, typer.Option("--calibration", help="The calibration set from `dorl calibrate` (int8).")
     ] = None,
@@ -64,16 +58,19 @@ def export(
     from dorl.export.int8 import Int8Settings
     from dorl.export.int8_gate import GateThresholds
     from dorl.export.onnx_export import check_precision, export_onnx
+    from dorl.export.parity import tolerances_from
 
     check_precision(precision)
+    tolerances = tolerances_from(atol or [], rtol or [])
     int8 = Int8Settings(quantizer, GateThresholds(min_agreement, max_accuracy_drop, min_mask_iou, gate_cells),
                         tuple(exclude or ()), auto_float)
-    sources = [str(p) for p in find_images(images)] if images else default_images(calibration)
-    if not sources:
-        raise ConfigError(f"no cell images found{' in ' + ', '.join(map(str, images)) if images else ''}: pass "
-                          "--images with image files or folders (the parity check runs on real cells).")
+    sources = [str(p) for p in find_images(images)] if images else None
+    if images and not sources:
+        raise ConfigError(f"no cell images found in {', '.join(map(str, images))}: pass --images with image files or "
+                          "folders (the parity check runs on real cells), or leave it out to use the default cells.")
     manifest = export_onnx(bundle, output, precision=precision, opset=opset, images=sources, calibration=calibration,
-                           fp32_artifact=fp32, int8=int8, reporter=lambda message: typer.echo(message, err=True))
+                           fp32_artifact=fp32, int8=int8, parity_cells=parity_cells, tolerances=tolerances,
+                           reporter=lambda message: typer.echo(message, err=True))
     typer.echo(_summary(manifest, output))
 
 

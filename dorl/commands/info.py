@@ -12,7 +12,7 @@ import typer
 from dorl.deps import is_available, versions
 
 PACKAGES = ("numpy", "pillow", "safetensors", "typer", "torch", "torchvision", "segment-anything", "peft",
-            "onnx", "onnxruntime", "onnxscript", "tensorrt", "pycuda")
+            "onnx", "onnxruntime", "onnxscript", "tensorrt", "cuda-python", "cuda-bindings")
 
 
 def collect(probe_torch: bool = True) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def collect(probe_torch: bool = True) -> dict[str, Any]:
         backends["onnxruntime"] = onnxruntime.get_available_providers()
     else:
         backends["onnxruntime"] = None
-    backends["tensorrt"] = is_available("tensorrt") and is_available("pycuda")
+    backends["tensorrt"] = _tensorrt()
     if probe_torch and is_available("torch"):
         import torch
 
@@ -46,6 +46,26 @@ def collect(probe_torch: bool = True) -> dict[str, Any]:
     return report
 
 
+def _tensorrt() -> dict[str, Any] | None:
+    """TensorRT's release and what dorl builds with it, and the GPU; None without TensorRT + cuda-python."""
+    from dorl.errors import DorlError
+    from dorl.tensorrt.system import describe_system, tensorrt_usable
+    from dorl.tensorrt.versions import tensorrt_features
+
+    if not tensorrt_usable():
+        return None
+    import tensorrt
+
+    features = tensorrt_features(tensorrt.__version__)
+    found: dict[str, Any] = {"version": tensorrt.__version__, "weak_typing": features.weak_typing,
+                             "calibrators": features.calibrators, "onnx_matrix": features.onnx_matrix}
+    try:
+        found["gpu"] = describe_system().to_manifest()
+    except DorlError as exc:
+        found["gpu_error"] = str(exc)
+    return found
+
+
 def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -59,9 +79,19 @@ def info(
     b = report["backends"]
     typer.echo("backends:")
     typer.echo(f"  onnxruntime providers: {', '.join(b['onnxruntime']) if b['onnxruntime'] else 'not installed'}")
-    typer.echo(f"  tensorrt + pycuda:     {'usable' if b['tensorrt'] else 'not installed'}")
+    typer.echo(f"  tensorrt:              {_describe_tensorrt(b['tensorrt'])}")
     if b["torch"] is None:
         typer.echo("  torch:                 not installed")
     else:
         cuda = ", ".join(b["torch"]["devices"]) if b["torch"]["cuda"] else "no CUDA device (CPU only)"
         typer.echo(f"  torch:                 {cuda}; {b['torch']['threads']} CPU threads")
+
+
+def _describe_tensorrt(found: dict[str, Any] | None) -> str:
+    if found is None:
+        return "not usable here (needs tensorrt and cuda-python's cuda.bindings)"
+    gpu = found.get("gpu")
+    where = (f"{gpu['gpu_name']} (compute {gpu['compute_capability']}, {gpu['gpu_sm_count']} SMs)" if gpu
+             else found.get("gpu_error", "no GPU"))
+    typing = "weakly or strongly typed" if found["weak_typing"] else "strongly typed only"
+    return f"{found['version']}, builds {typing}; {where}"

@@ -36,7 +36,7 @@ def _load(domain_options: list[str], classes: str | None):  # type: ignore[no-un
 def train(
     domain: Annotated[list[str], typer.Option("--domain", "-d", help="NAME=PATH of a domain's class folders; "
                                               "repeat it; the first is the anchor (source) domain")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder: checkpoints/, tokens/, bundle/")],
+    out: Annotated[Path, typer.Option("-o", "--output", "--out", help="output folder: checkpoints/, tokens/, bundle/")],
     stages: Annotated[str, typer.Option(help="stages to run, comma-separated: seg,cae,head")] = "seg,cae,head",
     encoder: Annotated[str, typer.Option(help=ENCODER_HELP)] = "tinyvit_5m",
     checkpoint: Annotated[Path | None, typer.Option(help="pretrained encoder weights (SAM .pth or "
@@ -47,6 +47,14 @@ def train(
         "--cpu-schedule/--paper-schedule",
         help="the short schedule sized for 2 CPU cores, or the paper's; default: CPU schedule on a CPU")] = None,
     head: Annotated[str, typer.Option(help="classifier: svm (linear), logreg or mlp")] = "svm",
+    framing: Annotated[str | None, typer.Option(help="encoder input: 'cell' (the cell cut out with its mask, "
+                                                     "grey around it) or 'whole' (the image as it is); "
+                                                     "default: the schedule's")] = None,
+    crop_mask: Annotated[str | None, typer.Option(help="the cell crop's mask: 'pseudo' (stain-based) or "
+                                                       "'segmenter' (the model's mask decoder)")] = None,
+    alignment: Annotated[str | None, typer.Option(help="what the CAE aligns across domains: 'z' (DoRL), "
+                                                       "'cls_mean' or 'cls_coral' (the CLS feature the head "
+                                                       "reads)")] = None,
     classes: Annotated[str | None, typer.Option(help="comma-separated classes; default: those every "
                                                         "domain has")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="reuse finished stages' checkpoints")] = True,
@@ -54,6 +62,7 @@ def train(
 ) -> None:
     """Train DoRL on domains of cell images and write a bundle."""
     from dorl.config import ModelConfig
+    from dorl.data.framing import FramingConfig
     from dorl.training import config as training
     from dorl.training.device import resolve_device
     from dorl.training.pipeline import train as run_training
@@ -68,11 +77,17 @@ def train(
         config = dataclasses.replace(config, seg=dataclasses.replace(config.seg, epochs=epochs_seg))
     if epochs_cae is not None:
         config = dataclasses.replace(config, cae=dataclasses.replace(config.cae, epochs=epochs_cae))
+    if alignment is not None:
+        config = dataclasses.replace(config, cae=dataclasses.replace(config.cae, alignment=alignment))
+    if framing is not None or crop_mask is not None:
+        framed = FramingConfig(framing or config.framing.input, crop_mask or config.framing.mask, config.framing.margin)
+        config = dataclasses.replace(config, framing=framed)
     config = config.with_head(head)
     show = console()
     for d in domains:
         show.print(d.describe())
-    show.print(f"classes: {', '.join(class_list)}; schedule: {config.schedule}; device: {device}")
+    show.print(f"classes: {', '.join(class_list)}; schedule: {config.schedule}; device: {device}; "
+               f"input: {config.framing.input}" + (f" (crop mask: {config.framing.mask})" if config.framing.cell else ""))
     with RichReporter() as reporter:
         result = run_training(domains, out, config, stages=tuple(_split(stages)), resume=resume, reporter=reporter,
                               checkpoint=checkpoint, device=device)

@@ -14,11 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dorl.contract import HEAD_FILE, MODEL_FILE
 from dorl.deps import versions
 
-MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
-HEAD_FILE = "head.safetensors"
 EXPORT_VERSIONS = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy")
 
 
@@ -37,7 +35,8 @@ def staged(out_dir: str | Path) -> Iterator[Path]:
 
 def derived_fields(fp32_manifest: dict[str, Any], precision: str) -> dict[str, Any]:
     """The manifest fields of a graph derived from an FP32 artifact (same I/O, new precision)."""
-    skip = ("format_version", "kind", "created", "files", "folder", "parity", "graph")
+    # each derived graph gets its own parity and TensorRT compatibility report
+    skip = ("format_version", "kind", "created", "files", "folder", "parity", "graph", "tensorrt_compatibility")
     fields = {k: v for k, v in fp32_manifest.items() if k not in skip}
     fields["precision"] = precision
     fields["source_fp32_sha256"] = fp32_manifest["files"][MODEL_FILE]["sha256"]

@@ -11,13 +11,14 @@ ONNX Runtime rejects on these graphs, and rounds small weights to 1e-7.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dorl.artifacts import read_manifest, write_manifest
+from dorl.contract import EXTERNAL_DATA_BYTES, HEAD_FILE
 from dorl.deps import require
 from dorl.errors import ArtifactError
 
@@ -188,13 +189,14 @@ def _halve_attributes(onnx: Any, node: Any, keep_float: bool = False) -> None:
 def save_model(model: Any, path: str | Path) -> None:
     """Write an onnx.ModelProto as one file, or with external data when it passes protobuf's 2 GB."""
     onnx = require("onnx", "writing an ONNX graph")
-    big = model.ByteSize() > 2**31 - 2**26
+    big = model.ByteSize() > EXTERNAL_DATA_BYTES
     onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
                     location=f"{Path(path).name}.data" if big else None)
 
 
 def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
-                reporter: Any = None, fp32_ops: Iterable[str] = FP32_OPS) -> dict[str, Any]:
+                reporter: Any = None, fp32_ops: Iterable[str] = FP32_OPS,
+                names: Sequence[str] | None = None) -> dict[str, Any]:
     """Derive the FP16 artifact from a verified FP32 one and check it on real cells.
 
     The FP16 graph must run in ONNX Runtime, and its FP16 emulation (see `emulate_fp16`) must
@@ -206,6 +208,7 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
         out_dir: the FP16 artifact folder (created).
         images: real cells (paths or arrays, or uint8 [N,S,S,3]).
         reporter: called with progress sentences.
+        names: a name per cell (its path) for the report.
 
     Returns:
         The manifest written.
@@ -236,16 +239,18 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
     with staged(out_dir) as stage:
         save_model(convert_to_fp16(fp32_model, blocked), stage / MODEL_FILE)
         onnx.checker.check_model(str(stage / MODEL_FILE))
-        runtime = compare(reference, run_onnx(stage / MODEL_FILE, cells), FP16_TIE_MARGIN)
+        from dorl.export.trt_compat import require_compatible
+        compat = require_compatible(stage / MODEL_FILE, "the FP16 graph")
+        runtime = compare(reference, run_onnx(stage / MODEL_FILE, cells), FP16_TIE_MARGIN, cells=names)
         save_model(emulate_fp16(fp32_model, blocked), stage / "emulated.onnx")
         del fp32_model
-        emulated = compare(reference, run_onnx(stage / "emulated.onnx", cells), FP16_TIE_MARGIN)
+        emulated = compare(reference, run_onnx(stage / "emulated.onnx", cells), FP16_TIE_MARGIN, cells=names)
         (stage / "emulated.onnx").unlink()
         check_reduced(emulated, "fp16 (emulated)", FP16_MIN_AGREEMENT)
         check_reduced(runtime, "fp16", FP16_MIN_AGREEMENT)
         files = sorted(p.name for p in stage.iterdir())
     parity = {"reference": "onnx fp32", "method": "fp16 emulation (every FP16 tensor rounded, FP32 compute)",
               **emulated.to_dict(), "onnxruntime_cpu": runtime.to_dict()}
-    files = [f for f in files if f != "head.safetensors"] + copy_head(manifest, Path(out_dir))
+    files = [f for f in files if f != HEAD_FILE] + copy_head(manifest, Path(out_dir))
     return write_manifest(out_dir, "onnx", files, **derived_fields(manifest, "fp16"), fp32_ops=list(blocked),
-                          parity=parity)
+                          parity=parity, tensorrt_compatibility=compat)

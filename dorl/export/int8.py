@@ -9,7 +9,9 @@ Three artifacts come out of one calibration:
 The Q/DQ graph comes from ONNX Runtime's or NVIDIA Model Optimizer's quantizer. Attention
 matmuls, the head and the output-making matmuls stay float in all of them. When a fully
 quantized graph fails the gate, the most damaging node groups go back to float automatically
-until it holds (`int8_select`); the manifest records what was kept and the sweep's numbers.
+until it holds (`int8_select`); the manifest records what was kept and the sweep's numbers. The
+two TensorRT graphs must also pass the TensorRT compatibility check (`trt_compat`), recorded in
+their manifests.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dorl.export.int8_gate import GateReport, GateSet, GateThresholds, check, ev
 from dorl.export.int8_groups import FLOAT_OPS, excluded_nodes, group_assignment, head_nodes, node_macs
 from dorl.export.int8_ort import REDUCE_RANGE
 from dorl.export.int8_select import FloatSelection, select_float_groups
+from dorl.export.trt_compat import require_compatible
 
 QUANTIZERS = ("ort", "modelopt")
 DEFAULT_QUANTIZER = "ort"
@@ -119,6 +122,8 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
         results[FP16] = job.fp16_remainder(results[QDQ])
         check({name: r.report for name, r in results.items()},
               " ".join(dict.fromkeys(r.selection.advice() for r in results.values() if not r.report.passed)))
+        for name in (QDQ, FP16):  # the CPU variant is for ONNX Runtime, not TensorRT
+            results[name].compat = require_compatible(results[name].path, f"the INT8 {name} graph")
         latency = {"fp32": latency_ms(job.fp32_path, cells)} | {name: latency_ms(r.path, cells)
                                                                   for name, r in results.items()}
         common = {**derived_fields(manifest, "int8"), "calibration": calibration_set.describe(),
@@ -142,6 +147,7 @@ class _Result:
     selection: FloatSelection
     facts: dict[str, Any] = field(default_factory=dict)
     extra_parity: dict[str, Any] = field(default_factory=dict)
+    compat: dict[str, Any] | None = None  # the TensorRT compatibility report (TensorRT targets only)
 
 
 @dataclass
@@ -325,6 +331,7 @@ def _write_variant(name: str, result: _Result, folder: Path, common: dict[str, A
                         "quantize_bias": False, "float_remainder": "fp16" if name == FP16 else "fp32",
                         **result.facts}
     parity = {"reference": "onnx fp32", **compare(scorer.reference, result.outputs).to_dict(), **result.extra_parity}
+    compat = {} if result.compat is None else {"tensorrt_compatibility": result.compat}
     return write_manifest(folder, "onnx", sorted(files), **common, target=TARGETS[name], variant=name,
                           quantization=quantization, float_selection=result.selection.to_dict(),
-                          gate=result.report.to_dict(), parity=parity)
+                          gate=result.report.to_dict(), parity=parity, **compat)

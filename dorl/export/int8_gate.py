@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from dorl.artifacts import sha256_file
+from dorl.contract import MASK_LOGITS, PROBS, mask_iou, top1_agreement
 from dorl.errors import ConfigError, DorlError, ImageError
 
 MIN_AGREEMENT = 0.99
@@ -125,15 +126,13 @@ def gate_set(paths: Sequence[Any], class_names: Sequence[str], held_out_from: fr
 def evaluate(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], labels: np.ndarray,
              thresholds: GateThresholds = GateThresholds()) -> GateReport:
     """Compare an INT8 graph's outputs (probs, and mask_logits when present) with FP32's and the labels."""
-    from dorl.export.parity import mask_iou
-
-    ref, cand = reference["probs"].argmax(axis=1), candidate["probs"].argmax(axis=1)
-    acc_ref = float((ref == labels).mean())
-    acc_cand = float((cand == labels).mean())
-    masks = "mask_logits" in reference and "mask_logits" in candidate
-    iou = float(mask_iou(reference["mask_logits"], candidate["mask_logits"]).mean()) if masks else None
-    drift = float(0.5 * np.abs(reference["probs"] - candidate["probs"]).sum(axis=1).mean())
-    return GateReport(len(labels), float((ref == cand).mean()), acc_ref, acc_cand, acc_ref - acc_cand, iou, drift,
+    ref, cand = reference[PROBS], candidate[PROBS]
+    acc_ref = float((ref.argmax(axis=1) == labels).mean())
+    acc_cand = float((cand.argmax(axis=1) == labels).mean())
+    masks = MASK_LOGITS in reference and MASK_LOGITS in candidate
+    iou = float(mask_iou(reference[MASK_LOGITS], candidate[MASK_LOGITS]).mean()) if masks else None
+    drift = float(0.5 * np.abs(ref - cand).sum(axis=1).mean())
+    return GateReport(len(labels), top1_agreement(ref, cand), acc_ref, acc_cand, acc_ref - acc_cand, iou, drift,
                       thresholds)
 
 

@@ -3,7 +3,7 @@
 The graph comes from the dynamo exporter (`torch.onnx.export(..., dynamo=True)`) at opset 18:
 it keeps LayerNormalization as one node and matched SAM ViT-B to 4.5e-6, where the TorchScript
 exporter at opset 17 drifted to 8e-4 and cannot trace TinyViT's neck norm with a dynamic batch
-(DESIGN.md, and measured again for this module). Every export is run in ONNX Runtime on real
+(measured for this module). Every export is run in ONNX Runtime on real
 cell images beside the PyTorch model before its manifest is written; the FP16 and INT8 graphs
 are derived from the verified FP32 one.
 """
@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dorl.artifacts import read_manifest, write_manifest
+from dorl.artifacts import write_manifest
 from dorl.config import to_dict
+from dorl.contract import DATA_FILE, EXTERNAL_DATA_BYTES, HEAD_FILE, MODEL_FILE
 from dorl.deps import require, versions
 from dorl.errors import ArtifactError, ConfigError
-from dorl.export.derived import DATA_FILE, EXPORT_VERSIONS, HEAD_FILE, MODEL_FILE, staged
+from dorl.export.derived import EXPORT_VERSIONS, staged
+from dorl.export.parity import Tolerance
+from dorl.export.parity_cells import DEFAULT_PARITY_CELLS, default_cells, sample_cells
+from dorl.export.source import ExportSource, ParityCells
 
 if TYPE_CHECKING:
     from dorl.export.int8 import Int8Settings
@@ -28,7 +32,6 @@ if TYPE_CHECKING:
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # LayerNormalization is a single ONNX op from opset 17 on
-EXTERNAL_DATA_BYTES = 2**31 - 2**27  # protobuf's 2 GB limit, less room for the graph itself
 MAX_BATCH = 4096
 
 Reporter = Callable[[str], None]
@@ -42,20 +45,6 @@ def check_precision(precision: str, opset: int = DEFAULT_OPSET) -> None:
         raise ConfigError(f"opset {opset} splits LayerNormalization into pieces that overflow in FP16: use {MIN_OPSET}+.")
 
 
-def load_source(source: Any) -> tuple[Any, str | None]:
-    """The model to export, in eval mode with LoRA merged, and its bundle's weights sha256.
-
-    Args:
-        source: a bundle folder (str or Path) or a DoRLModel (None is returned as the sha256).
-    """
-    from dorl.bundle import load_bundle, merged_copy
-
-    if isinstance(source, (str, Path)):
-        sha = source_facts(source)[2]
-        return load_bundle(source), sha
-    return merged_copy(source).eval(), None
-
-
 def export_graph(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> list[str]:
     """Write the wrapped model as `folder/model.onnx` (plus external data past 2 GB).
 
@@ -64,7 +53,8 @@ def export_graph(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> list[s
     """
     torch = require("torch", "exporting to ONNX")
     require("onnxscript", "the dynamo ONNX exporter")
-    from dorl.export.wrapper import INPUT_NAME, OUTPUT_NAMES, ExportWrapper
+    from dorl.contract import INPUT_NAME, OUTPUT_NAMES
+    from dorl.export.wrapper import ExportWrapper
 
     check_precision("fp32", opset)
     size = model.config.image_size
@@ -112,9 +102,8 @@ def _spec(value: Any) -> tuple[str, str, list[int | str]]:
     return value.name, dtype, [d.dim_param or d.dim_value for d in tensor.shape.dim]
 
 
-def write_head(model: Any, folder: Path) -> list[str]:
-    """Write the host-side head + source feature statistics (site profiles, issue 7), if known."""
-    stats = getattr(model, "source_feature_stats", None)
+def write_head(model: Any, stats: dict[str, Any] | None, folder: Path) -> list[str]:
+    """Write the host-side head and the source feature statistics (for site profiles), when the bundle has them."""
     if stats is None:
         return []
     from safetensors.torch import save_file
@@ -144,44 +133,52 @@ def base_fields(model: Any, inputs: list[dict[str, Any]], outputs: list[dict[str
     }
 
 
-def export_fp32(model: Any, out_dir: str | Path, images: Any, opset: int = DEFAULT_OPSET,
-                source_sha256: str | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+def export_fp32(source: ExportSource, out_dir: str | Path, cells: ParityCells, opset: int = DEFAULT_OPSET,
+                reporter: Reporter | None = None, tolerances: Mapping[str, Tolerance] | None = None) -> dict[str, Any]:
     """Export, check and verify the FP32 graph; write its manifest.
 
     Args:
-        model: a DoRLModel in eval mode (see `load_source`).
+        source: the bundle (read once) or model to export.
         out_dir: the artifact folder (created).
-        images: uint8 [N,S,S,3] real cells for the parity check (see `parity.prepare_images`).
+        cells: the real cells of the parity check.
+        tolerances: per output (see `parity.Tolerance`); default `parity.FP32_TOLERANCES`.
 
     Returns:
         The manifest written.
 
     Raises:
-        ParityError: ONNX Runtime and PyTorch disagree beyond the FP32 thresholds.
+        ParityError: ONNX Runtime and PyTorch disagree beyond the FP32 tolerances.
     """
-    from dorl.export.parity import check_fp32, compare, run_onnx, run_torch
+    from dorl.export.parity import FP32_TOLERANCES, check_fp32, compare, run_onnx, run_torch
     from dorl.export.wrapper import io_specs
 
     say = reporter or (lambda message: None)
+    model = source.load()
     inputs, outputs = io_specs(model)
     with staged(out_dir) as stage:
         say(f"exporting the {model.config.encoder} model to ONNX (opset {opset})")
         files = export_graph(model, stage, opset)
         graph = check_graph(stage / MODEL_FILE, inputs, outputs)
-        say(f"checking parity with PyTorch on {len(images)} real cells")
-        report = compare(run_torch(model, images), run_onnx(stage / MODEL_FILE, images))
+        from dorl.export.trt_compat import require_compatible
+        compat = require_compatible(stage / MODEL_FILE, "the exported FP32 graph")
+        say(f"checking parity with PyTorch on {len(cells)} real cells")
+        report = compare(run_torch(model, cells.pixels), run_onnx(stage / MODEL_FILE, cells.pixels),
+                         tolerances=FP32_TOLERANCES if tolerances is None else tolerances, cells=cells.names)
         check_fp32(report)
-    fields = base_fields(model, inputs, outputs, graph, source_sha256)
-    head = write_head(model, Path(out_dir))
+    fields = base_fields(model, inputs, outputs, graph, source.sha256)
+    head = write_head(model, source.feature_stats(), Path(out_dir))
     if head:
         fields["head"] = {"kind": model.config.head, "file": HEAD_FILE}
-    return write_manifest(out_dir, "onnx", list(files) + head, **fields, parity={"reference": "pytorch", **report.to_dict()})
+    return write_manifest(out_dir, "onnx", list(files) + head, **fields, parity={"reference": "pytorch", **report.to_dict()},
+                          tensorrt_compatibility=compat)
 
 
 def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                 images: Sequence[Any] | None = None, calibration: str | Path | None = None,
                 gate_images: Sequence[Any] | None = None, fp32_artifact: str | Path | None = None,
-                reporter: Reporter | None = None, int8: Int8Settings | None = None) -> dict[str, Any]:
+                reporter: Reporter | None = None, int8: Int8Settings | None = None,
+                parity_cells: int = DEFAULT_PARITY_CELLS,
+                tolerances: Mapping[str, Tolerance] | None = None) -> dict[str, Any]:
     """Export a bundle (or model) to a verified ONNX artifact of `precision`.
 
     Every input is checked (precision, bundle, calibration set, images) before the slow export.
@@ -191,83 +188,91 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
         out_dir: the artifact folder. For int8 the FP16-remainder and CPU variants go beside it, in
             `<out_dir>-fp16` and `<out_dir>-cpu`.
         precision: "fp32", "fp16" or "int8" (Q/DQ, symmetric, for TensorRT).
-        images: real cell images (paths or arrays) for the parity checks; required.
+        images: real cell images (paths or arrays) for the parity checks; None: drawn from the
+            bundle's training domains or the bundled sample (`parity_cells.default_cells`).
         calibration: an INT8 calibration-set folder from `dorl calibrate` (int8 only).
-        gate_images: labelled held-out cells for the INT8 gate (int8 only; paths whose parent
-            folder is the class name); default `images`.
+        gate_images: labelled held-out cells for the INT8 accuracy gate (int8 only; paths whose
+            parent folder is the class name); default `images`.
         fp32_artifact: the verified FP32 artifact of the same bundle to derive fp16/int8 from,
             instead of exporting it again.
         int8: the INT8 settings (`int8.Int8Settings`: quantizer, gate thresholds, exclusions);
             default its defaults. The manifest records them.
+        parity_cells: the parity checks run on at most this many of the images, drawn stratified by
+            lab and class (0: all of them).
+        tolerances: the FP32 check's per-output tolerances (default `parity.FP32_TOLERANCES`).
 
     Returns:
         The manifest of the artifact in `out_dir`.
     """
-    from dorl.export.parity import prepare_images
-
     check_precision(precision, opset)
-    size, class_names, sha = source_facts(source)
-    images = list(images) if images is not None else []
-    quantizing = _int8_inputs(calibration, images if gate_images is None else list(gate_images), class_names, int8) \
-        if precision == "int8" else None
-    cells = prepare_images(images, size)
+    what = ExportSource.of(source)
+    settings = _int8_settings(int8) if precision == "int8" else None
+    calibration_set = _calibration_set(calibration) if precision == "int8" else None
+    held = frozenset(c.sha256 for c in calibration_set.cells) if calibration_set else frozenset()
+    if images is None:
+        images, where = default_cells(what.metadata, parity_cells, held)
+        if reporter:
+            reporter(f"no --images given: {len(images)} cells from {where}")
+    images = list(images)
+    quantizing = _int8_inputs(calibration_set, images if gate_images is None else list(gate_images),
+                              what.class_names, settings) if calibration_set is not None and settings else None
+    cells = ParityCells.load(sample_cells(images, parity_cells), what.image_size)
     if precision == "fp32":
-        return export_fp32(load_source(source)[0], out_dir, cells, opset, sha, reporter)
-    with _verified_fp32(source, fp32_artifact, sha, cells, opset, reporter) as fp32_dir:
+        return export_fp32(what, out_dir, cells, opset, reporter, tolerances)
+    with _verified_fp32(what, fp32_artifact, cells, opset, reporter, tolerances) as fp32_dir:
         if quantizing is None:
             from dorl.export.fp16 import export_fp16
 
-            return export_fp16(fp32_dir, out_dir, cells, reporter)
+            return export_fp16(fp32_dir, out_dir, cells.pixels, reporter, names=cells.names)
         from dorl.export.int8 import quantize_artifact
 
         return quantize_artifact(fp32_dir, out_dir, *quantizing, reporter=reporter)
 
 
-def _int8_inputs(calibration: str | Path | None, gate_images: list[Any], class_names: list[str],
-                 settings: Int8Settings | None) -> tuple[Any, Any, Int8Settings]:
-    """The calibration set, the labelled held-out cells (outside it) for the gate, and the settings."""
-    from dorl.calibration.calibration_set import read_calibration_set
+def _int8_settings(settings: Int8Settings | None) -> Int8Settings:
+    """The INT8 settings, with the chosen quantizer's packages checked before the slow export."""
     from dorl.export.int8 import Int8Settings
-    from dorl.export.int8_gate import gate_set
 
     settings = settings or Int8Settings()
     if settings.quantizer == "modelopt":
         from dorl.export.int8_modelopt import require_modelopt
 
         require_modelopt()
+    return settings
+
+
+def _calibration_set(calibration: str | Path | None) -> Any:
+    from dorl.calibration.calibration_set import read_calibration_set
+
     if calibration is None:
         raise ConfigError("an INT8 export needs a calibration set: create one with `dorl calibrate` and pass "
                           "--calibration DIR.")
-    calibration_set = read_calibration_set(calibration)
+    return read_calibration_set(calibration)
+
+
+def _int8_inputs(calibration_set: Any, gate_images: list[Any], class_names: list[str],
+                 settings: Int8Settings) -> tuple[Any, Any, Int8Settings]:
+    """The calibration set, the labelled held-out cells (outside it) for the gate, and the settings."""
+    from dorl.export.int8_gate import gate_set
+
     held_out = gate_set(gate_images, class_names, frozenset(c.sha256 for c in calibration_set.cells),
                         settings.gate.min_cells)
     return calibration_set, held_out, settings
 
 
 @contextlib.contextmanager
-def _verified_fp32(source: Any, fp32_artifact: str | Path | None, sha: str | None, cells: Any, opset: int,
-                   reporter: Reporter | None) -> Iterator[Path]:
+def _verified_fp32(source: ExportSource, fp32_artifact: str | Path | None, cells: ParityCells, opset: int,
+                   reporter: Reporter | None, tolerances: Mapping[str, Tolerance] | None) -> Iterator[Path]:
     """The given FP32 artifact of this bundle, or a fresh export in a temporary folder."""
     if fp32_artifact is not None:
-        manifest = read_manifest(fp32_artifact, "onnx")
-        if manifest.get("precision") != "fp32" or (sha is not None and manifest.get("source_bundle_sha256") != sha):
+        from dorl.manifests import read_onnx
+
+        manifest = read_onnx(fp32_artifact)
+        if manifest.precision != "fp32" or (source.sha256 is not None and manifest.source_bundle_sha256 != source.sha256):
             raise ArtifactError(f"{fp32_artifact} is not an FP32 export of this bundle: export the bundle with "
                                 "--precision fp32 and pass that folder.")
-        yield Path(manifest["folder"])
+        yield manifest.folder
         return
     with tempfile.TemporaryDirectory(prefix="dorl-fp32-") as tmp:
-        export_fp32(load_source(source)[0], tmp, cells, opset, sha, reporter)
+        export_fp32(source, tmp, cells, opset, reporter, tolerances)
         yield Path(tmp)
-
-
-def source_facts(source: Any) -> tuple[int, list[str], str | None]:
-    """Image size, class names and weights sha256 of a bundle (None for a model), without loading weights."""
-    if isinstance(source, (str, Path)):
-        from dorl.bundle import WEIGHTS_FILE, read_bundle_manifest
-
-        if not Path(source).exists():
-            raise ArtifactError(f"bundle {source} does not exist: give the folder written by `dorl train`.")
-        manifest = read_bundle_manifest(source)
-        sha = str(manifest["files"][WEIGHTS_FILE]["sha256"])
-        return int(manifest["config"]["image_size"]), list(manifest["class_names"]), sha
-    return int(source.config.image_size), list(source.config.class_names), None

@@ -1,9 +1,9 @@
 """The export-only wrapper: uint8 NHWC cells in, the four named outputs out.
 
 Like segment-anything's `SamOnnxModel`, it is kept apart from the model: the deployed graph
-takes what a camera crop is after resizing (uint8 [B,S,S,3], RGB) and does the cast, the
+takes what a camera crop is after resizing (uint8 [B,S,S,3], RGB) and does the cast (first), the
 NHWC→NCHW transpose and the normalisation in-graph (the model normalises in `forward`). The
-graph's tensor names are fixed here, once; the runtime reads them from the manifest.
+graph's tensor names are those of `dorl.contract`; the runtime reads them from the manifest.
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dorl.contract import BATCH_DIM, INPUT_NAME, OUTPUT_NAMES
 from dorl.models.dorl_model import DoRLModel
-
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("logits", "probs", "feature", "mask_logits")
-BATCH_DIM = "batch"
 
 
 class ExportWrapper(nn.Module):
@@ -28,7 +25,9 @@ class ExportWrapper(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = images.permute(0, 3, 1, 2).to(torch.float32)
+        # Cast first: TensorRT's ONNX parser accepts UINT8 only as a network input consumed by a Cast,
+        # so a Transpose of the uint8 images (a UINT8 intermediate) would be rejected at parse time.
+        x = images.to(torch.float32).permute(0, 3, 1, 2)
         outputs = self.model(x)
         return tuple(outputs[name] for name in OUTPUT_NAMES)
 

@@ -1,10 +1,22 @@
 """The cross-domain autoencoder (CAE): an MAE over the encoder's pre-neck tokens.
 
-As in DoRL's code: learned position embedding, random masking (0.75 in training), a CLS
-token, ViT blocks + LayerNorm (the encoder); a feature decoder of ViT blocks back to the
-token map; an image decoder of transposed convolutions to a 3×128×128 image (compared by
-SSIM with the masked, cropped cell); a projector (GAP + Linear) to z for the mean-matching
-term. The classification feature is the encoder's CLS token with masking off.
+As in DoRL's code (`MAE.py`): learned position embedding, random masking (0.75 in training),
+a CLS token, ViT blocks + LayerNorm (the encoder); a feature decoder of ViT blocks back to the
+token map; an image decoder of transposed convolutions to a 3×128×128 image (compared by SSIM
+with the masked, cropped cell); a projector to z for the mean-matching term, z =
+Linear(GAP(decoded token map)). The classification feature is the encoder's CLS token with
+masking off. The width is the encoder's (768 for SAM ViT-B, 320 for TinyViT-5M).
+
+Where this module differs from `MAE.py` (none of it changes what is trained or read out):
+- the feature decoder starts with a Linear (`decoder_embed`) and ends with LayerNorm + Linear
+  (`decoder_pred`), as in the MAE paper's code; `MAE.py` feeds the encoder's output straight into
+  its blocks and takes their output as the decoded tokens;
+- the CLS token gets a position embedding (`MAE.py`: the encoder's CLS has none);
+- the image decoder is 14→16→32→64→128 (kernels 3, 4, 4, 4) with BatchNorm, a 3×3 output
+  convolution and a sigmoid, so the image is in [0, 1] as SSIM assumes; `MAE.py`'s is
+  14→28→56→57→62→128 (kernels 4, 4, 4, 8, 8), no normalisation, no output activation; its
+  channels (512/256/128/64 in `MAE.py`, for 768-wide tokens) scale with the token width;
+- other grids than 14×14 are supported (the image is resized to 128×128).
 """
 
 from __future__ import annotations
@@ -17,8 +29,19 @@ from dorl.models.vit import Block
 IMAGE_OUT = 128
 
 
+REFERENCE_DIM = 768  # SAM ViT-B's width, for which DoRL's image decoder has 512/256/128/64 channels
+REFERENCE_CHANNELS = (512, 256, 128, 64)
+
+
+def image_decoder_channels(dim: int) -> tuple[int, ...]:
+    """The image decoder's channels for a token width: DoRL's 512/256/128/64 at 768, scaled with the
+    width (multiples of 8, at least 16), so a narrow encoder does not carry a decoder sized for ViT-B
+    (at 320 wide: 216/104/56/24, a fifth of the compute; the decoder is most of a CAE step)."""
+    return tuple(max(16, round(c * dim / REFERENCE_DIM / 8) * 8) for c in REFERENCE_CHANNELS)
+
+
 class ImageDecoder(nn.Module):
-    """Token map [B,C,14,14] → image [B,3,128,128] in [0,1] (dim→512→256→128→64→3)."""
+    """Token map [B,C,14,14] → image [B,3,128,128] in [0,1] (dim → 4 upsampling stages → 3)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -26,12 +49,13 @@ class ImageDecoder(nn.Module):
         def up(cin: int, cout: int, k: int, s: int, p: int) -> list[nn.Module]:
             return [nn.ConvTranspose2d(cin, cout, k, s, p), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
+        c1, c2, c3, c4 = image_decoder_channels(dim)
         self.layers = nn.Sequential(
-            *up(dim, 512, 3, 1, 0),  # 14 → 16
-            *up(512, 256, 4, 2, 1),  # → 32
-            *up(256, 128, 4, 2, 1),  # → 64
-            *up(128, 64, 4, 2, 1),  # → 128
-            nn.Conv2d(64, 3, 3, padding=1),
+            *up(dim, c1, 3, 1, 0),  # 14 → 16
+            *up(c1, c2, 4, 2, 1),  # → 32
+            *up(c2, c3, 4, 2, 1),  # → 64
+            *up(c3, c4, 4, 2, 1),  # → 128
+            nn.Conv2d(c4, 3, 3, padding=1),
             nn.Sigmoid(),
         )
 
@@ -119,15 +143,14 @@ class CAE(nn.Module):
             mask_ratio: fraction of tokens masked; None uses the configured ratio.
 
         Returns:
-            `feature` (CLS [B,C]), `z` (projector output [B,P]), `tokens` (reconstructed [B,C,g,g]),
-            `image` (decoded [B,3,128,128]).
+            `feature` (CLS of the masked pass [B,C]), `z` (projector output [B,P]), `tokens`
+            (reconstructed [B,C,g,g]), `image` (decoded [B,3,128,128]).
         """
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         latent, ids_restore = self.encode(token_map.flatten(2).transpose(1, 2), ratio)
         rec = self.decode(latent, ids_restore)
-        return {
-            "feature": latent[:, 0],
-            "z": self.projector(latent[:, 1:].mean(dim=1)),
-            "tokens": rec,
-            "image": self.image_decoder(rec),
-        }
+        return {"feature": latent[:, 0], "z": self.project(rec), "tokens": rec, "image": self.image_decoder(rec)}
+
+    def project(self, decoded: torch.Tensor) -> torch.Tensor:
+        """z = Linear(GAP(decoded token map)), as `MAE.py` computes it: [B,C,g,g] → [B,P]."""
+        return self.projector(decoded.mean(dim=(2, 3)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.runtime import postprocess
 from dorl.runtime.base import BaseRunner
 from dorl.runtime.loader import load_runner
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; JetPack 6 runs 3.10, where this never imports
+    from typing_extensions import Self
 
 # Output roles of the deployed graph, named once by the export wrapper (see DESIGN.md).
 PROBS, LOGITS, FEATURE, MASK_LOGITS = "probs", "logits", "feature", "mask_logits"

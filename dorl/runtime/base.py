@@ -9,28 +9,15 @@ the input specs of the artifact's manifest, so backends implement only what diff
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dorl.contract import TensorSpec
 from dorl.errors import DorlError
 
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, dtype and shape of a graph input or output; a str dimension is dynamic."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
-        return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; JetPack 6 runs 3.10, where this never imports
+    from typing_extensions import Self
 
 
 class RunnerError(DorlError):

@@ -12,7 +12,7 @@ from dorl.runtime.base import BaseRunner
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 RUNNABLE_KINDS = {"onnx": "onnxruntime", "engine": "tensorrt"}
-ONNXRUNTIME_ONLY_OPTIONS = ("providers", "threads")
+ONNXRUNTIME_ONLY_OPTIONS = ("providers", "threads", "cache_dir")
 
 
 def load_runner(path: str | Path, backend: str = "auto", **options: Any) -> BaseRunner:
@@ -22,7 +22,7 @@ def load_runner(path: str | Path, backend: str = "auto", **options: Any) -> Base
         path: an "onnx" or "engine" artifact folder, or a file in it.
         backend: "auto" (from the manifest's kind), "onnxruntime" or "tensorrt"; it must match
             the artifact's kind.
-        **options: passed to the runner (for ONNX Runtime: providers, threads, verify). The
+        **options: passed to the runner (for ONNX Runtime: providers, threads, verify, cache_dir). The
             ONNX Runtime-only options are dropped for an engine.
 
     Returns:
@@ -73,9 +73,9 @@ def _tensorrt_runner_class() -> Any:
             "`pip install 'dorl[trt]'`), or run the ONNX artifact with --backend onnxruntime."
         )
     try:
-        from dorl.runtime.trt_runner import TensorRTRunner  # type: ignore[import-not-found,unused-ignore]
+        from dorl.tensorrt.runner import TensorRTRunner
     except ModuleNotFoundError as exc:
-        if exc.name != "dorl.runtime.trt_runner":
+        if exc.name != "dorl.tensorrt.runner":
             raise MissingDependencyError(
                 f"running a TensorRT engine needs the Python package '{exc.name}', which is not installed: "
                 "`pip install 'dorl[trt]'`."

@@ -2,6 +2,11 @@
 
 onnxruntime is imported when the runner is activated, not when this module is imported. The
 tensor names and specs come from the artifact's manifest, and are checked against the graph.
+
+The default picks CUDA where onnxruntime-gpu offers it, else the CPU. ONNX Runtime's TensorRT
+provider is opt-in (`providers=["tensorrt", ...]`): it builds a TensorRT engine when the session
+starts, which takes minutes on a Jetson, so its engine and timing caches are kept in a folder
+(`tensorrt-cache` inside the artifact folder, or `cache_dir`) and later starts reuse them.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import numpy as np
 
 from dorl.artifacts import read_manifest
 from dorl.deps import require
-from dorl.errors import ArtifactError, MissingDependencyError
+from dorl.errors import ArtifactError, ConfigError, MissingDependencyError
 from dorl.runtime.base import BaseRunner, RunnerError, TensorSpec
 
-# Preference order of the default; ONNX Runtime falls back along the list node by node.
-PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# Preference order of the default; ONNX Runtime falls back along the list node by node. The
+# TensorRT provider is not in it: it is asked for by name (see the module docstring).
+PROVIDER_PRIORITY = ("CUDAExecutionProvider", "CPUExecutionProvider")
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+TENSORRT_CACHE_DIR = "tensorrt-cache"
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -45,7 +53,7 @@ def resolve_providers(requested: Sequence[str] | None, available: Sequence[str])
 
     Args:
         requested: provider names or aliases (cpu, cuda, tensorrt) in priority order; None
-            picks every provider of PROVIDER_PRIORITY that this onnxruntime offers.
+            picks every provider of PROVIDER_PRIORITY (CUDA, CPU) that this onnxruntime offers.
         available: `onnxruntime.get_available_providers()`.
 
     Returns:
@@ -62,6 +70,14 @@ def resolve_providers(requested: Sequence[str] | None, available: Sequence[str])
             f"{', '.join(available)}): install onnxruntime-gpu for CUDA/TensorRT, or ask for the cpu provider."
         )
     return chosen
+
+
+def provider_options(providers: Sequence[str], cache_dir: str | Path) -> list[dict[str, str]]:
+    """Options for each provider: the TensorRT provider's engine and timing caches go to `cache_dir`."""
+    cache = str(Path(cache_dir).resolve())
+    tensorrt = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
+                "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache}
+    return [dict(tensorrt) if name == TENSORRT_PROVIDER else {} for name in providers]
 
 
 def model_file(manifest: dict[str, Any]) -> Path:
@@ -84,17 +100,21 @@ class OnnxRuntimeRunner(BaseRunner):
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         verify: bool = True,
+        cache_dir: str | Path | None = None,
     ) -> None:
         """Read and check the artifact; nothing is loaded until activate().
 
         Args:
             artifact: the artifact folder (or a file in it).
-            providers: execution providers or aliases in priority order; None: the best
-                available of TensorRT > CUDA > CPU.
+            providers: execution providers or aliases in priority order; None: CUDA if this
+                onnxruntime has it, else the CPU. "tensorrt" must be asked for.
             threads: intra-op threads; None lets ONNX Runtime decide.
             verify: check every file's sha256 against the manifest.
+            cache_dir: where the TensorRT provider keeps its engine and timing caches; None:
+                `tensorrt-cache` in the artifact folder.
         """
         self.manifest = read_manifest(artifact, "onnx", verify=verify)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(self.manifest["folder"]) / TENSORRT_CACHE_DIR
         self.model_path = model_file(self.manifest)
         self.requested_providers = list(providers) if providers is not None else None
         if threads is not None and threads < 1:
@@ -119,8 +139,11 @@ class OnnxRuntimeRunner(BaseRunner):
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
         providers = resolve_providers(self.requested_providers, ort.get_available_providers())
+        if TENSORRT_PROVIDER in providers:
+            self._make_cache_dir()
         try:
-            session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers)
+            session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers,
+                                           provider_options=provider_options(providers, self.cache_dir))
         except Exception as exc:  # onnxruntime raises its own untyped exceptions
             raise ArtifactError(
                 f"ONNX Runtime cannot load {self.model_path} ({exc}): the graph is invalid for this "
@@ -128,6 +151,13 @@ class OnnxRuntimeRunner(BaseRunner):
             ) from exc
         self._check_names(session)
         self.session = session
+
+    def _make_cache_dir(self) -> None:
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"ONNX Runtime's TensorRT provider keeps its engine cache in {self.cache_dir}, which "
+                              f"cannot be created ({exc.strerror}): give a writable cache_dir.") from exc
 
     def _check_names(self, session: Any) -> None:
         graph_inputs = sorted(i.name for i in session.get_inputs())

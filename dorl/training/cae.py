@@ -2,10 +2,16 @@
 
 L = L_ssim + 2·(L_mmd + 0.5·L_rec), as in DoRL's `train.py` and `losses.py`:
 L_ssim = 1 − SSIM(decoded image, SSIM target); L_mmd = Σ_d MSE(mean z | anchor, mean z | d)
-over the other domains present in the batch (the anchor is the first domain); L_rec =
-MSE(tokens, decoded tokens). AdamW (lr 1e-4, wd 0.05), warm-up then cosine. Every batch
-holds cells of every domain (`DomainBatches`). `mmd_weight` 0 trains the "CAE without
-mean-matching" baseline.
+over the other domains present in the batch (the anchor is the first domain), z =
+Linear(GAP(decoded tokens)); L_rec = MSE(tokens, decoded tokens). AdamW (lr 1e-4, wd 0.05),
+warm-up then cosine. Every batch holds cells of every domain (`DomainBatches`). `mmd_weight` 0
+trains the "CAE without mean-matching" baseline.
+
+In DoRL the head reads the CLS token, which L_mmd never touches directly. The alignments
+`cls_mean` and `cls_coral` (see ALIGNMENTS) act on that feature instead: the CLS of an unmasked
+pass, the one the head reads, standardised by its batch statistics (so the loss cannot be
+lowered by shrinking the feature), its domain means matched, and for `cls_coral` also its
+covariances (Deep CORAL's ||C_anchor − C_d||²_F / 4D²).
 """
 
 from __future__ import annotations
@@ -53,6 +59,47 @@ def mean_matching(z: torch.Tensor, domain_ids: torch.Tensor, anchor: int = 0) ->
     return loss
 
 
+def standardised(x: torch.Tensor) -> torch.Tensor:
+    """x divided by its per-feature batch standard deviation, taken as a constant (no gradient)."""
+    x = x.float()
+    return x / x.detach().std(dim=0).clamp_min(1e-6)
+
+
+def _covariance(x: torch.Tensor) -> torch.Tensor:
+    centred = x - x.mean(0, keepdim=True)
+    return centred.T @ centred / max(len(x) - 1, 1)
+
+
+def coral(x: torch.Tensor, domain_ids: torch.Tensor, anchor: int = 0) -> torch.Tensor:
+    """Σ over the other domains d with 2+ rows of ||C_anchor − C_d||²_F / (4 D²) (Deep CORAL).
+
+    Returns:
+        A scalar (0 when the anchor or every other domain has fewer than 2 rows).
+    """
+    x = x.float()
+    is_anchor = domain_ids == anchor
+    loss = x.new_zeros(())
+    if int(is_anchor.sum()) < 2:
+        return loss
+    anchor_cov = _covariance(x[is_anchor])
+    scale = 4 * x.shape[1] ** 2
+    for d in torch.unique(domain_ids).tolist():
+        rows = domain_ids == d
+        if d != anchor and int(rows.sum()) >= 2:
+            loss = loss + ((anchor_cov - _covariance(x[rows])) ** 2).sum() / scale
+    return loss
+
+
+def alignment_loss(cae: CAE, tokens: torch.Tensor, z: torch.Tensor, domain_ids: torch.Tensor,
+                   alignment: str) -> torch.Tensor:
+    """L_mmd of one batch for `alignment` (see ALIGNMENTS): on z, or on the unmasked CLS feature."""
+    if alignment == "z":
+        return mean_matching(z, domain_ids)
+    cls = standardised(cae.feature(tokens))
+    loss = mean_matching(cls, domain_ids)
+    return loss + coral(cls, domain_ids) if alignment == "cls_coral" else loss
+
+
 def cae_outputs(cae: CAE, tokens: torch.Tensor, ssim_fraction: float = 1.0) -> dict[str, torch.Tensor]:
     """The CAE's training pass, drawing the image for only the first ceil(fraction·B) rows.
 
@@ -65,8 +112,7 @@ def cae_outputs(cae: CAE, tokens: torch.Tensor, ssim_fraction: float = 1.0) -> d
     latent, ids_restore = cae.encode(tokens.flatten(2).transpose(1, 2), cae.mask_ratio)
     rec = cae.decode(latent, ids_restore)
     rows = max(1, math.ceil(ssim_fraction * len(tokens)))
-    return {"feature": latent[:, 0], "z": cae.projector(latent[:, 1:].mean(dim=1)), "tokens": rec,
-            "image": cae.image_decoder(rec[:rows])}
+    return {"feature": latent[:, 0], "z": cae.project(rec), "tokens": rec, "image": cae.image_decoder(rec[:rows])}
 
 
 def cae_losses(cae: CAE, tokens: torch.Tensor, targets: torch.Tensor, domain_ids: torch.Tensor,
@@ -84,9 +130,11 @@ def cae_losses(cae: CAE, tokens: torch.Tensor, targets: torch.Tensor, domain_ids
         "loss" (the weighted total), "ssim", "mmd" and "rec".
     """
     out = cae_outputs(cae, tokens, config.ssim_fraction)
+    mmd = alignment_loss(cae, tokens, out["z"], domain_ids, config.alignment) if config.mmd_weight > 0 \
+        else out["z"].new_zeros(())
     parts = {
         "ssim": ssim_loss(out["image"], targets[: len(out["image"])]),
-        "mmd": mean_matching(out["z"], domain_ids),
+        "mmd": mmd,
         "rec": F.mse_loss(out["tokens"].float(), tokens.float()),
     }
     latent = config.mmd_weight * parts["mmd"] + config.rec_weight * parts["rec"]

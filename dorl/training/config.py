@@ -14,11 +14,16 @@ from typing import Any
 
 from dorl.config import ModelConfig, _check
 from dorl.config import from_dict as model_from_dict
+from dorl.data.framing import FramingConfig
 from dorl.errors import ConfigError
 
+SSIM_MASKS = ("best", "segmenter")
 HEAD_KINDS = ("svm", "logreg", "mlp")  # the names the evaluation protocol uses
 HEAD_MODULES = {"svm": "linear", "logreg": "linear", "mlp": "mlp"}
 PIXEL_STATS = ("train", "sam")
+# What L_mmd aligns across domains: DoRL's z (a projection of the decoded tokens), or the CLS feature
+# the head reads (its standardised domain means; with CORAL also its covariances).
+ALIGNMENTS = ("z", "cls_mean", "cls_coral")
 STAGES = ("seg", "cae", "head")
 
 
@@ -33,6 +38,8 @@ class SegTrainConfig:
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
     ce_weight: float = field(default=0.2, metadata={"help": "weight of cross-entropy on the 56x56 logits"})
     dice_weight: float = field(default=0.8, metadata={"help": "weight of the soft Dice loss"})
+    dice_per_image: bool = field(default=False, metadata={
+        "help": "Dice per image, then averaged (every cell weighs alike); False: over the whole batch (SAMed)"})
     max_train_images: int | None = field(default=None, metadata={
         "help": "train on at most this many images, spread over the domains (None: all; CPU: 64)"})
     holdout_fraction: float = field(default=0.2, metadata={"help": "images held out to measure mask IoU/Dice"})
@@ -74,10 +81,19 @@ class CaeTrainConfig:
     ssim_weight: float = field(default=1.0, metadata={"help": "weight of L_ssim = 1 - SSIM(decoded, target)"})
     latent_weight: float = field(default=2.0, metadata={"help": "weight of (mmd_weight*L_mmd + rec_weight*L_rec)"})
     mmd_weight: float = field(default=1.0, metadata={"help": "mean-matching weight (0: the no-alignment baseline)"})
+    alignment: str = field(default="z", metadata={
+        "help": f"what L_mmd aligns, one of {ALIGNMENTS}: 'z' = Linear(GAP(decoded tokens)) (DoRL); 'cls_mean' / "
+                "'cls_coral': the unmasked CLS feature the head reads (means; means and covariances)"})
     rec_weight: float = field(default=0.5, metadata={"help": "weight of the token reconstruction MSE"})
     ssim_fraction: float = field(default=1.0, metadata={
         "help": "share of each batch whose image is decoded for L_ssim (CPU: 0.25; the decoder is most of a step)"})
     min_per_domain: int = field(default=2, metadata={"help": "fewest token maps of each domain in a batch"})
+    ssim_masks: str = field(default="best", metadata={
+        "help": "masks the SSIM targets are cut from: 'best' = the expert's where given, else the pseudo mask, else "
+                "the segmenter's on domains where its held-out IoU >= segmenter_min_iou, else none (whole image); "
+                "'segmenter' = the segmenter's everywhere (DoRL's code)"})
+    segmenter_min_iou: float = field(default=0.85, metadata={
+        "help": "held-out IoU the segmenter must reach on a domain before its masks may cut that domain's targets"})
     encode_batch_size: int = field(default=32, metadata={"help": "images per encoder pass when caching tokens"})
 
     def __post_init__(self) -> None:
@@ -88,6 +104,9 @@ class CaeTrainConfig:
         _check(all(w >= 0 for w in weights), f"CAE loss weights must be >= 0, got {weights}.")
         _check(self.min_per_domain >= 1, "min_per_domain must be at least 1.")
         _check(0 < self.ssim_fraction <= 1, f"ssim_fraction must be in (0, 1], got {self.ssim_fraction}.")
+        _check(self.alignment in ALIGNMENTS, f"alignment must be one of {ALIGNMENTS}, got {self.alignment!r}.")
+        _check(self.ssim_masks in SSIM_MASKS, f"ssim_masks must be one of {SSIM_MASKS}, got {self.ssim_masks!r}.")
+        _check(0 <= self.segmenter_min_iou <= 1, f"segmenter_min_iou must be in [0, 1], got {self.segmenter_min_iou}.")
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,7 @@ class TrainConfig:
     seg: SegTrainConfig = field(default_factory=SegTrainConfig)
     cae: CaeTrainConfig = field(default_factory=CaeTrainConfig)
     head: HeadTrainConfig = field(default_factory=HeadTrainConfig)
+    framing: FramingConfig = field(default_factory=FramingConfig)
     seed: int = field(default=1234, metadata={"help": "seed of splits, sampling and initialisation"})
     schedule: str = field(default="paper", metadata={"help": "name of the schedule, for reports"})
 
@@ -175,7 +195,8 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a TrainConfig from `train_config_to_dict` output."""
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping for TrainConfig, got {type(data).__name__}.")
-    parts = {"model": ModelConfig, "seg": SegTrainConfig, "cae": CaeTrainConfig, "head": HeadTrainConfig}
+    parts = {"model": ModelConfig, "seg": SegTrainConfig, "cae": CaeTrainConfig, "head": HeadTrainConfig,
+             "framing": FramingConfig}
     unknown = set(data) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ConfigError(f"unknown TrainConfig fields {sorted(unknown)}: the file was written by another dorl version.")

@@ -1,53 +1,25 @@
-"""Per-cell features for the evaluation (the CAE CLS token, pooled encoder tokens) and the
-evaluation of a bundle: tokens once, the baseline CAE, every row of the table.
+"""Per-cell features of a DoRL model: the CAE CLS token and the pooled encoder tokens.
 
 DoRL's classification feature is the CAE encoder's CLS token (masking off); the baseline
 feature is the same encoder's pre-neck token map averaged over its grid (no CAE). Both come
 from one encoder pass, either directly from images (`extract_features`) or from token maps
-already computed once (`dorl.training.token_cache`), so that every row of the table, the
-CAE trained without the mean-matching term included, is scored on the very same tokens.
+already computed once (`dorl.training.token_cache`), so that the head's training and every row
+of the evaluation are scored on the very same tokens.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import hashlib
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from dorl.data.images import load_rgb, resize_square
-from dorl.errors import ConfigError
+from dorl.contract import load_cells, to_nchw_float
 from dorl.models.cae import CAE
 from dorl.models.dorl_model import DoRLModel
-from dorl.runtime.site_profile import DEFAULT_METHOD, METHODS
-from dorl.training.config import CaeTrainConfig, TrainConfig, cpu_schedule, train_config_from_dict
-from dorl.training.evaluation import (
-    HEADS,
-    Evaluation,
-    Method,
-    Protocol,
-    align_to_source,
-    evaluate,
-    standardise_per_domain,
-)
 from dorl.training.progress import NullReporter, Reporter
-from dorl.training.token_cache import TokenSet, model_fingerprint
-
-DORL_METHOD = "DoRL (CAE CLS)"
-NO_MMD_METHOD = "CAE without mean-matching"
-POOLED_METHOD = "pooled encoder tokens"
-STANDARDISED_METHOD = "pooled tokens, each domain standardised"
-# What `dorl adapt --method standardise` does on the analyzer: a site's features mapped onto the
-# source's mean/std before the source-fitted scaler + head, i.e. each domain standardised by its own
-# unlabelled cells' statistics.
-ADAPTED_METHOD = "DoRL + site adaptation"
 
 
 @dataclass(frozen=True)
@@ -68,14 +40,9 @@ class CellFeatures:
         return int(self.cls.shape[0])
 
 
-def load_cells(paths: Sequence[str | Path], size: int) -> np.ndarray:
-    """Decode and resize cells with the shared preprocessing: uint8 [B,size,size,3]."""
-    return np.stack([resize_square(load_rgb(p), size) for p in paths])
-
-
 def to_model_input(cells: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 NHWC cells → float NCHW on the 0–255 scale (the model normalises)."""
-    return torch.from_numpy(np.ascontiguousarray(cells)).to(device).permute(0, 3, 1, 2).float()
+    """uint8 NHWC cells → the model's float NCHW input on the 0–255 scale (the model normalises)."""
+    return torch.from_numpy(to_nchw_float(cells)).to(device)
 
 
 @torch.no_grad()
@@ -150,147 +117,3 @@ def _stack(parts: list[np.ndarray], empty_shape: tuple[int, ...], dtype: type) -
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(empty_shape, dtype=dtype)
 
 
-def token_set_arrays(token_sets: Sequence[TokenSet],
-                     features: Callable[[TokenSet], np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """domain -> (features of its cells, their labels), in the token sets' order."""
-    return {t.domain: (features(t), np.asarray(t.labels)) for t in token_sets}
-
-
-def baseline_cae(model: DoRLModel, token_sets: Sequence[TokenSet], config: CaeTrainConfig, device: torch.device,
-                 cache_dir: str | Path | None = None, seed: int = 1234, reporter: Reporter | None = None) -> CAE:
-    """The "CAE without mean-matching" baseline: a fresh CAE of the model's shape, trained on the same
-    tokens with the same schedule but `mmd_weight` 0; read from `cache_dir` when trained there before.
-
-    Args:
-        model: the evaluated model (its CAE's shape; its encoder made the tokens).
-        token_sets: every domain's cached tokens and SSIM targets, anchor first.
-        config: the bundle's CAE schedule (its `mmd_weight` is replaced by 0).
-        device: where to train.
-        cache_dir: where the trained baseline is kept (keyed by the encoder's weights, the images, the
-            schedule, the CAE's shape and the seed); None: not kept.
-        seed: initialisation and sampling seed.
-        reporter: progress and notes.
-    """
-    from safetensors.torch import load_file, save_file
-
-    from dorl.training.cae import train_cae
-
-    reporter = reporter or NullReporter()
-    config = dataclasses.replace(config, mmd_weight=0.0)
-    c = model.config
-    key = json.dumps({"encoder": model_fingerprint(model), "tokens": [[t.domain, *t.keys] for t in token_sets],
-                      "schedule": dataclasses.asdict(config),
-                      "shape": [model.feature_dim, c.grid, c.cae_depth, c.cae_decoder_depth, c.cae_heads,
-                                c.cae_mask_ratio, c.projector_dim], "seed": seed}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    torch.manual_seed(seed)
-    cae = CAE(model.feature_dim, c.grid, depth=c.cae_depth, decoder_depth=c.cae_decoder_depth, num_heads=c.cae_heads,
-              mask_ratio=c.cae_mask_ratio, projector_dim=c.projector_dim)
-    path = Path(cache_dir) / f"cae_without_mmd_{digest[:16]}.safetensors" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        cae.load_state_dict(load_file(str(path)))
-        reporter.note(f"CAE without mean-matching: read from {path}")
-        return cae.eval()
-    train_cae(cae, token_sets, config, device, reporter, seed)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in cae.state_dict().items()}, str(path))
-    return cae.eval()
-
-
-def adapted_name(method: str) -> str:
-    """The row of DoRL features adapted to each target site with `method` (see dorl.runtime.site_profile)."""
-    return f"{ADAPTED_METHOD} ({method})"
-
-
-def bundle_methods(model: DoRLModel, token_sets: Sequence[TokenSet], baseline: CAE | None = None,
-                   pooled_baselines: bool = True, adapt_methods: Sequence[str] = (DEFAULT_METHOD,)) -> list[Method]:
-    """The table's rows for one model: DoRL's CAE CLS, then the baselines on the same encoder.
-
-    Args:
-        model: the evaluated model.
-        token_sets: every domain's cached tokens, source first.
-        baseline: the CAE trained without mean-matching (None: no such row).
-        pooled_baselines: add the pooled-token rows (plain, and each domain standardised by its own statistics).
-        adapt_methods: one "DoRL + site adaptation (METHOD)" row per site-adaptation map.
-
-    Returns:
-        The methods for `dorl.training.evaluation.evaluate`; the adapted and standardised rows
-        compute each domain's statistics from the cells of the class setting being scored (the
-        adapted row maps each target onto the source as `dorl adapt` + the runtime do).
-    """
-    dorl = token_set_arrays(token_sets, lambda t: cae_features(model.cae, t.tokens))
-    methods = [Method(DORL_METHOD, dorl)]
-    methods += [Method(adapted_name(m), dorl, functools.partial(align_to_source, method=m)) for m in adapt_methods]
-    if baseline is not None:
-        methods.append(Method(NO_MMD_METHOD, token_set_arrays(token_sets, lambda t: cae_features(baseline, t.tokens))))
-    if pooled_baselines:
-        pooled = token_set_arrays(token_sets, lambda t: pooled_tokens(t.tokens))
-        methods += [Method(POOLED_METHOD, pooled), Method(STANDARDISED_METHOD, pooled, standardise_per_domain)]
-    return methods
-
-
-def evaluate_bundle(
-    bundle: str | Path,
-    domains: Sequence[str | tuple[str, str | Path]],
-    cache_dir: str | Path,
-    heads: Sequence[str] = HEADS,
-    folds: int = 5,
-    seed: int = 1234,
-    cae_baseline: bool = True,
-    pooled_baselines: bool = True,
-    device: str = "auto",
-    batch_size: int = 32,
-    reporter: Reporter | None = None,
-    adapt_methods: Sequence[str] = (DEFAULT_METHOD,),
-) -> Evaluation:
-    """The whole evaluation of a bundle: tokens once, the baseline CAE, every row, both settings.
-
-    Args:
-        bundle: a bundle folder written by `dorl train`.
-        domains: "NAME=PATH" strings or (name, path) pairs; the first is the source domain.
-        cache_dir: token cache and trained baseline CAE (reused when the model and images match).
-        heads, folds, seed: the protocol.
-        cae_baseline: train (or reuse) the CAE without mean-matching, with the bundle's CAE schedule.
-        pooled_baselines: add the pooled-token rows (plain and per-domain standardised).
-        device: "auto", "cpu" or "cuda" for the encoder and the baseline CAE.
-        batch_size: images per encoder pass.
-        reporter: progress and notes.
-        adapt_methods: site-adaptation maps scored as "DoRL + site adaptation (METHOD)" rows.
-
-    Raises:
-        DorlError: a missing or corrupt bundle, a malformed or empty domain, or bad protocol settings.
-    """
-    from dorl.bundle import load_bundle, read_bundle_manifest
-    from dorl.data.domains import load_domains
-    from dorl.training.device import resolve_device
-    from dorl.training.token_cache import cached_tokens
-
-    unknown = [m for m in adapt_methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"unknown site-adaptation method {unknown[0]!r}: choose among {', '.join(METHODS)}.")
-    reporter = reporter or NullReporter()
-    manifest = read_bundle_manifest(bundle)
-    loaded = load_domains(list(domains))
-    protocol = Protocol(loaded[0].name, tuple(heads), folds, seed)
-    torch_device = resolve_device(device)
-    model = load_bundle(bundle, str(torch_device))
-    tokens = cached_tokens(model, loaded, cache_dir, torch_device, batch_size, reporter)
-    train, recorded = _train_config(manifest)
-    baseline = None
-    if cae_baseline:
-        baseline = baseline_cae(model, tokens, train.cae, torch_device, cache_dir, train.seed, reporter)
-    result = evaluate(bundle_methods(model, tokens, baseline, pooled_baselines, adapt_methods), protocol, reporter)
-    result.info = {"bundle": str(bundle), "encoder": model.config.encoder, "domains": [d.describe() for d in loaded]}
-    if cae_baseline:
-        result.info["cae_baseline_schedule"] = dataclasses.asdict(dataclasses.replace(train.cae, mmd_weight=0.0))
-        source = f"the bundle's CAE schedule ({train.schedule})" if recorded else \
-            "the CPU schedule (the bundle records no training config)"
-        result.notes.append(f"CAE without mean-matching: trained on the same tokens with {source}, mmd_weight 0.")
-    return result
-
-
-def _train_config(manifest: dict[str, Any]) -> tuple[TrainConfig, bool]:
-    """The bundle's training config and True; the CPU schedule and False for a bundle that records none."""
-    recorded = manifest.get("metadata", {}).get("train_config")
-    return (train_config_from_dict(recorded), True) if recorded else (cpu_schedule(), False)

@@ -20,6 +20,7 @@ from torch import nn
 from dorl.errors import ConfigError
 from dorl.models.heads import LinearHead, MLPHead, fold_scaler
 from dorl.training.config import HeadTrainConfig
+from dorl.training.features import cae_features
 
 ABSENT_BIAS = -1e4  # logit of a class the source domain has no cell of: never predicted
 
@@ -140,8 +141,6 @@ def anchor_features(model: Any, anchor: Any, batch_size: int = 64) -> tuple[np.n
         anchor: the anchor domain's `TokenSet`.
         batch_size: token maps per CAE pass.
     """
-    from dorl.training.features import cae_features
-
     index = {name: i for i, name in enumerate(model.config.class_names)}
     labels = np.asarray([index[label] for label in anchor.labels])
     return cae_features(model.cae, anchor.tokens.numpy(), batch_size), labels

@@ -3,8 +3,13 @@
 `<out>/checkpoints/<stage>/` holds each finished stage (see `dorl.training.checkpoint`),
 `<out>/tokens/` the token cache, `<out>/bundle/` the final model (`save_bundle`, LoRA merged)
 with a manifest whose metadata records the classes, the domains, the pseudo-mask IoU against
-expert masks, the held-out mask IoU/Dice, the loss curves, the time of each stage, and the
-token cache's folder and weights fingerprint (so an evaluation can reuse the tokens).
+expert masks, the held-out mask IoU/Dice, the loss curves, the time of each stage, the input
+framing (whole image or cell crop, and the crop's mask), which masks cut the SSIM targets (and
+the IoU threshold the segmenter had to clear), and the token cache's folder, weights
+fingerprint and input settings (so an evaluation can reuse the tokens).
+
+The CAE and the head see the framed input (`TrainConfig.framing`); the segmenter is always
+trained and run on the whole image, since that is what it gets to find the cell in.
 
 A stage that is asked for runs unless `resume` finds its checkpoint made with the same
 settings on the same earlier stage; a stage that is not asked for is read from its
@@ -37,7 +42,7 @@ from dorl.training.device import resolve_device
 from dorl.training.heads import anchor_features, fit_head, head_summary, to_torch_head
 from dorl.training.progress import NullReporter, Reporter
 from dorl.training.seg import run_segmentation
-from dorl.training.token_cache import TokenSet, cached_tokens, model_fingerprint
+from dorl.training.token_cache import InputSettings, TokenSet, cached_tokens, model_fingerprint
 
 CAE_FIELDS = ("cae_depth", "cae_decoder_depth", "cae_heads", "cae_mask_ratio", "projector_dim")
 HEAD_FIELDS = ("head", "head_hidden")
@@ -68,6 +73,16 @@ class _Run:
 
     def data_key(self) -> list[list[Any]]:
         return [[d.name, len(d)] for d in self.domains]
+
+    def settings(self) -> InputSettings:
+        """How the cached tokens and SSIM targets are made: the framing, and the trusted segmenter domains."""
+        cae = self.config.cae
+        return InputSettings(self.config.framing, cae.ssim_masks, trusted_domains(self.metrics.get("seg"),
+                                                                                 cae.segmenter_min_iou))
+
+    def tokens(self, model: DoRLModel, domains: list[Domain]) -> list[TokenSet]:
+        return cached_tokens(model, domains, self.out / "tokens", self.device, self.config.cae.encode_batch_size,
+                             self.reporter, self.settings())
 
     def existing(self, stage: str, key: dict[str, Any], parent: str | None) -> StageCheckpoint | None:
         """The checkpoint to use instead of running `stage`, if any."""
@@ -130,8 +145,11 @@ def train(domains: Sequence[Domain], out_dir: str | Path, config: TrainConfig | 
     _head(run, model, cae, tokens)
     run.result.metadata = _metadata(run)
     if (out / "tokens").is_dir():  # lets the evaluation reuse the tokens after checking the fingerprint
+        settings = run.settings()
         run.result.metadata["token_cache"] = {"folder": str((out / "tokens").resolve()),
-                                              "fingerprint": model_fingerprint(model)}
+                                              "fingerprint": model_fingerprint(model),
+                                              "settings": {d.name: json.loads(settings.key(d.name))
+                                                           for d in run.domains}}
     save_bundle(model, run.result.bundle, run.result.metadata, source_features=_source_features(run, model, tokens))
     return run.result
 
@@ -141,9 +159,19 @@ def _source_features(run: _Run, model: DoRLModel, tokens: list[TokenSet]) -> Any
     from dorl.training.features import cae_features
 
     if not tokens:  # every stage reused: the anchor's tokens come from the on-disk cache
-        tokens = cached_tokens(model, run.domains[:1], run.out / "tokens", run.device,
-                               run.config.cae.encode_batch_size, run.reporter)
+        tokens = run.tokens(model, run.domains[:1])
     return cae_features(model.cae, tokens[0].tokens, 64)
+
+
+def trusted_domains(seg_metrics: dict[str, Any] | None, min_iou: float) -> tuple[str, ...]:
+    """Domains whose held-out segmenter IoU (all reference kinds, weighted by count) is at least `min_iou`."""
+    holdout = (seg_metrics or {}).get("holdout", {})
+    totals: dict[str, list[float]] = {}
+    for group, score in holdout.items():
+        entry = totals.setdefault(group.split("/")[0], [0.0, 0.0])
+        entry[0] += score["iou"] * score["n"]
+        entry[1] += score["n"]
+    return tuple(sorted(d for d, (iou, n) in totals.items() if n and iou / n >= min_iou))
 
 
 def _check_domains(domains: list[Domain], model: ModelConfig) -> None:
@@ -190,15 +218,15 @@ def _seg(run: _Run) -> tuple[DoRLModel, StageCheckpoint | None]:
 def _cae(run: _Run, model: DoRLModel, parent: StageCheckpoint | None) -> tuple[StageCheckpoint | None, list[TokenSet]]:
     started = time.perf_counter()
     key = {"train": dataclasses.asdict(run.config.cae), "model": {f: getattr(model.config, f) for f in CAE_FIELDS},
-           "seed": run.config.seed, "data": run.data_key()}
+           "framing": dataclasses.asdict(run.config.framing), "seed": run.config.seed, "data": run.data_key()}
     found = run.existing("cae", key, parent.sha256 if parent else None)
     tokens: list[TokenSet] = []
     if found is not None:
         restore(model, found)
         run.reuse("cae", found)
     elif "cae" in run.stages:
-        tokens = cached_tokens(model, run.domains, run.out / "tokens", run.device, run.config.cae.encode_batch_size,
-                               run.reporter)
+        tokens = run.tokens(model, run.domains)
+        run.metrics["inputs"] = {t.domain: t.info for t in tokens}
         torch.manual_seed(run.config.seed)
         history = train_cae(model.cae, tokens, run.config.cae, run.device, run.reporter, run.config.seed)
         found = run.finish("cae", model, {"cae": model.cae}, key, parent.sha256 if parent else None,
@@ -219,8 +247,7 @@ def _head(run: _Run, model: DoRLModel, parent: StageCheckpoint | None, tokens: l
         restore(model, found)
         run.reuse("head", found)
     elif "head" in run.stages:
-        anchor = tokens[0] if tokens else cached_tokens(model, run.domains[:1], run.out / "tokens", run.device,
-                                                        run.config.cae.encode_batch_size, run.reporter)[0]
+        anchor = tokens[0] if tokens else run.tokens(model, run.domains[:1])[0]
         features, labels = anchor_features(model, anchor)
         fitted = fit_head(features, labels, run.config.head, run.config.seed)
         model.head = to_torch_head(fitted, model.feature_dim, model.config.num_classes, model.config.head_hidden)
@@ -241,6 +268,9 @@ def _metadata(run: _Run) -> dict[str, Any]:
                      "expert_masks": d.num_masks} for d in run.domains],
         "train_config": train_config_to_dict(config),
         "schedule": config.schedule,
+        "framing": dataclasses.asdict(config.framing),
+        "ssim_targets": {"masks": config.cae.ssim_masks, "segmenter_min_iou": config.cae.segmenter_min_iou,
+                         "segmenter_trusted_on": list(run.settings().trusted)},
         "deviations_from_paper": list(CPU_DEVIATIONS) if config.schedule == "cpu" else [],
         "device": str(run.device),
         "stages_run": list(run.result.ran),

@@ -8,7 +8,10 @@ latest metrics), `finish` it, and `note` one-off messages. The CLI passes `RichR
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; JetPack 6 runs 3.10, where this never imports
+    from typing_extensions import Self
 
 
 class Reporter(Protocol):

@@ -56,18 +56,21 @@ def add_lora(model: DoRLModel, config: LoraConfig) -> None:
     model.encoder = apply_lora(encoder, config)
 
 
-def seg_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: float = 0.2, dice_weight: float = 0.8) -> torch.Tensor:
+def seg_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: float = 0.2, dice_weight: float = 0.8,
+             dice_per_image: bool = False) -> torch.Tensor:
     """ce_weight·CE + dice_weight·Dice (SAMed's soft Dice: squared sums, mean over classes).
 
     Args:
         logits: mask logits [B,K,h,w].
         target: class indices [B,h,w].
+        dice_per_image: Dice of each image and class, then the mean (every cell counts alike);
+            SAMed's sums over the whole batch, where large cells outweigh small ones.
     """
     logits = logits.float()
     ce = F.cross_entropy(logits, target)
     probs = logits.softmax(dim=1)
     onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
-    dims = (0, 2, 3)
+    dims: tuple[int, ...] = (2, 3) if dice_per_image else (0, 2, 3)
     inter = (probs * onehot).sum(dims)
     dice = 1 - (2 * inter + 1e-5) / ((probs * probs).sum(dims) + (onehot * onehot).sum(dims) + 1e-5)
     return ce_weight * ce + dice_weight * dice.mean()
@@ -125,7 +128,7 @@ def train_segmentation(model: DoRLModel, images: np.ndarray, masks: np.ndarray, 
             with autocast(device):
                 _, neck = model.encode(batch)
                 logits = model.mask_decoder(neck)
-            loss = seg_loss(logits, target, config.ce_weight, config.dice_weight)
+            loss = seg_loss(logits, target, config.ce_weight, config.dice_weight, config.dice_per_image)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

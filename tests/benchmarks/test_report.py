@@ -20,7 +20,7 @@ def configuration(name: str, backend: str, precision: str, throughput: float) ->
         "name": name, "backend": backend, "path": f"/x/{name}", "precision": precision, "status": "ok", "reason": None,
         "load_s": 0.5, "size_bytes": 3 * 1024 * 1024, "class_names": ["a", "b"],
         "flops": {"flops_per_cell": 2e9}, "threads_used": 2, "pipeline_batch": 2,
-        "stages_ms_per_cell": {"preprocess": 1.0, "inference": 5.0, "postprocess": 0.5},
+        "analyzer_ms_per_cell": 6.5, "stages_ms_per_cell": {"inference": 5.0, "host": 1.5},
         "predictions": [0, 1], "probs": [[0.9, 0.1], [0.2, 0.8]],
         "memory": {"peak_rss_mb": 300.0, "gpu": {"peak_mb": None, "source": "none"}},
         "batches": [{"batch": 2, "status": "ok", "times_ms": times, "throughput_cells_s": throughput,
@@ -62,7 +62,7 @@ def test_markdown_has_both_tables(report: dict) -> None:
     assert "| " + " | ".join(SUMMARY_COLUMNS) + " |" in text
     assert "| " + " | ".join(BATCH_COLUMNS) + " |" in text
     assert "| pytorch-eager-fp32 | 2 | 11.50 | 30.00 | 30.00 | 100.0 | 200.0 | 25.0 % | 1.00x |" in text
-    assert "50.0 % (1/2)" in text and "100.0 % (2/2)" in text
+    assert "50.0 % (1/2)" in text and "100.0 % (2/2)" in text and "| 6.50 (5.00 + 1.50) |" in text
     assert "skipped: TensorRT is not installed here" in text
     assert "skipped: above the engine's max batch 4" in text
     assert "- onnxruntime-fp32: 1 of 2 reference predictions are near-ties" in text

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sample_data import MASKED
 
 from dorl.artifacts import read_manifest
 from dorl.calibration.calibration_set import (
@@ -22,7 +23,7 @@ from dorl.errors import ArtifactError, ConfigError
 
 
 def _domains(wbc_dir: Path) -> dict[str, Path]:
-    return {name: wbc_dir / name for name in ("pbc", "bccd", "jtsc")}
+    return {name: wbc_dir / name for name in ("pbc", "bccd", MASKED)}
 
 
 def test_allocation_gives_equal_shares_and_passes_on_what_small_strata_cannot_fill() -> None:
@@ -36,10 +37,11 @@ def test_draw_is_stratified_across_domains_and_classes(wbc_dir: Path) -> None:
     cells = draw_cells(_domains(wbc_dir), size=60, seed=0)
     assert len(cells) == 60 and len({c.path for c in cells}) == 60
     counts = Counter((c.domain, c.label) for c in cells)
-    assert {d for d, _ in counts} == {"pbc", "bccd", "jtsc"}
-    assert all(label != "masks" for _, label in counts)  # jtsc/masks is not a class
-    assert counts[("jtsc", "basophil")] == 1  # the only one there is
-    assert max(counts.values()) - min(n for k, n in counts.items() if k != ("jtsc", "basophil")) <= 1
+    assert {d for d, _ in counts} == {"pbc", "bccd", MASKED}
+    assert all(label != "masks" for _, label in counts)  # masks/ is not a class
+    scarce = {("bccd", "basophil"), (MASKED, "basophil")}
+    assert all(counts[k] == 3 for k in scarce)  # the only ones there are
+    assert max(counts.values()) - min(n for k, n in counts.items() if k not in scarce) <= 1
     assert all(Path(c.path).parent.name == c.label for c in cells)
 
 
@@ -50,7 +52,7 @@ def test_same_seed_same_list_other_seed_other_list(wbc_dir: Path) -> None:
 
 
 def test_excluded_cells_are_never_drawn(wbc_dir: Path) -> None:
-    domains = {"jtsc": wbc_dir / "jtsc"}
+    domains = {MASKED: wbc_dir / MASKED}
     every = draw_cells(domains, size=1000, seed=0)
     held = frozenset(c.sha256 for c in every[:50])
     rest = draw_cells(domains, size=1000, seed=0, exclude=held)
@@ -72,7 +74,7 @@ def test_written_set_reads_back_and_is_reproducible(wbc_dir: Path, tmp_path: Pat
 def test_changed_image_is_refused(wbc_dir: Path, tmp_path: Path) -> None:
     domain = tmp_path / "lab" / "neutrophil"
     domain.mkdir(parents=True)
-    for path in sorted((wbc_dir / "jtsc" / "neutrophil").iterdir())[:3]:
+    for path in sorted((wbc_dir / MASKED / "neutrophil").iterdir())[:3]:
         shutil.copy(path, domain / path.name)
     write_calibration_set({"lab": tmp_path / "lab"}, tmp_path / "set", size=3)
     cell = json.loads((tmp_path / "set" / CELLS_FILE).read_text())[0]["path"]

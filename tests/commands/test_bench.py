@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from sample_data import MASKED
 from tiny_artifact import build_tiny_artifact
 from typer.testing import CliRunner
 
@@ -31,7 +32,7 @@ def invoke(*args: str):  # type: ignore[no-untyped-def]
 
 
 def test_bench_writes_the_report(artifact: Path, wbc_dir: Path, tmp_path: Path) -> None:
-    result = invoke(str(artifact), "--labelled", str(wbc_dir / "jtsc"), "--max-cells", "5", "--batch-sizes", "1,2",
+    result = invoke(str(artifact), "--labelled", str(wbc_dir / MASKED), "--max-cells", "5", "--batch-sizes", "1,2",
                     "--iterations", "2", "--warmup", "0", "--threads", "1", "--no-plots", "-o", str(tmp_path))
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import typer
 from PIL import Image
+from sample_data import MASKED
 from tiny_artifact import CLASS_NAMES, build_tiny_artifact
 from typer.testing import CliRunner
 
@@ -30,15 +31,15 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cells(wbc_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder tree of real cells: pbc/a.jpg, pbc/b.jpg, nested/jtsc/c.bmp, plus a README.txt."""
+    """A folder tree of real cells: pbc/a.jpg, pbc/b.jpg, nested/lab/c.bmp, plus a README.txt."""
     root = wbc_dir
     folder = tmp_path_factory.mktemp("cells")
     (folder / "pbc").mkdir()
-    (folder / "nested" / "jtsc").mkdir(parents=True)
+    (folder / "nested" / "lab").mkdir(parents=True)
     pbc = sorted((root / "pbc" / "neutrophil").glob("*.jpg"))[:2]
     shutil.copy(pbc[0], folder / "pbc" / "a.jpg")
     shutil.copy(pbc[1], folder / "pbc" / "b.jpg")
-    shutil.copy(min((root / "jtsc" / "neutrophil").glob("*.bmp")), folder / "nested" / "jtsc" / "c.bmp")
+    shutil.copy(min((root / MASKED / "neutrophil").glob("*.bmp")), folder / "nested" / "lab" / "c.bmp")
     (folder / "README.txt").write_text("not an image\n")
     return folder
 
@@ -57,7 +58,7 @@ def test_json_lines_for_a_folder_tree(artifact: Path, cells: Path) -> None:
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert [Path(r["source"]).relative_to(cells).as_posix() for r in records] == [
-        "nested/jtsc/c.bmp", "pbc/a.jpg", "pbc/b.jpg"]
+        "nested/lab/c.bmp", "pbc/a.jpg", "pbc/b.jpg"]
     for r in records:
         assert r["error"] is None and r["label"] in CLASS_NAMES and r["mask"] is None
         assert abs(sum(r["probs"].values()) - 1.0) < 1e-4 and r["confidence"] == max(r["probs"].values())
@@ -66,7 +67,7 @@ def test_json_lines_for_a_folder_tree(artifact: Path, cells: Path) -> None:
 
 def test_csv_and_masks(artifact: Path, cells: Path, tmp_path: Path) -> None:
     masks = tmp_path / "masks"
-    code, out, err = invoke(str(artifact), str(cells / "pbc"), str(cells / "nested" / "jtsc" / "c.bmp"),
+    code, out, err = invoke(str(artifact), str(cells / "pbc"), str(cells / "nested" / "lab" / "c.bmp"),
                             "--csv", "--save-masks", str(masks), "--batch-size", "2")
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))

@@ -29,19 +29,24 @@ def copy_domain(wbc_dir: Path, name: str, target: Path, per_class: int, classes:
 
 
 def test_a_tiny_run_writes_a_bundle_of_the_shared_classes(app: typer.Typer, wbc_dir: Path, tmp_path: Path) -> None:
-    pbc = copy_domain(wbc_dir, "pbc", tmp_path / "pbc", 2, ("lymphocyte", "neutrophil", "platelet"))
+    pbc = copy_domain(wbc_dir, "pbc", tmp_path / "pbc", 2, ("lymphocyte", "neutrophil", "monocyte"))
     bccd = copy_domain(wbc_dir, "bccd", tmp_path / "bccd", 2, ("lymphocyte", "neutrophil"))
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
         "--domain", f"pbc={pbc}", "-d", f"bccd={bccd}", "-o", str(out), "--encoder", "sam_vit_test",
         "--epochs-seg", "1", "--epochs-cae", "1", "--cpu-schedule", "--head", "logreg", "--device", "cpu",
+        "--framing", "cell", "--crop-mask", "pseudo", "--alignment", "cls_mean",
     ])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().endswith(str(out / "bundle"))
     manifest = read_bundle_manifest(out / "bundle")
-    assert manifest["class_names"] == ["lymphocyte", "neutrophil"]  # platelet is not in bccd
+    assert manifest["class_names"] == ["lymphocyte", "neutrophil"]  # monocyte is not in this bccd copy
     assert manifest["metadata"]["schedule"] == "cpu" and manifest["metadata"]["head"]["kind"] == "logreg"
     assert manifest["metadata"]["deviations_from_paper"] and manifest["config"]["cae_depth"] == 4
+    meta = manifest["metadata"]
+    assert meta["framing"] == {"input": "cell", "mask": "pseudo", "margin": 0.1}
+    assert meta["train_config"]["cae"]["alignment"] == "cls_mean"
+    assert meta["inputs"]["pbc"]["target_masks"] == {"pseudo": 4} and meta["inputs"]["pbc"]["empty_crop_masks"] == 0
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -50,6 +55,8 @@ def test_a_tiny_run_writes_a_bundle_of_the_shared_classes(app: typer.Typer, wbc_
     (["--domain", "{pbc}", "--stages", "seg,export"], "unknown stages"),
     (["--domain", "{pbc}", "--head", "forest"], "unknown head"),
     (["--domain", "{pbc}", "--device", "tpu"], "unknown device"),
+    (["--domain", "{pbc}", "--framing", "field"], "framing input must be one of"),
+    (["--domain", "{pbc}", "--alignment", "mmd"], "alignment must be one of"),
 ])
 def test_user_errors_are_one_sentence_and_exit_1(app: typer.Typer, wbc_dir: Path, tmp_path: Path, args: list[str],
                                                  message: str) -> None:

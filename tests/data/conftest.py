@@ -1,4 +1,5 @@
-"""Fixtures of the data tests: the real domains of shared/data/wbc and small domain trees on disk."""
+"""Fixtures of the data tests: the real labs of the bundled sample, the shared jtsc expert masks, and small
+domain trees on disk."""
 
 from __future__ import annotations
 
@@ -8,32 +9,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sample_data import MASKED
 
 from dorl.data.domains import Domain, load_domain
 
 
-def _domain_root(wbc_dir: Path, name: str) -> Path:
-    root = wbc_dir / name
-    if not root.is_dir():
-        pytest.skip(f"the real cell images of {name} are not in {wbc_dir}")
-    return root
-
-
 @pytest.fixture(scope="session")
 def pbc_domain(wbc_dir: Path) -> Domain:
-    """pbc (Acevedo-20 subset): 1,200 images, 8 classes, no masks; every file decoded once."""
-    return load_domain("pbc", _domain_root(wbc_dir, "pbc"))
+    """The bundled pbc sample (Acevedo-20): 80 images, 16 in each of 5 classes, no masks."""
+    return load_domain("pbc", wbc_dir / "pbc")
 
 
 @pytest.fixture(scope="session")
-def jtsc_domain(wbc_dir: Path) -> Domain:
-    """jtsc (Jiangxi Tecom): 100 images with expert masks."""
-    return load_domain("jtsc", _domain_root(wbc_dir, "jtsc"))
+def masked_domain(wbc_dir: Path) -> Domain:
+    """The made lab with masks (tests/support/sample_data.py): 51 images, 51 masks."""
+    return load_domain(MASKED, wbc_dir / MASKED)
 
 
 @pytest.fixture(scope="session")
 def bccd_root(wbc_dir: Path) -> Path:
-    return _domain_root(wbc_dir, "bccd")
+    return wbc_dir / "bccd"
+
+
+@pytest.fixture(scope="session")
+def jtsc_domain(shared_wbc_dir: Path) -> Domain:
+    """The shared jtsc images (Jiangxi Tecom): 100 images with expert masks (tests marked shared_data)."""
+    return load_domain("jtsc", shared_wbc_dir / "jtsc")
 
 
 def _write_image(path: Path, size: tuple[int, int] = (40, 36), mode: str = "RGB", fmt: str | None = None) -> Path:

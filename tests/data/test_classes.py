@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +13,7 @@ from dorl.data.classes import (
     normalize_name,
     resolve_class_list,
 )
-from dorl.data.domains import Domain
+from dorl.data.domains import Domain, load_domain
 from dorl.errors import ConfigError
 
 
@@ -93,7 +95,16 @@ def test_fewer_than_two_classes_and_bad_arguments() -> None:
         resolve_class_list([ANCHOR], mode="union")  # type: ignore[arg-type]
 
 
-def test_real_domains_share_the_five_wbc_classes(pbc_domain: Domain, jtsc_domain: Domain) -> None:
-    assert len(resolve_class_list([pbc_domain, jtsc_domain])) == 8
-    shared = resolve_class_list([pbc_domain, jtsc_domain], mode="shared")
+def test_real_domains_share_the_five_wbc_classes(pbc_domain: Domain, masked_domain: Domain, tmp_path: Path) -> None:
+    # pbc with two more classes than the other lab, as the full Acevedo-20 set has
+    extra = tmp_path / "pbc"
+    for name in ("ig", "platelet"):
+        (extra / name).mkdir(parents=True)
+        shutil.copy(pbc_domain.samples[0].path, extra / name / "cell.jpg")
+    for sample in pbc_domain.samples:
+        (extra / sample.label).mkdir(exist_ok=True)
+        shutil.copy(sample.path, extra / sample.label / sample.path.name)
+    pbc = load_domain("pbc", extra)
+    assert len(resolve_class_list([pbc, masked_domain])) == 7
+    shared = resolve_class_list([pbc, masked_domain], mode="shared")
     assert shared == ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sample_data import MASKED
 
 from dorl.data.images import MAX_PIXELS, array_to_rgb, describe_source, find_images, load_rgb, resize_square
 from dorl.errors import ImageError
@@ -40,7 +41,7 @@ def huge_png(path: Path, side: int = 10_000) -> None:
 
 
 # -- real images --------------------------------------------------------------------------------
-@pytest.mark.parametrize("lab,pattern", [("pbc", "*/*.jpg"), ("bccd", "*/*.jpg"), ("jtsc", "neutrophil/*.bmp")])
+@pytest.mark.parametrize("lab,pattern", [("pbc", "*/*.jpg"), ("bccd", "*/*.jpg"), (MASKED, "neutrophil/*.bmp")])
 def test_real_cell_images_decode_like_pil(wbc_root: Path, lab: str, pattern: str) -> None:
     path = min((wbc_root / lab).glob(pattern))
     rgb = load_rgb(path)
@@ -52,8 +53,8 @@ def test_real_cell_images_decode_like_pil(wbc_root: Path, lab: str, pattern: str
     np.testing.assert_array_equal(load_rgb(str(path)), rgb)
 
 
-def test_real_jtsc_mask_png_is_grayscale_expanded(wbc_root: Path) -> None:
-    path = min((wbc_root / "jtsc" / "masks").rglob("*.png"))
+def test_mask_png_is_grayscale_expanded(wbc_root: Path) -> None:
+    path = min((wbc_root / MASKED / "masks").rglob("*.png"))
     rgb = load_rgb(path)
     grey = np.asarray(Image.open(path).convert("L"))
     assert set(np.unique(grey)) <= {0, 128, 255}

@@ -27,6 +27,7 @@ JTSC_MEAN_IOU = 0.90
 JTSC_MEDIAN_IOU = 0.92
 
 
+@pytest.mark.shared_data
 def test_real_jtsc_mask_labels(jtsc_domain: Domain) -> None:
     sample = next(s for s in jtsc_domain.samples if s.mask_path is not None)
     raw = read_mask(sample.mask_path)
@@ -95,6 +96,7 @@ def test_largest_component() -> None:
     assert not largest_component(np.zeros((4, 4))).any()
 
 
+@pytest.mark.shared_data
 def test_pseudo_masks_match_jtsc_experts(jtsc_domain: Domain) -> None:
     stats = measure_pseudo_mask_iou(jtsc_domain)
     assert stats["n"] == 100
@@ -103,19 +105,20 @@ def test_pseudo_masks_match_jtsc_experts(jtsc_domain: Domain) -> None:
 
 
 def test_pseudo_mask_on_real_pbc_cells_is_one_central_blob(pbc_domain: Domain) -> None:
-    for sample in pbc_domain.samples[::150]:  # one cell per class
+    for sample in pbc_domain.samples[::16]:  # one cell per class
         rgb = load_rgb(sample.path)
         mask = pseudo_mask(rgb)
         assert mask.shape == rgb.shape[:2] and mask.dtype == bool
-        assert 0.005 < mask.mean() < 0.25, sample.path  # a WBC (or platelet), not the red cells around it
+        # a WBC, not the red cells around it (a monocyte, the largest, covers a quarter of its crop)
+        assert 0.005 < mask.mean() < 0.3, sample.path
         assert largest_component(mask).sum() == mask.sum()
         ys, xs = np.nonzero(mask)
         h, w = mask.shape
         assert abs(ys.mean() - h / 2) < 0.2 * h and abs(xs.mean() - w / 2) < 0.2 * w
 
 
-def test_pseudo_mask_on_training_sized_input(jtsc_domain: Domain) -> None:
-    sample = jtsc_domain.samples[0]
+def test_pseudo_mask_on_training_sized_input(masked_domain: Domain) -> None:
+    sample = masked_domain.samples[0]
     rgb = resize_square(load_rgb(sample.path), 224)
     expert = load_cell_mask(sample.mask_path, 224)
     assert mask_iou(pseudo_mask(rgb), expert) > 0.8

@@ -18,7 +18,8 @@ def test_kfold_on_pbc_is_stratified_and_covers_every_sample(pbc_domain: Domain) 
     assert sorted(tested) == list(range(len(labels)))
     for train, test in folds:
         assert not set(train) & set(test) and len(train) + len(test) == len(labels)
-        assert Counter(labels[test]) == {c: 30 for c in pbc_domain.class_names}
+        counts = Counter(labels[test])  # 16 cells of each class over 5 folds: 3 or 4 per fold
+        assert set(counts) == set(pbc_domain.class_names) and set(counts.values()) <= {3, 4}
 
 
 def test_kfold_is_the_papers_sklearn_call_and_reproducible() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from sample_data import MASKED
 from typer.testing import CliRunner
 
 from dorl.commands.calibrate import calibrate
@@ -26,14 +27,14 @@ def _run(app: typer.Typer, *args: str):  # type: ignore[no-untyped-def]
 
 
 def test_calibrate_writes_a_reproducible_set(app: typer.Typer, wbc_dir: Path, tmp_path: Path) -> None:
-    domains = ["--domain", f"pbc={wbc_dir / 'pbc'}", "--domain", f"jtsc={wbc_dir / 'jtsc'}"]
+    domains = ["--domain", f"pbc={wbc_dir / 'pbc'}", "--domain", f"{MASKED}={wbc_dir / MASKED}"]
     first = _run(app, "calibrate", *domains, "-o", tmp_path / "a", "--size", "20", "--seed", "3")
     assert first.exit_code == 0, first.output
     assert "wrote a calibration set of 20 cells (seed 3)" in first.output
     _run(app, "calibrate", *domains, "-o", tmp_path / "b", "--size", "20", "--seed", "3")
     cells = json.loads((tmp_path / "a" / "cells.json").read_text())
     assert cells == json.loads((tmp_path / "b" / "cells.json").read_text())
-    assert {c["domain"] for c in cells} == {"pbc", "jtsc"}
+    assert {c["domain"] for c in cells} == {"pbc", MASKED}
 
 
 def test_calibrate_rejects_a_malformed_domain(app: typer.Typer, tmp_path: Path) -> None:
@@ -65,15 +66,24 @@ def test_export_errors_are_one_sentence(app: typer.Typer, tinyvit_bundle: tuple[
     assert not out.exists()
 
 
-def test_export_fp16_from_the_fp32_artifact(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]],
-                                            tinyvit_fp32: Path, cell_paths: list[Path], tmp_path: Path) -> None:
-    images = [a for p in cell_paths for a in ("--images", p)]
+def test_export_fp16_from_the_fp32_artifact_without_images(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]],
+                                                           tinyvit_fp32: Path, tmp_path: Path) -> None:
+    # no --images: the bundle records no training domains, so the cells come from the bundled sample
     result = _run(app, "export", tinyvit_bundle[0], "-o", tmp_path / "fp16", "--precision", "fp16",
-                  "--fp32", tinyvit_fp32, *images)
+                  "--fp32", tinyvit_fp32, "--parity-cells", "10")
     assert result.exit_code == 0, result.output
+    assert "no --images given: 10 cells from the sample bundled with dorl" in result.output
     assert f"wrote the fp16 ONNX graph to {tmp_path / 'fp16'}" in result.output
-    assert "top-1 agreement 100.00%" in result.output
+    assert "parity vs onnx fp32 on 10 cells" in result.output and "top-1 agreement 100.00%" in result.output
     assert json.loads((tmp_path / "fp16" / "manifest.json").read_text())["precision"] == "fp16"
+
+
+def test_tolerance_options_are_checked_before_any_work(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]],
+                                                       tmp_path: Path) -> None:
+    for args, message in ((("--atol", "scores=1e-3"), "names no output"), (("--rtol", "probs=x"), "not a number")):
+        result = _run(app, "export", tinyvit_bundle[0], "-o", tmp_path / "x", *args)
+        assert result.exit_code == 1 and message in result.output, result.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_relaxed_gate_thresholds_reach_the_manifest(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]],
@@ -110,10 +120,3 @@ def test_int8_cli_defaults_are_the_library_defaults() -> None:
         == (gate.min_agreement, gate.max_accuracy_drop, gate.min_mask_iou, gate.min_cells)
     assert (defaults["quantizer"], defaults["auto_float"]) == (settings.quantizer, settings.auto_float)
 
-
-def test_export_without_images_samples_the_shared_cells(wbc_dir: Path) -> None:
-    from dorl.commands.export import DEFAULT_SAMPLE, default_images
-
-    sample = default_images(None)
-    assert len(sample) == DEFAULT_SAMPLE and {Path(p).parts[-3] for p in sample} == {"pbc", "bccd", "jtsc"}
-    assert default_images(None) == sample

@@ -24,14 +24,6 @@ from dorl.export.parity import (
 )
 
 
-@pytest.fixture(scope="module")
-def tinyvit_fp16(tinyvit_fp32: Path, tinyvit_bundle: tuple[Path, list[str]], held_out_cells: list[str],
-                 tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("onnx") / "fp16"
-    export_onnx(tinyvit_bundle[0], folder, "fp16", images=held_out_cells, fp32_artifact=tinyvit_fp32)
-    return folder
-
-
 def test_fp16_artifact_agrees_with_fp32(tinyvit_fp16: Path, tinyvit_fp32: Path) -> None:
     manifest = read_manifest(tinyvit_fp16, "onnx")
     fp32 = read_manifest(tinyvit_fp32, "onnx")

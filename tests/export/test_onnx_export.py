@@ -10,7 +10,14 @@ import pytest
 from dorl.artifacts import read_manifest
 from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.export.onnx_export import export_onnx
-from dorl.export.parity import FP32_PROBS_ATOL, MIN_MASK_IOU, ParityError, check_fp32, compare
+from dorl.export.parity import (
+    FP32_PROBS_ATOL,
+    FP32_TOLERANCES,
+    MIN_MASK_IOU,
+    ParityError,
+    check_fp32,
+    compare,
+)
 
 
 def test_fp32_artifact_honours_the_contract(tinyvit_fp32: Path, tinyvit_bundle: tuple[Path, list[str]]) -> None:
@@ -46,9 +53,9 @@ def test_parity_check_fails_loudly_on_drift() -> None:
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     masks = rng.normal(size=(4, 2, 56, 56)).astype(np.float32)
     reference = {"probs": probs, "mask_logits": masks}
-    check_fp32(compare(reference, {"probs": probs + 5e-5, "mask_logits": masks}))
-    with pytest.raises(ParityError, match=r"probs differ by up to 2\.00e-03"):
-        check_fp32(compare(reference, {"probs": probs + 2e-3, "mask_logits": masks}))
+    check_fp32(compare(reference, {"probs": probs + 5e-5, "mask_logits": masks}, tolerances=FP32_TOLERANCES))
+    with pytest.raises(ParityError, match=r"probs is beyond atol 0\.0001 and rtol 0\.002 on 4 of 4 cells"):
+        check_fp32(compare(reference, {"probs": probs + 2e-3, "mask_logits": masks}, tolerances=FP32_TOLERANCES))
     flipped = masks.copy()
     flipped[0] = -flipped[0]
     with pytest.raises(ParityError, match="mask IoU"):

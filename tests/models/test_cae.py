@@ -31,3 +31,21 @@ def test_default_depths_are_the_papers():
     cae = CAE(dim=768, grid=14)
     assert len(cae.blocks) == 12 and len(cae.decoder_blocks) == 4
     assert cae.blocks[0].attn.num_heads == 12 and cae.mask_ratio == 0.75
+
+
+def test_z_is_a_projection_of_the_pooled_decoded_tokens():
+    """As in DoRL's MAE.py: z = Linear(GAP(decoder output)), not a pooling of the encoder's tokens."""
+    torch.manual_seed(0)
+    cae = CAE(dim=64, grid=14, depth=1, decoder_depth=1, projector_dim=50).eval()
+    out = cae(torch.randn(2, 64, 14, 14))
+    torch.testing.assert_close(out["z"], cae.projector(out["tokens"].mean(dim=(2, 3))))
+
+
+def test_image_decoder_channels_follow_the_token_width():
+    from dorl.models.cae import image_decoder_channels
+
+    assert image_decoder_channels(768) == (512, 256, 128, 64)  # DoRL's, for SAM ViT-B
+    assert image_decoder_channels(320) == (216, 104, 56, 24)  # TinyViT-5M
+    assert image_decoder_channels(96) == (64, 32, 16, 16)
+    cae = CAE(dim=320, grid=14, depth=1, decoder_depth=1)
+    assert cae.image_decoder.layers[0].out_channels == 216

@@ -15,11 +15,11 @@ import torch
 from dorl.checkpoints import load_tinyvit_weights
 from dorl.errors import ArtifactError
 from dorl.models.tinyvit import TinyViT, attention_bias_index, tinyvit_5m
-from dorl.paths import TINYVIT_WEIGHTS, find_weights, wbc_data_dir
+from dorl.paths import ASSETS_DIR, TINYVIT_WEIGHTS, find_weights, shared_dir
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
-PBC_CELLS = ("neutrophil/BNE_112944.jpg", "neutrophil/BNE_12387.jpg")
+PBC_CELLS = ("neutrophil/BNE_174448.jpg", "neutrophil/BNE_381862.jpg")  # of the bundled sample
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,7 @@ def weights_path(tinyvit_weights: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def pbc_images() -> list[np.ndarray]:
-    wbc = wbc_data_dir()
-    root = wbc / "pbc" if wbc is not None else Path("shared/data/wbc/pbc")
-    paths = [root / name for name in PBC_CELLS]
-    if not all(p.is_file() for p in paths):
-        pytest.skip(f"the real PBC cell images are absent from {root}")
-    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    return [np.asarray(Image.open(ASSETS_DIR / "sample" / "pbc" / name).convert("RGB")) for name in PBC_CELLS]
 
 
 @pytest.fixture(scope="module")
@@ -159,13 +154,13 @@ def test_no_stale_attention_bias_when_eval_precedes_loading(weights_path: Path) 
         assert torch.equal(early(x)[1], late(x)[1])
 
 
-def test_parity_with_reference_onnx_at_1024(
-    weights_path: Path, pbc_images: list[np.ndarray], encoder_1024: TinyViT
-) -> None:
-    ort = pytest.importorskip("onnxruntime", reason="parity needs onnxruntime (pip install 'dorl[export]')")
-    onnx_path = weights_path.parent / "reference_tinyvit_encoder.onnx"
-    if not onnx_path.is_file():
-        pytest.skip(f"the reference encoder {onnx_path} is absent")
+@pytest.mark.shared_data
+def test_parity_with_reference_onnx_at_1024(pbc_images: list[np.ndarray], encoder_1024: TinyViT) -> None:
+    import onnxruntime as ort
+
+    shared = shared_dir()
+    assert shared is not None
+    onnx_path = shared / "weights" / "reference_tinyvit_encoder.onnx"  # 28 MB: not bundled
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -10,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from manifests import edit_manifest
 
 from dorl.artifacts import write_manifest
 from dorl.data.images import load_rgb, resize_square
 from dorl.errors import ArtifactError, MissingDependencyError
 from dorl.runtime.base import RunnerError
 from dorl.runtime.loader import load_runner, tensorrt_installed
-from dorl.runtime.onnxrt import OnnxRuntimeRunner, resolve_providers
+from dorl.runtime.onnxrt import OnnxRuntimeRunner, provider_options, resolve_providers
 
 pytest.importorskip("onnxruntime", reason="the ONNX Runtime runner needs onnxruntime (export extra)")
 
@@ -57,11 +57,23 @@ def test_session_options_and_providers(tiny_artifact) -> None:
 
 def test_resolve_providers() -> None:
     available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert resolve_providers(None, available) == available
+    assert resolve_providers(None, available) == available[1:]  # TensorRT only when asked for
+    assert resolve_providers(["tensorrt", "cuda"], available) == available[:2]
     assert resolve_providers(None, ["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert resolve_providers(["cuda", "cpu"], available) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     with pytest.raises(MissingDependencyError, match="TensorrtExecutionProvider are not available"):
         resolve_providers(["tensorrt"], ["CPUExecutionProvider"])
+
+
+def test_tensorrt_provider_caches_go_to_the_artifact_or_a_given_folder(tiny_artifact, tmp_path: Path) -> None:
+    runner = OnnxRuntimeRunner(tiny_artifact.folder)
+    assert runner.cache_dir == tiny_artifact.folder / "tensorrt-cache"
+    assert OnnxRuntimeRunner(tiny_artifact.folder, cache_dir=tmp_path / "c").cache_dir == tmp_path / "c"
+    options = provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider"], tmp_path / "c")
+    cache = str((tmp_path / "c").resolve())
+    assert options == [{"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
+                        "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache}, {}]
+    assert provider_options(["CPUExecutionProvider"], tmp_path) == [{}]
 
 
 def test_inputs_are_checked(tiny_artifact) -> None:
@@ -116,14 +128,11 @@ def test_tampered_model_is_refused(tiny_artifact, tmp_path: Path) -> None:
 
 def test_manifest_naming_a_tensor_the_graph_lacks(tiny_artifact, tmp_path: Path) -> None:
     folder = copy_artifact(tiny_artifact.folder, tmp_path)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["outputs"][0]["name"] = "scores"
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(folder, lambda manifest: manifest["outputs"][0].update(name="scores"))
     runner = OnnxRuntimeRunner(folder)
     with pytest.raises(ArtifactError, match="its manifest names"):
         runner.activate()
-    del manifest["inputs"]
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(folder, lambda manifest: manifest.pop("inputs"))
     with pytest.raises(ArtifactError, match="no valid 'inputs' list"):
         OnnxRuntimeRunner(folder)
 

@@ -5,6 +5,10 @@ The graph: uint8 NHWC images -> Cast -> /255 -> (a) mean colour -> Gemm -> Tanh 
 -> Gemm = logits [B, 5] -> Softmax = probs; (b) NCHW -> 4x4 AveragePool -> 1x1 Conv = mask_logits
 [B, 2, 56, 56], whose cell channel fires where the image is darker than mid-grey (a stained cell
 on a pale background). `TinyArtifact.reference` computes the same graph in numpy.
+
+`COMMITTED` holds `build_tiny_artifact(COMMITTED)` in git (2 kB), so runtime tests and `dorl predict`
+run where the onnx package is absent (Python 3.10, base + onnxruntime); a test keeps it equal to
+what the generator writes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dorl.artifacts import write_manifest
 
 CLASS_NAMES = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 IMAGE_SIZE, FEATURE_DIM = 224, 8
+COMMITTED = Path(__file__).resolve().parent / "tiny-artifact"
 
 
 @dataclass
@@ -42,14 +47,11 @@ class TinyArtifact:
                 "mask_logits": mask_logits}
 
 
-def build_tiny_artifact(folder: Path, seed: int = 0, precision: str = "fp32") -> TinyArtifact:
-    """Write model.onnx and manifest.json for the tiny graph into `folder`."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
+def tiny_weights(folder: Path, seed: int = 0) -> TinyArtifact:
+    """The TinyArtifact `build_tiny_artifact(folder, seed)` writes (its weights come from `seed`; numpy only)."""
     rng = np.random.default_rng(seed)
     c = len(CLASS_NAMES)
-    art = TinyArtifact(
+    return TinyArtifact(
         folder=folder,
         class_names=list(CLASS_NAMES),
         w_feature=rng.normal(0, 3, (3, FEATURE_DIM)).astype(np.float32),
@@ -57,6 +59,15 @@ def build_tiny_artifact(folder: Path, seed: int = 0, precision: str = "fp32") ->
         w_head=rng.normal(0, 2, (FEATURE_DIM, c)).astype(np.float32),
         b_head=rng.normal(0, 0.5, c).astype(np.float32),
     )
+
+
+def build_tiny_artifact(folder: Path, seed: int = 0, precision: str = "fp32") -> TinyArtifact:
+    """Write model.onnx and manifest.json for the tiny graph into `folder`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = len(CLASS_NAMES)
+    art = tiny_weights(folder, seed)
     third = np.full((1, 3, 1, 1), 1 / 3, np.float32)
     inits = [
         numpy_helper.from_array(np.array(255.0, np.float32), "scale"),

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from sample_data import MASKED
 
 from dorl.config import ModelConfig
 from dorl.data.domains import Domain, load_domain
@@ -25,5 +26,5 @@ def small_domain(wbc_dir: Path, name: str, per_class: int) -> Domain:
 
 @pytest.fixture(scope="session")
 def tiny_domains(wbc_dir: Path) -> list[Domain]:
-    """pbc (anchor, 3 per class), bccd (2 per class), jtsc (2 per class, with expert masks)."""
-    return [small_domain(wbc_dir, "pbc", 3), small_domain(wbc_dir, "bccd", 2), small_domain(wbc_dir, "jtsc", 2)]
+    """pbc (anchor, 3 per class), bccd (2 per class), the made lab with masks (2 per class)."""
+    return [small_domain(wbc_dir, "pbc", 3), small_domain(wbc_dir, "bccd", 2), small_domain(wbc_dir, MASKED, 2)]

@@ -8,7 +8,16 @@ from dorl.data.domains import Domain
 from dorl.errors import ConfigError
 from dorl.models.cae import CAE
 from dorl.models.registry import build_model
-from dorl.training.cae import cae_losses, cae_outputs, mean_matching, pooled, train_cae
+from dorl.training.cae import (
+    alignment_loss,
+    cae_losses,
+    cae_outputs,
+    coral,
+    mean_matching,
+    pooled,
+    standardised,
+    train_cae,
+)
 from dorl.training.config import CaeTrainConfig
 from dorl.training.token_cache import TokenSet, cached_tokens
 
@@ -18,7 +27,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def token_sets(tiny_domains: list[Domain], tmp_path_factory: pytest.TempPathFactory) -> list[TokenSet]:
-    """Real cells of pbc (anchor) and jtsc through the tiny encoder, 4 of each."""
+    """Real cells of pbc (anchor) and the lab with masks through the tiny encoder, 4 of each."""
     torch.manual_seed(0)
     model = build_model(TINY)
     domains = [dataclasses.replace(d, samples=d.samples[::2][:4]) for d in (tiny_domains[0], tiny_domains[2])]
@@ -32,6 +41,41 @@ def test_mean_matching_compares_each_domain_mean_with_the_anchors() -> None:
     assert mean_matching(z, ids).item() == pytest.approx(0.5)
     assert mean_matching(z, torch.tensor([1, 1, 1, 2, 2])).item() == 0.0  # no anchor row
     assert mean_matching(z, torch.zeros(5, dtype=torch.long)).item() == 0.0
+
+
+def test_standardised_features_have_unit_batch_std_and_no_gradient_through_it() -> None:
+    x = torch.tensor([[1.0, 10.0], [3.0, 30.0], [5.0, 50.0]], requires_grad=True)
+    y = standardised(x)
+    torch.testing.assert_close(y.std(dim=0), torch.ones(2))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([[0.5, 0.05]] * 3))  # 1 / std, the std held constant
+
+
+def test_coral_compares_each_domain_covariance_with_the_anchors() -> None:
+    anchor = torch.tensor([[0.0, 0.0], [2.0, 2.0]])  # covariance [[2, 2], [2, 2]]
+    other = torch.tensor([[0.0, 0.0], [0.0, 2.0]])  # covariance [[0, 0], [0, 2]]
+    x, ids = torch.cat([anchor, other]), torch.tensor([0, 0, 1, 1])
+    # ||C_a - C_d||^2_F = 4 + 4 + 4 + 0 = 12; / (4 * 2^2) = 0.75
+    assert coral(x, ids).item() == pytest.approx(0.75)
+    assert coral(x, torch.tensor([0, 1, 1, 1])).item() == 0.0  # one anchor row: no covariance
+    assert coral(torch.cat([anchor, anchor]), ids).item() == 0.0
+
+
+def test_cls_alignment_acts_on_the_unmasked_cls_feature() -> None:
+    torch.manual_seed(0)
+    cae = CAE(32, 14, depth=1, decoder_depth=1).eval()
+    tokens, ids = torch.randn(6, 32, 14, 14), torch.tensor([0, 0, 0, 1, 1, 2])
+    tokens[3:] += 1.0  # other domains shifted
+    cls = standardised(cae.feature(tokens))
+    expected = mean_matching(cls, ids)
+    z = torch.zeros(6, 50)
+    assert alignment_loss(cae, tokens, z, ids, "cls_mean").item() == pytest.approx(expected.item(), rel=1e-5)
+    assert alignment_loss(cae, tokens, z, ids, "cls_coral").item() == pytest.approx(
+        (expected + coral(cls, ids)).item(), rel=1e-5)
+    assert alignment_loss(cae, tokens, z, ids, "z").item() == 0.0  # z constant: nothing to match
+    loss = alignment_loss(cae, tokens, z, ids, "cls_mean")
+    loss.backward()
+    assert cae.blocks[0].attn.qkv.weight.grad.abs().sum() > 0 and cae.projector.weight.grad is None
 
 
 def test_outputs_with_the_whole_batch_equal_the_models_forward() -> None:

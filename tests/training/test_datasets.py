@@ -23,8 +23,8 @@ def test_images_are_decoded_and_resized_uint8(tiny_domains: list[Domain]) -> Non
 
 
 def test_masks_are_the_experts_where_there_are_some_else_pseudo(tiny_domains: list[Domain]) -> None:
-    jtsc, pbc = tiny_domains[2], tiny_domains[0]
-    samples = [jtsc.samples[0], pbc.samples[0]]
+    masked, pbc = tiny_domains[2], tiny_domains[0]
+    samples = [masked.samples[0], pbc.samples[0]]
     images = load_images(samples, 224)
     masks, kinds = cell_masks(samples, images)
     assert masks.shape == (2, 224, 224) and masks.dtype == bool and kinds == ["expert", "pseudo"]

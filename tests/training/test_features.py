@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from sample_data import MASKED
 
 from dorl.config import ModelConfig
+from dorl.contract import load_cells
 from dorl.models.registry import build_model
-from dorl.training.config import CaeTrainConfig
-from dorl.training.features import (
-    DORL_METHOD,
-    NO_MMD_METHOD,
-    POOLED_METHOD,
-    STANDARDISED_METHOD,
-    baseline_cae,
-    bundle_methods,
-    cae_features,
-    encode_cells,
-    extract_features,
-    load_cells,
-    pooled_tokens,
-)
+from dorl.training.features import cae_features, encode_cells, extract_features, pooled_tokens
 from dorl.training.progress import RecordingReporter
-from dorl.training.token_cache import TokenSet
 
 TINY = ModelConfig(encoder="sam_vit_test", cae_depth=1, cae_decoder_depth=1)
 
@@ -41,7 +28,7 @@ def model() -> torch.nn.Module:
 def ten_cells(wbc_dir: Path) -> list[Path]:
     """Ten real cells of the three labs (different sizes and formats)."""
     paths = []
-    for domain, count in (("pbc", 4), ("bccd", 3), ("jtsc", 3)):
+    for domain, count in (("pbc", 4), ("bccd", 3), (MASKED, 3)):
         paths += sorted((wbc_dir / domain / "neutrophil").iterdir())[:count]
     return paths
 
@@ -78,43 +65,3 @@ def test_features_equal_the_model_forward_and_cached_tokens(model, ten_cells: li
 def test_no_paths_give_empty_arrays(model) -> None:
     empty = extract_features(model, [], keep_tokens=True)
     assert empty.cls.shape == (0, 96) and empty.pooled.shape == (0, 96) and empty.tokens.shape == (0, 96, 14, 14)
-
-
-def token_sets(seed: int) -> list[TokenSet]:
-    """Two small synthetic domains of token maps (96-d, 14x14) with SSIM targets."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for name, labels, shift in (("src", ["a", "b"] * 3, 0.0), ("tgt", ["a", "b"] * 2, 2.0)):
-        tokens = (torch.randn(len(labels), 96, 14, 14, generator=g) + shift).half()
-        targets = torch.randint(0, 256, (len(labels), 3, 128, 128), generator=g, dtype=torch.uint8)
-        out.append(TokenSet(name, [f"{name}{i}" for i in range(len(labels))], labels, tokens, targets))
-    return out
-
-
-def test_baseline_cae_is_cached_per_encoder_and_rows_are_built(model, tmp_path: Path) -> None:
-    sets = token_sets(0)
-    schedule = CaeTrainConfig(epochs=1, batch_size=16, warmup_iters=1)  # one step: the test is about caching
-    first = baseline_cae(model, sets, schedule, torch.device("cpu"), tmp_path, seed=3)
-    assert len(list(tmp_path.glob("cae_without_mmd_*.safetensors"))) == 1
-    reporter = RecordingReporter()
-    again = baseline_cae(model, sets, schedule, torch.device("cpu"), tmp_path, seed=3, reporter=reporter)
-    assert reporter.notes and "read from" in reporter.notes[0] and "cae" not in reporter.tasks()
-    for (k, a), b in zip(first.state_dict().items(), again.state_dict().values()):
-        torch.testing.assert_close(a, b, msg=k)
-    untrained = dataclasses.replace(schedule, epochs=0)
-    baseline_cae(model, sets, untrained, torch.device("cpu"), tmp_path, seed=3)
-    other = build_model(TINY)  # other encoder weights: other tokens, so a cached CAE must not be reused
-    baseline_cae(other, sets, untrained, torch.device("cpu"), tmp_path, seed=3)
-    assert len(list(tmp_path.glob("cae_without_mmd_*.safetensors"))) == 3
-
-    methods = bundle_methods(model, sets, first)
-    assert [m.name for m in methods] == [DORL_METHOD, "DoRL + site adaptation (mean)", NO_MMD_METHOD, POOLED_METHOD,
-                                        STANDARDISED_METHOD]
-    x, y = methods[0].domains["tgt"]
-    assert x.shape == (4, 96) and list(y) == ["a", "b"] * 2
-    np.testing.assert_allclose(methods[3].domains["src"][0], sets[0].tokens.float().mean(dim=(2, 3)).numpy(), atol=1e-5)
-    standardised = methods[4].arrays()["tgt"][0]
-    np.testing.assert_allclose(standardised.mean(axis=0), 0.0, atol=1e-5)
-    assert len(bundle_methods(model, sets, None, pooled_baselines=False)) == 2  # DoRL, and DoRL adapted
-    names = [m.name for m in bundle_methods(model, sets, None, False, ("mean", "coral"))]
-    assert names == [DORL_METHOD, "DoRL + site adaptation (mean)", "DoRL + site adaptation (coral)"]

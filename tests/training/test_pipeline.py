@@ -5,13 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sample_data import MASKED
 
 from dorl.bundle import load_bundle, read_bundle_manifest
 from dorl.config import ModelConfig
 from dorl.data.domains import Domain
 from dorl.errors import ArtifactError, ConfigError
 from dorl.training.config import CaeTrainConfig, SegTrainConfig, TrainConfig
-from dorl.training.pipeline import train
+from dorl.training.pipeline import train, trusted_domains
 from dorl.training.progress import RecordingReporter
 from dorl.training.token_cache import model_fingerprint
 
@@ -24,9 +25,9 @@ TINY = TrainConfig(
 
 @pytest.fixture(scope="module")
 def domains(tiny_domains: list[Domain]) -> list[Domain]:
-    """pbc: 6 cells of 3 classes (anchor); jtsc: 3 cells with expert masks."""
-    pbc, jtsc = tiny_domains[0], tiny_domains[2]
-    return [dataclasses.replace(pbc, samples=pbc.samples[:6]), dataclasses.replace(jtsc, samples=jtsc.samples[:3])]
+    """pbc: 6 cells of 3 classes (anchor); the lab with masks: 3 cells."""
+    pbc, masked = tiny_domains[0], tiny_domains[2]
+    return [dataclasses.replace(pbc, samples=pbc.samples[:6]), dataclasses.replace(masked, samples=masked.samples[:3])]
 
 
 @pytest.fixture(scope="module")
@@ -47,22 +48,27 @@ def copy_run(trained: tuple[Path, RecordingReporter], tmp_path: Path) -> Path:
 
 def test_the_bundle_loads_and_records_the_run(trained, cell_batch: np.ndarray) -> None:
     out, reporter = trained
-    assert {"seg", "tokens pbc", "tokens jtsc", "cae"} <= set(reporter.tasks())
+    assert {"seg", "tokens pbc", f"tokens {MASKED}", "cae"} <= set(reporter.tasks())
     model = load_bundle(out / "bundle")
     token_cache = read_bundle_manifest(out / "bundle")["metadata"]["token_cache"]
     assert token_cache["fingerprint"] == model_fingerprint(model)  # the bundle's encoder made the cached tokens
-    assert {p.name for p in Path(token_cache["folder"]).iterdir()} == {"pbc.safetensors", "jtsc.safetensors"}
+    # the masked lab's cells all have expert masks: only pbc needs pseudo masks for its SSIM targets
+    assert {p.name for p in Path(token_cache["folder"]).iterdir()} == {"pbc.safetensors", f"{MASKED}.safetensors",
+                                                                       "pbc.pseudo.npz"}
     with torch.no_grad():
         result = model(torch.from_numpy(cell_batch[:2]).permute(0, 3, 1, 2).float())
     assert result["logits"].shape == (2, 5) and result["mask_logits"].shape == (2, 2, 56, 56)
     meta = read_bundle_manifest(out / "bundle")["metadata"]
     assert meta["class_names"] == list(TINY.model.class_names) and meta["anchor_domain"] == "pbc"
-    assert [d["name"] for d in meta["domains"]] == ["pbc", "jtsc"]
-    assert meta["seg"]["pseudo_mask_vs_expert"]["jtsc"]["n"] == 3
+    assert [d["name"] for d in meta["domains"]] == ["pbc", MASKED]
+    assert meta["seg"]["pseudo_mask_vs_expert"][MASKED]["n"] == 3
     assert {k.split("/")[1] for k in meta["seg"]["holdout"]} <= {"pseudo", "expert"}
     assert len(meta["seg"]["losses"]) == 1 and set(meta["cae"]["losses"]) == {"loss", "ssim", "mmd", "rec"}
     assert meta["head"]["kind"] == "svm" and set(meta["seconds"]) == {"seg", "cae", "head"}
     assert meta["train_config"]["schedule"] == "paper" and meta["stages_run"] == ["seg", "cae", "head"]
+    assert meta["framing"]["input"] == TINY.framing.input and meta["ssim_targets"]["segmenter_min_iou"] == 0.85
+    assert meta["inputs"]["pbc"]["target_masks"] == {"pseudo": 6} and meta["inputs"][MASKED]["target_masks"] == {
+        "expert": 3}
     pixel_mean = read_bundle_manifest(out / "bundle")["normalisation"]["pixel_mean"]
     assert pixel_mean != list(ModelConfig().pixel_mean)  # computed on the training cells
 
@@ -103,3 +109,11 @@ def test_bad_requests_are_config_errors(domains: list[Domain], tmp_path: Path) -
             TINY.model, class_names=("lymphocyte", "neutrophil"))))
     with pytest.raises(ConfigError, match="no domains"):
         train([], tmp_path, TINY)
+
+
+def test_the_segmenter_is_trusted_where_its_held_out_iou_clears_the_threshold() -> None:
+    holdout = {"pbc/pseudo": {"n": 10, "iou": 0.8}, "jtsc/expert": {"n": 4, "iou": 0.95},
+               "mix/expert": {"n": 1, "iou": 1.0}, "mix/pseudo": {"n": 3, "iou": 0.8}}  # mix: (1 + 2.4) / 4 = 0.85
+    assert trusted_domains({"holdout": holdout}, 0.85) == ("jtsc", "mix")
+    assert trusted_domains({"holdout": holdout}, 0.5) == ("jtsc", "mix", "pbc")
+    assert trusted_domains(None, 0.5) == ()

@@ -34,6 +34,20 @@ def test_loss_is_weighted_ce_plus_dice() -> None:
     assert ce_only.item() == pytest.approx(torch.nn.functional.cross_entropy(-right, target).item(), rel=1e-5)
 
 
+def test_dice_per_image_weighs_a_small_cell_like_a_large_one() -> None:
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[0, 1:7, 1:7] = 1  # a large cell (36 px), segmented perfectly
+    target[1, 3:5, 3:5] = 1  # a small cell (4 px), missed
+    logits = torch.stack([(target == 0).float(), (target == 1).float()], dim=1) * 20 - 10
+    logits[1, :, 3:5, 3:5] = logits[1, :, 3:5, 3:5].flip(0)
+    pooled = seg_loss(logits, target, 0.0, 1.0)
+    per_image = seg_loss(logits, target, 0.0, 1.0, dice_per_image=True)
+    # Pooled over the batch: cell Dice 2*36/(36+40), background 2*88/(92+88), loss 1 - their mean = 0.0375.
+    # Per image: Dice 1, 1 (first image), 0, 2*60/(64+60) (second), loss 1 - their mean = 0.258.
+    assert pooled.item() == pytest.approx(1 - (72 / 76 + 176 / 180) / 2, abs=1e-3)
+    assert per_image.item() == pytest.approx(1 - (2 + 120 / 124) / 4, abs=1e-3)
+
+
 def test_masks_keep_the_largest_component_at_input_size() -> None:
     logits = torch.zeros(1, 2, 8, 8)
     logits[0, 1, 1:4, 1:4] = 5.0  # the cell
@@ -71,7 +85,7 @@ def test_split_is_disjoint_capped_and_spread(tiny_domains: list[Domain]) -> None
 
 def test_training_lowers_the_loss_on_real_cells_and_changes_only_lora_and_decoder(tiny_domains: list[Domain]) -> None:
     torch.manual_seed(0)
-    samples = tiny_domains[2].samples[:4]  # jtsc: expert masks
+    samples = tiny_domains[2].samples[:4]  # the lab with masks
     images = load_images(samples, 224)
     masks, kinds = cell_masks(samples, images)
     assert set(kinds) == {"expert"}

@@ -2,13 +2,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from sample_data import MASKED
 
 from dorl.artifacts import sha256_file
 from dorl.config import ModelConfig
 from dorl.data.domains import Domain
+from dorl.data.framing import FramingConfig, crop_cell
+from dorl.data.images import load_rgb, resize_square
+from dorl.data.pseudo_masks import pseudo_mask
 from dorl.models.registry import build_model
 from dorl.training.progress import RecordingReporter
-from dorl.training.token_cache import cached_tokens, model_fingerprint
+from dorl.training.token_cache import InputSettings, cached_tokens, model_fingerprint
 
 TINY = ModelConfig(encoder="sam_vit_test", cae_depth=1, cae_decoder_depth=1)
 CPU = torch.device("cpu")
@@ -24,7 +28,11 @@ def test_tokens_and_targets_of_every_cell(model, tiny_domains: list[Domain], tmp
     domains = tiny_domains[1:]
     reporter = RecordingReporter()
     sets = cached_tokens(model, domains, tmp_path, CPU, batch_size=4, reporter=reporter)
-    assert [s.domain for s in sets] == ["bccd", "jtsc"] and reporter.tasks() == ["tokens bccd", "tokens jtsc"]
+    # the masked lab's cells all have expert masks, so its targets need no pseudo masks
+    assert [s.domain for s in sets] == ["bccd", MASKED]
+    assert reporter.tasks() == ["pseudo masks bccd", "tokens bccd", f"tokens {MASKED}"]
+    assert sets[0].info["target_masks"] == {"pseudo": len(domains[0])}
+    assert sets[1].info["target_masks"] == {"expert": len(domains[1])}
     for token_set, domain in zip(sets, domains):
         n = len(domain)
         assert len(token_set) == n and token_set.labels == list(domain.labels)
@@ -41,10 +49,10 @@ def test_tokens_and_targets_of_every_cell(model, tiny_domains: list[Domain], tmp
 
 
 def test_cache_is_reused_only_for_the_same_weights_and_files(model, tiny_domains: list[Domain], tmp_path: Path) -> None:
-    jtsc = tiny_domains[2]
-    first = cached_tokens(model, [jtsc], tmp_path, CPU)[0]
+    masked = tiny_domains[2]
+    first = cached_tokens(model, [masked], tmp_path, CPU)[0]
     reporter = RecordingReporter()
-    again = cached_tokens(model, [jtsc], tmp_path, CPU, reporter=reporter)[0]
+    again = cached_tokens(model, [masked], tmp_path, CPU, reporter=reporter)[0]
     assert reporter.notes and "read from" in reporter.notes[0] and reporter.tasks() == []
     assert torch.equal(again.tokens, first.tokens) and torch.equal(again.targets, first.targets)
     before = model_fingerprint(model)
@@ -52,15 +60,36 @@ def test_cache_is_reused_only_for_the_same_weights_and_files(model, tiny_domains
         model.mask_decoder.mask_decoder.mask_tokens.weight.add_(1.0)
     assert model_fingerprint(model) != before
     reporter = RecordingReporter()
-    cached_tokens(model, [jtsc], tmp_path, CPU, reporter=reporter)
-    assert reporter.tasks() == ["tokens jtsc"]  # computed again
+    cached_tokens(model, [masked], tmp_path, CPU, reporter=reporter)
+    assert reporter.tasks() == [f"tokens {MASKED}"]  # computed again
 
 
 def test_a_damaged_cache_file_is_computed_again(model, tiny_domains: list[Domain], tmp_path: Path) -> None:
-    jtsc = tiny_domains[2]
-    cached_tokens(model, [jtsc], tmp_path, CPU)
-    path = tmp_path / "jtsc.safetensors"
+    masked = tiny_domains[2]
+    cached_tokens(model, [masked], tmp_path, CPU)
+    path = tmp_path / f"{MASKED}.safetensors"
     path.write_bytes(path.read_bytes()[:1000])
     reporter = RecordingReporter()
-    fresh = cached_tokens(model, [jtsc], tmp_path, CPU, reporter=reporter)[0]
-    assert reporter.tasks() == ["tokens jtsc"] and len(fresh) == len(jtsc)
+    fresh = cached_tokens(model, [masked], tmp_path, CPU, reporter=reporter)[0]
+    assert reporter.tasks() == [f"tokens {MASKED}"] and len(fresh) == len(masked)
+
+
+def test_cell_framing_encodes_the_crop_and_reuses_the_pseudo_masks(model, tiny_domains: list[Domain],
+                                                                   tmp_path: Path) -> None:
+    pbc = tiny_domains[0]
+    whole = cached_tokens(model, [pbc], tmp_path, CPU)[0]
+    reporter = RecordingReporter()
+    settings = InputSettings(FramingConfig(input="cell"))
+    cell = cached_tokens(model, [pbc], tmp_path, CPU, reporter=reporter, settings=settings)[0]
+    assert reporter.tasks() == ["tokens pbc"]  # other settings: tokens again, pseudo masks from the cache
+    assert cell.info["empty_crop_masks"] == 0
+    torch.testing.assert_close(cell.targets, whole.targets, atol=0, rtol=0)  # targets do not depend on framing
+    image = load_rgb(pbc.samples[0].path)
+    crop = crop_cell(image, pseudo_mask(resize_square(image, 224)), 224).image
+    with torch.no_grad():
+        tokens, _ = model.encode(torch.from_numpy(crop[None]).permute(0, 3, 1, 2).float())
+    torch.testing.assert_close(cell.tokens[:1].float(), tokens, atol=2e-2, rtol=1e-2)
+    assert not torch.allclose(cell.tokens.float(), whole.tokens.float(), atol=1e-1)
+    reporter = RecordingReporter()
+    cached_tokens(model, [pbc], tmp_path, CPU, reporter=reporter, settings=settings)
+    assert reporter.tasks() == []  # same settings: read back

@@ -1,0 +1,105 @@
+"""`dorl report` and `dorl fields` through typer's CliRunner, on the bundled frames and the tiny artifact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import typer
+from tiny_artifact import build_tiny_artifact
+from typer.testing import CliRunner
+
+from dorl.commands.fields import fields
+from dorl.commands.report import report
+from dorl.paths import ASSETS_DIR
+
+FRAMES = ASSETS_DIR / "fields" / "bccd" / "images"
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("onnx", reason="building the tiny artifact needs the onnx package")
+    pytest.importorskip("onnxruntime", reason="the field analysis runs the tiny artifact with onnxruntime")
+    return build_tiny_artifact(tmp_path_factory.mktemp("report") / "tiny").folder
+
+
+@pytest.fixture()
+def frames(tmp_path: Path) -> Path:
+    """The bundled frames plus a corrupt one."""
+    folder = tmp_path / "frames"
+    shutil.copytree(FRAMES, folder)
+    (folder / "BloodImage_99999.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return folder
+
+
+def invoke(command: typer.models.CommandFunctionType, *args: object) -> tuple[int, str, str]:
+    app = typer.Typer()
+    app.command()(command)
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_report_from_frames_end_to_end(artifact: Path, frames: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    code, stdout, stderr = invoke(report, frames, "--artifact", artifact, "-o", out)
+    assert code == 0, stderr
+    records = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records].count("cell") == 8
+    (broken,) = [r for r in records if r["status"] == "error"]
+    assert broken["frame"].endswith("BloodImage_99999.jpg") and "could not be decoded" in broken["error"]
+    data = json.loads((out / "differential.json").read_text())
+    assert data["frames"] == {"analysed": 7, "without_white_cell": 0, "failed": 1}
+    edge = sum(r["status"] == "cell" and r["edge"] for r in records)
+    assert data["cells"]["found"] == 8 and data["cells"]["edge_cut"] == edge == 2
+    assert data["cells"]["counted"] == 6 == sum(d["count"] for d in data["differential"])
+    assert any("only 6 cells were counted" in w for w in data["warnings"])
+    assert "| **counted** | **6** |" in stdout and "Warning" in stdout
+    assert (out / "differential.md").read_text() in stdout + "\n"
+    assert (out / "gallery" / "index.html").is_file() and (out / "gallery" / "not-counted.png").is_file()
+
+
+def test_report_from_records_matches(artifact: Path, frames: Path, tmp_path: Path) -> None:
+    records = tmp_path / "run" / "cells.jsonl"
+    code, _, stderr = invoke(fields, artifact, frames, "-o", records)
+    assert code == 0, stderr
+    assert "7 frames: 8 white cells (2 cut by the edge), 1 frames unreadable." in stderr
+    code, _, stderr = invoke(report, records, "-o", tmp_path / "from-records", "--no-gallery", "--min-cells", "5")
+    assert code == 0, stderr
+    data = json.loads((tmp_path / "from-records" / "differential.json").read_text())
+    assert data["cells"]["counted"] == 6 and len(data["warnings"]) == 1 and "1 of 7 frames" in data["warnings"][0]
+    assert not (tmp_path / "from-records" / "gallery").exists()
+
+
+def test_fields_streams_json_lines(artifact: Path, tmp_path: Path) -> None:
+    code, stdout, _ = invoke(fields, artifact, FRAMES / "BloodImage_00010.jpg", FRAMES / "BloodImage_00098.jpg")
+    assert code == 0
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert [(r["frame_index"], r["cell"]) for r in lines] == [(0, 0), (0, 1), (1, 0)]
+    assert all(r["label"] in r["probs"] and len(r["box"]) == 4 and r["mask"]["size"] for r in lines)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["missing-folder"], "does not exist"),
+    (["empty"], "no image files found"),
+])
+def test_frame_errors(artifact: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no frames here")
+    code, _, stderr = invoke(report, *[tmp_path / a for a in args], "--artifact", artifact, "-o", tmp_path / "out")
+    assert code == 1 and message in stderr
+
+
+def test_frames_need_an_artifact(tmp_path: Path) -> None:
+    code, _, stderr = invoke(report, FRAMES, "-o", tmp_path / "out")
+    assert code == 1 and "needs --artifact" in stderr
+
+
+def test_bad_records_file(tmp_path: Path) -> None:
+    path = tmp_path / "cells.jsonl"
+    path.write_text("not json\n")
+    code, _, stderr = invoke(report, path, "-o", tmp_path / "out")
+    assert code == 1 and "line 1 is not JSON" in stderr

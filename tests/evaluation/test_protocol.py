@@ -1,0 +1,125 @@
+"""The cross-domain protocol on synthetic separable features with a known domain shift."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dorl.errors import ConfigError
+from dorl.evaluation.domain_maps import align_to_source, standardise_per_domain
+from dorl.evaluation.protocol import Method, Protocol, evaluate, evaluate_method, restrict, shared_classes
+
+CLASSES = np.array(["eosinophil", "lymphocyte", "neutrophil"])
+
+
+SHIFT = np.array([9.0, 0.0, -6.0, 1.0, 0.0, 2.0])  # towards eosinophil and away from neutrophil
+
+
+def make_domain(n_per_class: int, seed: int, offset: float | np.ndarray = 0.0, scale: float = 1.0,
+                classes: np.ndarray = CLASSES) -> tuple[np.ndarray, np.ndarray]:
+    """Three well-separated class clusters in 6-d; a lab shift moves and stretches every cell alike."""
+    rng = np.random.default_rng(seed)
+    centres = {c: 4.0 * np.eye(6)[i] for i, c in enumerate(CLASSES)}
+    y = np.repeat(classes, n_per_class)
+    x = np.stack([centres[c] for c in y]) + rng.normal(0.0, 0.4, (len(y), 6))
+    return (scale * x + offset).astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def domains() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {"src": make_domain(30, 0), "same": make_domain(20, 1), "shifted": make_domain(20, 2, offset=SHIFT, scale=2.0)}
+
+
+def test_in_domain_perfect_and_shift_collapses_then_standardisation_recovers(domains) -> None:
+    protocol = Protocol("src", heads=("svm", "logreg"), folds=5)
+    plain = {r.head: r for r in evaluate_method("plain", domains, protocol)}
+    for row in plain.values():
+        assert list(row.domains) == ["src", "same", "shifted"]
+        assert row.domains["src"].accuracy.mean == 1.0 and row.domains["same"].accuracy.mean > 0.98
+        assert row.domains["shifted"].accuracy.mean < 0.5  # the lab shift breaks a source-fit scaler
+        assert len(row.domains["src"].accuracy.folds) == 5
+        assert row.domains["src"].confusion.sum() == 90  # each source cell tested once over the folds
+        assert row.domains["shifted"].confusion.sum() == 5 * 60  # the whole target, every fold
+    fixed = {r.head: r for r in evaluate_method("std", standardise_per_domain(domains), protocol)}
+    for head, row in fixed.items():
+        assert row.domains["shifted"].accuracy.mean > 0.98 > plain[head].domains["shifted"].accuracy.mean
+        avg = row.average()
+        assert avg.mean == pytest.approx(np.mean([row.domains["same"].accuracy.mean,
+                                                  row.domains["shifted"].accuracy.mean]))
+
+
+def test_site_adaptation_moves_targets_onto_the_source_and_leaves_the_source_alone(domains) -> None:
+    from dorl.runtime.site_profile import RunningStats, affine_map
+
+    shifted = align_to_source(domains)  # dorl adapt's default: the mean shift
+    np.testing.assert_allclose(shifted["shifted"][0].mean(0), domains["src"][0].mean(0), atol=1e-4)
+    np.testing.assert_allclose(shifted["shifted"][0] - domains["shifted"][0],
+                               np.broadcast_to(shifted["shifted"][0].mean(0) - domains["shifted"][0].mean(0),
+                                               domains["shifted"][0].shape), atol=1e-4)
+    aligned = align_to_source(domains, "standardise")
+    assert aligned["src"][0] is domains["src"][0]  # the source's own profile is the identity
+    src = domains["src"][0].astype(np.float64)
+    moved = aligned["shifted"][0].astype(np.float64)
+    np.testing.assert_allclose(moved.mean(0), src.mean(0), atol=1e-4)
+    np.testing.assert_allclose(moved.std(0, ddof=1), src.std(0, ddof=1), rtol=1e-4)
+    stats = RunningStats(6)  # what `dorl adapt` accumulates, fed in pieces as cells arrive
+    for part in np.array_split(domains["shifted"][0], 3):
+        stats.update(part)
+    a, b = affine_map({"mean": src.mean(0), "std": src.std(0, ddof=1)}, stats, "standardise")
+    np.testing.assert_allclose(moved, domains["shifted"][0] @ a.T + b, atol=1e-4)
+    protocol = Protocol("src", heads=("svm", "logreg"), folds=5)
+    plain = {r.head: r for r in evaluate_method("plain", domains, protocol)}
+    for row in evaluate_method("adapted", aligned, protocol):
+        assert row.domains["src"].accuracy.folds == plain[row.head].domains["src"].accuracy.folds
+        assert row.domains["shifted"].accuracy.mean > 0.98 > plain[row.head].domains["shifted"].accuracy.mean
+
+
+def test_folds_are_seeded_and_stratified(domains) -> None:
+    a = evaluate_method("m", domains, Protocol("src", heads=("logreg",), seed=7))[0]
+    b = evaluate_method("m", domains, Protocol("src", heads=("logreg",), seed=7))[0]
+    assert a.domains["shifted"].accuracy.folds == b.domains["shifted"].accuracy.folds
+    np.testing.assert_array_equal(a.domains["src"].confusion.sum(axis=1), [30, 30, 30])
+
+
+def test_shared_setting_restricts_train_and_test() -> None:
+    two = CLASSES[1:]
+    data = {"src": make_domain(30, 0), "tgt": make_domain(20, 3, classes=two)}
+    assert shared_classes(data, "src") == ["lymphocyte", "neutrophil"]
+    result = evaluate([("plain", data)], Protocol("src", heads=("logreg",), folds=3))
+    assert result.classes == {"all": tuple(CLASSES), "shared": tuple(two)}
+    all_row, shared_row = result.rows["all"][0], result.rows["shared"][0]
+    assert all_row.domains["tgt"].confusion.shape == (2, 3)  # target classes x the classes the head knows
+    assert shared_row.domains["src"].confusion.shape == (2, 2)
+    assert shared_row.domains["src"].confusion.sum() == 60
+    d = result.to_dict()
+    assert d["targets"] == ["tgt"] and set(d["settings"]) == {"all", "shared"}
+    assert d["settings"]["shared"]["rows"][0]["cross_domain_average"]["mean"] == shared_row.average().mean
+
+
+def test_restrict_and_too_few_shared_classes() -> None:
+    data = {"src": make_domain(10, 0), "tgt": make_domain(10, 1, classes=CLASSES[:1])}
+    assert [len(y) for _, y in restrict(data, ["eosinophil"]).values()] == [10, 10]
+    result = evaluate([("plain", data)], Protocol("src", heads=("logreg",), folds=2))
+    assert "shared" not in result.rows and "fewer than 2" in result.notes[0]
+
+
+def test_bad_inputs_raise_clear_errors(domains) -> None:
+    with pytest.raises(ConfigError, match="unknown heads"):
+        Protocol("src", heads=("rf",))
+    with pytest.raises(ConfigError, match="not among the domains"):
+        evaluate([("m", domains)], Protocol("lab"))
+    with pytest.raises(ConfigError, match="lower --folds"):
+        evaluate([("m", {"src": make_domain(3, 0)})], Protocol("src"))
+    with pytest.raises(ConfigError, match="not .* as the first method"):
+        evaluate([("m", domains), ("n", {"src": domains["src"]})], Protocol("src"))
+
+
+def test_method_transform_runs_after_the_class_restriction() -> None:
+    data = {"src": make_domain(10, 0), "tgt": make_domain(10, 1, classes=CLASSES[1:])}
+    method = Method("std", data, standardise_per_domain)
+    restricted = method.arrays(["lymphocyte", "neutrophil"])
+    for x, y in restricted.values():  # statistics of the kept cells only: exactly centred
+        assert set(y) == {"lymphocyte", "neutrophil"}
+        np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-5)
+    full_src = method.arrays()["src"][0]
+    assert full_src.shape == (30, 6) and abs(full_src[10:].mean()) > 1e-3  # the eosinophils shifted the mean
