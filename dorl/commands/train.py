@@ -59,15 +59,20 @@ def train(
                                                         "domain has")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="reuse finished stages' checkpoints")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    backend: Annotated[str, typer.Option(help="under torchrun: auto (nccl on GPUs, gloo on CPUs), nccl or gloo")] = "auto",
 ) -> None:
     """Train DoRL on domains of cell images and write a bundle."""
+    from contextlib import nullcontext
+
     from dorl.config import ModelConfig
     from dorl.data.framing import FramingConfig
     from dorl.training import config as training
     from dorl.training.device import resolve_device
+    from dorl.training.distributed import start, stop
     from dorl.training.pipeline import train as run_training
-    from dorl.training.progress import RichReporter
+    from dorl.training.progress import NullReporter, RichReporter
 
+    processes = start(device, backend)  # joins torchrun's other processes, if any; rank 0 alone prints
     domains, class_list = _load(domain, classes)
     on_cpu = resolve_device(device).type == "cpu"
     model = ModelConfig(encoder=encoder, class_names=class_list)
@@ -84,13 +89,17 @@ def train(
         config = dataclasses.replace(config, framing=framed)
     config = config.with_head(head)
     show = console()
+    show.quiet = not processes.is_main
     for d in domains:
         show.print(d.describe())
     show.print(f"classes: {', '.join(class_list)}; schedule: {config.schedule}; device: {device}; "
                f"input: {config.framing.input}" + (f" (crop mask: {config.framing.mask})" if config.framing.cell else ""))
-    with RichReporter() as reporter:
+    with RichReporter() if processes.is_main else nullcontext(NullReporter()) as reporter:
         result = run_training(domains, out, config, stages=tuple(_split(stages)), resume=resume, reporter=reporter,
                               checkpoint=checkpoint, device=device)
+    stop()
+    if not processes.is_main:
+        return
     seconds = result.metadata.get("seconds", {})
     show.print(f"stages run: {', '.join(result.ran) or 'none'}; reused: {', '.join(result.reused) or 'none'}; "
                f"seconds: {seconds}")

@@ -16,7 +16,6 @@ covariances (Deep CORAL's ||C_anchor − C_d||²_F / 4D²).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +27,7 @@ from dorl.models.cae import CAE
 from dorl.training.config import CaeTrainConfig
 from dorl.training.datasets import DomainBatches
 from dorl.training.device import autocast
+from dorl.training.distributed import data_parallel, leading_rows, rows_parallel
 from dorl.training.progress import NullReporter, Reporter
 from dorl.training.schedule import warmup_cosine_scheduler
 from dorl.training.ssim import ssim_loss, target_tensor
@@ -95,7 +95,7 @@ def alignment_loss(cae: CAE, tokens: torch.Tensor, z: torch.Tensor, domain_ids: 
     """L_mmd of one batch for `alignment` (see ALIGNMENTS): on z, or on the unmasked CLS feature."""
     if alignment == "z":
         return mean_matching(z, domain_ids)
-    cls = standardised(cae.feature(tokens))
+    cls = standardised(rows_parallel(cae.feature, tokens))
     loss = mean_matching(cls, domain_ids)
     return loss + coral(cls, domain_ids) if alignment == "cls_coral" else loss
 
@@ -111,7 +111,7 @@ def cae_outputs(cae: CAE, tokens: torch.Tensor, ssim_fraction: float = 1.0) -> d
         return cae(tokens)
     latent, ids_restore = cae.encode(tokens.flatten(2).transpose(1, 2), cae.mask_ratio)
     rec = cae.decode(latent, ids_restore)
-    rows = max(1, math.ceil(ssim_fraction * len(tokens)))
+    rows = leading_rows(ssim_fraction, len(tokens))
     return {"feature": latent[:, 0], "z": cae.project(rec), "tokens": rec, "image": cae.image_decoder(rec[:rows])}
 
 
@@ -129,7 +129,7 @@ def cae_losses(cae: CAE, tokens: torch.Tensor, targets: torch.Tensor, domain_ids
     Returns:
         "loss" (the weighted total), "ssim", "mmd" and "rec".
     """
-    out = cae_outputs(cae, tokens, config.ssim_fraction)
+    out = rows_parallel(lambda rows: cae_outputs(cae, rows, config.ssim_fraction), tokens)
     mmd = alignment_loss(cae, tokens, out["z"], domain_ids, config.alignment) if config.mmd_weight > 0 \
         else out["z"].new_zeros(())
     parts = {
@@ -171,6 +171,7 @@ def train_cae(cae: CAE, token_sets: Sequence[TokenSet], config: CaeTrainConfig, 
     domain_ids = torch.from_numpy(ids).to(device)
     tokens, targets = tokens.to(device), targets.to(device)
     cae.to(device).train()
+    step = data_parallel(cae)
     optimizer = torch.optim.AdamW(cae.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * len(batches)
     scheduler = warmup_cosine_scheduler(optimizer, total, min(config.warmup_iters, total))
@@ -181,7 +182,7 @@ def train_cae(cae: CAE, token_sets: Sequence[TokenSet], config: CaeTrainConfig, 
         for index in batches:
             rows = torch.from_numpy(index).to(device)
             with autocast(device):
-                parts = cae_losses(cae, tokens[rows].float(), target_tensor(targets[rows]), domain_ids[rows], config)
+                parts = step(cae_losses, tokens[rows].float(), target_tensor(targets[rows]), domain_ids[rows], config)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()

@@ -31,7 +31,7 @@ import torch
 from dorl.bundle import save_bundle
 from dorl.config import ModelConfig, from_dict, to_dict
 from dorl.data.domains import Domain
-from dorl.errors import ConfigError
+from dorl.errors import ArtifactError, ConfigError
 from dorl.models.dorl_model import DoRLModel
 from dorl.models.registry import build_model
 from dorl.pretrained import build_pretrained
@@ -39,6 +39,7 @@ from dorl.training.cae import train_cae
 from dorl.training.checkpoint import StageCheckpoint, load_stage, restore, save_stage
 from dorl.training.config import CPU_DEVIATIONS, STAGES, TrainConfig, train_config_to_dict
 from dorl.training.device import resolve_device
+from dorl.training.distributed import current, main_writes
 from dorl.training.heads import anchor_features, fit_head, head_summary, to_torch_head
 from dorl.training.progress import NullReporter, Reporter
 from dorl.training.seg import run_segmentation
@@ -102,7 +103,11 @@ class _Run:
                parent: str | None, metrics: dict[str, Any]) -> StageCheckpoint:
         state = {"model_config": to_dict(model.config), "key": key, "parent": parent, "metrics": metrics}
         self.result.ran.append(stage)
-        return save_stage(self.out, stage, parts, state)
+        found = main_writes(lambda: save_stage(self.out, stage, parts, state), lambda: load_stage(self.out, stage))
+        if found is None:
+            raise ArtifactError(f"the {stage} checkpoint written by rank 0 is not in {self.out} on this node: "
+                                "training on several nodes needs --out on a filesystem they all see.")
+        return found
 
     def reuse(self, stage: str, found: StageCheckpoint) -> None:
         self.result.reused.append(stage)
@@ -150,7 +155,8 @@ def train(domains: Sequence[Domain], out_dir: str | Path, config: TrainConfig | 
                                               "fingerprint": model_fingerprint(model),
                                               "settings": {d.name: json.loads(settings.key(d.name))
                                                            for d in run.domains}}
-    save_bundle(model, run.result.bundle, run.result.metadata, source_features=_source_features(run, model, tokens))
+    source = _source_features(run, model, tokens)
+    main_writes(lambda: save_bundle(model, run.result.bundle, run.result.metadata, source_features=source))
     return run.result
 
 
@@ -273,6 +279,7 @@ def _metadata(run: _Run) -> dict[str, Any]:
                          "segmenter_trusted_on": list(run.settings().trusted)},
         "deviations_from_paper": list(CPU_DEVIATIONS) if config.schedule == "cpu" else [],
         "device": str(run.device),
+        "processes": current().world_size,
         "stages_run": list(run.result.ran),
         "stages_reused": list(run.result.reused),
         **run.metrics,

@@ -30,6 +30,7 @@ from dorl.pretrained import build_pretrained
 from dorl.training.config import SegTrainConfig, TrainConfig
 from dorl.training.datasets import Augment, SegDataset, cell_masks, load_images, spread
 from dorl.training.device import autocast
+from dorl.training.distributed import RowShard, data_parallel, gather_rows
 from dorl.training.progress import NullReporter, Reporter
 from dorl.training.schedule import warmup_cosine_scheduler
 
@@ -76,6 +77,12 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: float = 0.2,
     return ce_weight * ce + dice_weight * dice.mean()
 
 
+def mask_logits(model: DoRLModel, images: torch.Tensor) -> torch.Tensor:
+    """Mask logits [B,K,S/4,S/4] of images float [B,3,S,S] (0–255)."""
+    _, neck = model.encode(images)
+    return model.mask_decoder(neck)
+
+
 def masks_from_logits(mask_logits: torch.Tensor, size: int) -> np.ndarray:
     """Mask logits [B,K,h,w] → cell masks bool [B,size,size]: upsample, argmax > 0, largest component."""
     up = F.interpolate(mask_logits.float(), size=(size, size), mode="bilinear", align_corners=False)
@@ -111,9 +118,10 @@ def train_segmentation(model: DoRLModel, images: np.ndarray, masks: np.ndarray, 
     add_lora(model, model.config.lora or LoraConfig())
     model.to(device)
     augment = Augment(config.flip, config.rotate, config.jitter, config.hue)
-    loader = DataLoader(SegDataset(images, masks, augment, seed), batch_size=config.batch_size, shuffle=True,
+    loader = DataLoader(RowShard(SegDataset(images, masks, augment, seed)), batch_size=config.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed), drop_last=len(images) > config.batch_size)
     params = trainable_parameters(model)
+    step = data_parallel(model, params)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * len(loader)
     scheduler = warmup_cosine_scheduler(optimizer, total, round(config.warmup_epochs * len(loader)))
@@ -126,8 +134,8 @@ def train_segmentation(model: DoRLModel, images: np.ndarray, masks: np.ndarray, 
         for batch, target in loader:
             batch, target = batch.to(device), target.to(device)
             with autocast(device):
-                _, neck = model.encode(batch)
-                logits = model.mask_decoder(neck)
+                logits = step(mask_logits, batch)
+            logits, target = gather_rows(logits, target)
             loss = seg_loss(logits, target, config.ce_weight, config.dice_weight, config.dice_per_image)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

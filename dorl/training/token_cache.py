@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from dorl.data.pseudo_masks import pseudo_mask
 from dorl.models.dorl_model import DoRLModel
 from dorl.training.cell_inputs import SSIM_MASKS, CellMasks, cell_inputs
 from dorl.training.device import autocast
+from dorl.training.distributed import main_writes, sharded_encode
 from dorl.training.progress import NullReporter, Reporter
 from dorl.training.seg import masks_from_logits
 
@@ -177,6 +179,12 @@ def encode_domain(model: DoRLModel, domain: Domain, device: torch.device, batch_
                     torch.cat(tokens).contiguous(), torch.cat(targets).contiguous(), info)
 
 
+def _encode_rows(model: DoRLModel, part: Domain, rows: slice, pseudo: np.ndarray | None = None,
+                 **options: Any) -> TokenSet:
+    """`encode_domain` on `part`, the cells `rows` of a domain whose pseudo masks are `pseudo`."""
+    return encode_domain(model, part, pseudo=None if pseudo is None else pseudo[rows], **options)
+
+
 def domain_pseudo_masks(domain: Domain, keys: list[str], size: int, cache_dir: str | Path,
                         reporter: Reporter | None = None) -> np.ndarray:
     """Pseudo masks bool [N,size,size] of a domain's cells, computed on the resized image (as the
@@ -263,9 +271,11 @@ def cached_tokens(model: DoRLModel, domains: list[Domain], cache_dir: str | Path
             out.append(cached)
             continue
         pseudo = None
-        if _needs(settings, domain)[0]:
-            pseudo = domain_pseudo_masks(domain, keys, model.config.image_size, cache_dir, reporter)
-        token_set = encode_domain(model, domain, device, batch_size, reporter, settings, pseudo)
-        save_token_set(token_set, path, fingerprint, key)
+        if _needs(settings, domain)[0]:  # rank 0 computes and keeps them, the other processes read them back
+            masks = partial(domain_pseudo_masks, domain, keys, model.config.image_size, cache_dir, reporter)
+            pseudo = main_writes(masks, masks)
+        token_set = sharded_encode(partial(_encode_rows, model, device=device, batch_size=batch_size,
+                                           reporter=reporter, settings=settings, pseudo=pseudo), domain)
+        main_writes(partial(save_token_set, token_set, path, fingerprint, key))
         out.append(token_set)
     return out
