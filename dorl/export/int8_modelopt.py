@@ -55,11 +55,39 @@ def _modelopt_on_cpu() -> Iterator[None]:
     trt_utils.TRT_PYTHON_AVAILABLE = saved and is_available("tensorrt")
     log, quiet = logging.getLogger("modelopt.onnx"), _NoNvmlError()
     log.addFilter(quiet)
+    ort_state = _ort_quantization_state()
     try:
         yield
     finally:
         trt_utils.TRT_PYTHON_AVAILABLE = saved
         log.removeFilter(quiet)
+        _restore(ort_state)
+
+
+_ORT_MODULES = ("calibrate", "base_quantizer", "qdq_quantizer", "onnx_quantizer")
+
+
+def _ort_quantization_state() -> list[tuple[object, str, object]]:
+    """Every module- and class-level attribute of ONNX Runtime's quantizer that Model Optimizer patches
+    in place (its calibrators, `create_calibrator`, the QDQ quantizer's checks): restored after each
+    call, so ONNX Runtime's own quantizer works again in the same process."""
+    import importlib
+
+    state: list[tuple[object, str, object]] = []
+    for name in _ORT_MODULES:
+        module = importlib.import_module(f"onnxruntime.quantization.{name}")
+        for key, value in list(vars(module).items()):
+            state.append((module, key, value))
+            if isinstance(value, type) and value.__module__ == module.__name__:
+                state.extend((value, k, v) for k, v in list(vars(value).items()) if not k.startswith("__")
+                             or k == "__init__")
+    return state
+
+
+def _restore(state: list[tuple[object, str, object]]) -> None:
+    for owner, key, value in state:
+        if getattr(owner, key, None) is not value:
+            setattr(owner, key, value)
 
 
 def quantize_modelopt(fp32_path: Path, out_path: Path, calibration_paths: Sequence[str], size: int, input_name: str,
