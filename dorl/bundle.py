@@ -87,8 +87,13 @@ def feature_statistics(features: Any) -> dict[str, torch.Tensor]:
         raise ValueError(f"source features must be [N>=2, D], got {tuple(x.shape)}")
     centred = x - x.mean(0)
     cov = centred.T @ centred / (x.shape[0] - 1)
-    return {"mean": x.mean(0).float(), "std": x.std(0).float(), "cov": cov.float(),
-            "n": torch.tensor([float(x.shape[0])])}
+    stats = {"mean": x.mean(0).float(), "std": x.std(0).float(), "cov": cov.float(),
+             "n": torch.tensor([float(x.shape[0])])}
+    if x.shape[0] >= 10:  # the analyzer's "no cell" threshold: 99 % of held-out source cells' distances
+        from dorl.runtime.cell_check import calibrate_threshold
+
+        stats["distance_threshold"] = torch.tensor([calibrate_threshold(x.numpy())], dtype=torch.float32)
+    return stats
 
 
 def load_feature_stats(bundle: str | Path | BundleManifest) -> dict[str, torch.Tensor] | None:

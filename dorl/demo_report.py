@@ -125,7 +125,7 @@ def write_demo_report(out: Path, trained: Any, evaluation: dict[str, Any], artif
         ("Accuracy here is on the labelled bccd sample (another lab than the training cells), unadapted; "
          "top-1 agreement is with ONNX Runtime FP32."),
         "",
-        "Plots: `evaluate/` (confusion matrices), `bench/` (latency, throughput, accuracy).",
+        "Plots: `evaluate/` (summary: rows with 95 % intervals, confusion matrices), `bench/` (latency, throughput, accuracy).",
     ]
     path = out / "report.md"
     path.write_text("\n".join(parts) + "\n")

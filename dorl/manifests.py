@@ -98,6 +98,25 @@ def _specs(entries: Any) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec.from_dict(entry) for entry in entries)
 
 
+def parse_framing(raw: Mapping[str, Any]) -> Any:
+    """The `dorl.data.framing.FramingConfig` a graph's manifest records (copied from its bundle), or
+    None when it records none (a whole-image model).
+
+    Raises:
+        ArtifactError: the record is not a valid framing.
+    """
+    record = raw.get("framing")
+    if record is None:
+        return None
+    from dorl.data.framing import FramingConfig
+
+    try:
+        return from_dict(FramingConfig, dict(record))
+    except (TypeError, ValueError, ConfigError) as exc:
+        raise ArtifactError(f"the manifest in {raw.get('folder')} records an invalid framing {record!r} ({exc}): "
+                            "re-export the artifact with this dorl.") from exc
+
+
 @dataclass(frozen=True)
 class GraphDescription(Manifest):
     """What ONNX graphs and engines share: I/O, classes, input size, the head beside them."""
@@ -109,6 +128,7 @@ class GraphDescription(Manifest):
     outputs: tuple[TensorSpec, ...]
     head_kind: str | None
     source_bundle_sha256: str | None
+    framing: Any  # dorl.data.framing.FramingConfig: how an image becomes the encoder's input; None: whole image
 
     @property
     def head_path(self) -> Path | None:
@@ -122,7 +142,7 @@ class GraphDescription(Manifest):
         return {"precision": str(raw.get("precision", "fp32")), "class_names": tuple(raw.get("class_names") or ()),
                 "image_size": int(size) if size is not None else None, "inputs": _specs(raw["inputs"]),
                 "outputs": _specs(raw["outputs"]), "head_kind": head.get("kind"),
-                "source_bundle_sha256": raw.get("source_bundle_sha256")}
+                "source_bundle_sha256": raw.get("source_bundle_sha256"), "framing": parse_framing(raw)}
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
-"""Issue 7 end to end: a bundle's head and source statistics travel into the ONNX artifact, and the
+"""Site adaptation end to end: a bundle's head and source statistics travel into the ONNX artifact, and the
 adapted ONNX Runtime path gives the same labels as the PyTorch reference with the same profile."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from dorl.bundle import load_bundle, save_bundle
@@ -27,13 +28,19 @@ def test_adapted_onnx_labels_equal_pytorch_with_the_same_profile(wbc_dir, tmp_pa
     save_bundle(model, tmp_path / "bundle", source_features=features)
     export_onnx(tmp_path / "bundle", tmp_path / "onnx", "fp32", images=source_cells[:4])
     assert (tmp_path / "onnx" / "head.safetensors").is_file()
+    from dorl.runtime.cell_check import calibrate_threshold
+
+    with Analyzer(tmp_path / "onnx") as analyzer:  # the "no cell" threshold travelled from the bundle
+        assert analyzer.cell_check is not None and analyzer.cell_check.distance is not None
+        assert "recorded with the bundle" in analyzer.cell_check.distance.calibration
+        assert analyzer.cell_check.distance.threshold == pytest.approx(calibrate_threshold(features.numpy()), rel=1e-5)
 
     site_cells = sorted((wbc_dir / "bccd").rglob("*.jpg"))[:24]
     profile = adapt_site(tmp_path / "onnx", site_cells, "bccd", min_cells=20)
     from dorl.runtime.site_profile import save_profile
 
     save_profile(profile, tmp_path / "site")
-    with Analyzer(tmp_path / "onnx", site=tmp_path / "site") as analyzer:
+    with Analyzer(tmp_path / "onnx", site=tmp_path / "site", check_cells=False) as analyzer:  # labels only
         onnx_labels = [r.label for r in analyzer.analyze(site_cells)]
 
     reference = load_bundle(tmp_path / "bundle")

@@ -66,6 +66,7 @@ class Target:
     path: str
     precision: str
     class_names: tuple[str, ...] = ()
+    framing: dict[str, Any] | None = None  # the model's framing record; input "cell": the analyzer runs two passes
 
 
 def targets_from(artifacts: Sequence[str | Path], bundle: str | Path | None) -> list[Target]:
@@ -74,12 +75,14 @@ def targets_from(artifacts: Sequence[str | Path], bundle: str | Path | None) -> 
     Raises:
         ArtifactError: an artifact is missing, corrupt or not an ONNX graph or engine.
     """
-    from dorl.manifests import GraphDescription, read_artifact, read_bundle
+    from dorl.manifests import GraphDescription, parse_framing, read_artifact, read_bundle
 
     targets = []
     if bundle is not None:
-        classes = read_bundle(bundle, verify=False).class_names
-        targets.append(Target("pytorch-eager-fp32", "pytorch", str(bundle), "fp32", classes))
+        read = read_bundle(bundle, verify=False)
+        framing = parse_framing({**read.metadata, "folder": str(bundle)})  # refuses a malformed record now
+        targets.append(Target("pytorch-eager-fp32", "pytorch", str(bundle), "fp32", read.class_names,
+                              asdict(framing) if framing is not None else None))
     for path in artifacts:
         manifest = read_artifact(path, ("onnx", "engine"), verify=False)
         assert isinstance(manifest, GraphDescription)
@@ -89,7 +92,8 @@ def targets_from(artifacts: Sequence[str | Path], bundle: str | Path | None) -> 
         name = f"{backend}-{manifest.precision}{variant}"
         if any(t.name == name for t in targets):
             name = f"{name}:{manifest.folder.name}"
-        targets.append(Target(name, backend, str(path), manifest.precision, manifest.class_names))
+        targets.append(Target(name, backend, str(path), manifest.precision, manifest.class_names,
+                              asdict(manifest.framing) if manifest.framing is not None else None))
     if not targets:
         raise ConfigError("nothing to benchmark: give at least one artifact folder or --bundle.")
     return targets
@@ -188,7 +192,7 @@ def _measure(target: Target, cells: accuracy.Cells, settings: BenchSettings) -> 
         largest = max((b["batch"] for b in timed), default=session.max_batch or 1)
         inference = next((b["latency_ms"]["p50"] / b["batch"] for b in timed if b["batch"] == largest), None)
         pipeline = accuracy.analyzer_pass(session.runner, session.class_names, session.image_size, cells, largest,
-                                          inference)
+                                          inference, framing=target.framing)
         flops = session.flops()
     finally:
         session.close()

@@ -119,6 +119,10 @@ def notes(report: dict[str, Any]) -> list[str]:
             found.append(f"{r['name']}: {agreement['near_ties']} of {agreement['total']} reference predictions are "
                          f"near-ties (top-2 gap < 0.05), {agreement['disagree_on_near_ties']} of the disagreements among "
                          f"them; largest probability difference {agreement['max_abs_prob_diff']:.4f}.")
+        if r.get("second_pass_ms_per_cell") is not None:
+            found.append(f"{r['name']}: cell-centric, two passes per batch; the second (the cell cut out on the host, "
+                         f"inference on the crop) costs {r['second_pass_ms_per_cell']:.2f} of the analyzer's "
+                         f"{r['analyzer_ms_per_cell']:.2f} ms per cell.")
         if flops.get("unresolved_count"):
             found.append(f"{r['name']}: {flops['unresolved_count']} matmul/conv nodes had unknown shapes and are "
                          "missing from the FLOP count.")

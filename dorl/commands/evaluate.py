@@ -9,7 +9,9 @@ import typer
 
 from dorl.commands.common import fail, user_errors
 
-HEADS_HELP = "Comma-separated heads to fit per fold: svm (linear), logreg, mlp."
+HEADS_HELP = "Comma-separated heads to fit per split: svm (linear, what `dorl train` deploys), logreg, mlp."
+# The CAE rows of the table (dorl.evaluation.run.CAE_VARIANTS; written here to keep the CLI import light).
+CAE_VARIANT_NAMES = ("DoRL (CAE CLS)", "CAE without mean-matching", "CLS-aligned CAE")
 
 
 @user_errors
@@ -17,42 +19,54 @@ def evaluate(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `dorl train`.")],
     domain: Annotated[list[str], typer.Option(
         "--domain", "-d", help="NAME=PATH of a domain (class folders of images); repeat it. The first is the source.")],
-    output: Annotated[Path, typer.Option("-o", "--output", "--out", help="Folder for results.json, results.md, confusion PNGs.")],
-    heads: Annotated[str, typer.Option(help=HEADS_HELP)] = "svm,logreg,mlp",
+    output: Annotated[Path, typer.Option("-o", "--output", "--out",
+                                         help="Folder for results.json, results.md and the PNGs.")],
+    heads: Annotated[str, typer.Option(help=HEADS_HELP)] = "svm",
     folds: Annotated[int, typer.Option(min=2, help="Stratified folds on the source domain.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of the fold split and of the heads.")] = 1234,
+    seed: Annotated[int, typer.Option(help="First seed of the fold splits and the heads.")] = 1234,
+    repeats: Annotated[int, typer.Option(min=1, help="Seeds (seed, seed+1, ...): each splits the source anew.")] = 3,
+    framings: Annotated[str, typer.Option(help="Comma-separated encoder inputs to score: whole, cell.")] = "whole,cell",
+    cae_variants: Annotated[str, typer.Option(
+        "--cae-variants", help=f"Comma-separated CAE rows (empty: none): {', '.join(CAE_VARIANT_NAMES)}.")] =
+        ",".join(CAE_VARIANT_NAMES),
     cache: Annotated[Path | None, typer.Option(
-        help="Token cache folder (reused when bundle and images match; default OUTPUT/tokens).")] = None,
-    cae_baseline: Annotated[bool, typer.Option(
-        "--cae-baseline/--no-cae-baseline", help="Train the CAE without mean-matching (the bundle's CAE schedule).")] = True,
-    pooled_baselines: Annotated[bool, typer.Option(
-        "--pooled-baselines/--no-pooled-baselines", help="Score pooled encoder tokens, plain and per-domain standardised.")] = True,
-    confusion: Annotated[bool, typer.Option("--confusion/--no-confusion", help="Write confusion-matrix PNGs.")] = True,
+        help="Token and CAE cache folder (reused when bundle and images match; default OUTPUT/cache).")] = None,
+    confusion: Annotated[bool, typer.Option("--confusion/--no-confusion",
+                                            help="Also write one confusion PNG per row.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder pass.")] = 32,
     adapt_methods: Annotated[str, typer.Option(
-        "--adapt-methods", help="Comma-separated site-adaptation maps, one row each: mean, standardise, coral.")] = "mean",
+        "--adapt-methods", help="Comma-separated site-adaptation maps, one row each (empty: none): "
+                                "mean, standardise, coral.")] = "mean",
 ) -> None:
-    """Cross-validate heads on the source domain and test them on every other domain."""
-    from dorl.evaluation.report import distinct_settings, table, write_report
+    """Cross-validate heads on the source domain and test them on every other domain, for every
+    feature (CAE variants, pooled tokens), input framing and adaptation."""
+    from dorl.evaluation.report import distinct_settings, headline, write_report
     from dorl.evaluation.run import EvaluationOptions, evaluate_bundle
     from dorl.training.progress import RichReporter
 
     if not bundle.exists():
         fail(f"bundle {bundle} does not exist: give the bundle folder `dorl train` wrote (OUT/bundle).")
-    options = EvaluationOptions(heads=_listed(heads), folds=folds, seed=seed, cae_baseline=cae_baseline,
-                                pooled_baselines=pooled_baselines, adapt_methods=_listed(adapt_methods), device=device,
-                                batch_size=batch_size)
+    options = EvaluationOptions(heads=_listed(heads), folds=folds, seed=seed, repeats=repeats,
+                                framings=_listed(framings), cae_variants=_variants(cae_variants),
+                                adapt_methods=_listed(adapt_methods), device=device, batch_size=batch_size)
     with RichReporter() as reporter:
-        result = evaluate_bundle(bundle, domain, cache or output / "tokens", options, reporter)
+        result = evaluate_bundle(bundle, domain, cache or output / "cache", options, reporter)
         data = result.to_dict()
         paths = write_report(data, output, confusion=confusion)
     for setting in distinct_settings(data):
-        typer.echo(f"\n{setting} classes, accuracy %:\n{table(data, setting)}")
+        typer.echo(f"\n{setting} classes, mean ± 95 % interval, %:\n{headline(data, setting)}")
     for note in data["notes"]:
         typer.echo(f"note: {note}", err=True)
-    typer.echo(f"\nwrote {paths['json']}, {paths['markdown']} and {len(paths['confusion'])} confusion PNGs", err=True)
+    typer.echo(f"\nwrote {paths['json']}, {paths['markdown']}, {len(paths['summary'])} summary and "
+               f"{len(paths['confusion'])} confusion PNGs", err=True)
 
 
 def _listed(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _variants(text: str) -> tuple[str, ...]:
+    """CAE variant names, matched without regard to case (their names hold no commas)."""
+    by_lower = {name.lower(): name for name in CAE_VARIANT_NAMES}
+    return tuple(by_lower.get(part.lower(), part) for part in _listed(text))

@@ -18,7 +18,7 @@ def fields(
     artifact: Annotated[Path, typer.Argument(help="An exported ONNX artifact folder or a TensorRT engine folder.")],
     frames: Annotated[list[Path], typer.Argument(help="Frame files, or folders searched recursively for frames.")],
     output: Annotated[Path | None, typer.Option(
-        "-o", "--output", help="Write the records to this file instead of standard output.")] = None,
+        "-o", "--output", "--out", help="Write the records to this file instead of standard output.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Cells per inference call.")] = 8,
     threshold: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Top probability below which a cell is flagged uncertain.")] = 0.5,

@@ -3,30 +3,36 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
-import math
-from collections.abc import Iterator, Sequence
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from dorl.commands.common import console, fail, user_errors
+from dorl.commands.common import console, user_errors
 
 BACKEND_HELP = "auto (from the artifact), onnxruntime or tensorrt."
+EXIT_CODES_HELP = (
+    "Exit codes: 0 every image labelled; 1 nothing analysed (bad artifact, option or output); 2 usage error; "
+    "3 some images failed, hold no cell or could not be reached (the others are labelled); 4 no image labelled; "
+    "130/143 stopped by Ctrl-C/SIGTERM after writing the results reached."
+)
 
 
 @user_errors
 def predict(
     artifact: Annotated[Path, typer.Argument(help="An exported ONNX artifact folder or a TensorRT engine folder.")],
     images: Annotated[list[Path], typer.Argument(help="Image files, or folders searched recursively for images.")],
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per image (JSON Lines).")] = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV with one probability column per class.")] = False,
-    save_masks: Annotated[
-        Path | None, typer.Option("--save-masks", help="Write each cell mask as a PNG into this folder.")
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")] = 8,
+    save_masks: Annotated[Path | None, typer.Option(
+        "--save-masks", help="Write each cell mask as a PNG into this new or empty folder (subfolders kept).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Let --save-masks write into a folder that already holds files, replacing same names.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, help="Images per inference call (capped by the artifact: 64, or an engine's max).")] = 8,
     threshold: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Top probability below which a cell is flagged uncertain.")
     ] = 0.5,
@@ -34,103 +40,86 @@ def predict(
     site: Annotated[
         Path | None, typer.Option(help="Site profile from `dorl adapt` to re-centre features for this lab.")
     ] = None,
+    no_cell_check: Annotated[bool, typer.Option(
+        "--no-cell-check", help="Label every image, even one whose mask or feature says it holds no white cell.")
+    ] = False,
 ) -> None:
-    """Classify and segment cell images; bad images are reported per image, not fatal."""
-    from dorl.data.images import find_images
-    from dorl.runtime.analyzer import Analyzer
+    """Classify and segment cell images; results stream out batch by batch, bad images are reported per image.
+
+    Each image gets a status: ok, uncertain (labelled, low confidence), no_cell (no analysable white
+    cell: the label is withheld and the reasons given) or failed (with its error). Ctrl-C or SIGTERM
+    finishes the current batch, prints its results and the summary, then stops.
+    """
+    from dorl.runtime.predict import PredictRequest, prepare_predict, run_predict
+    from dorl.runtime.stream import stop_on_signals
 
     if json_out and csv_out:
-        fail("--json and --csv exclude each other: choose one output format.")
-    files = find_images(images)
-    if not files:
-        fail(f"no image files found in {', '.join(map(str, images))}: give image files or folders holding them.")
-    with Analyzer(artifact, backend=backend, batch_size=batch_size, threshold=threshold, site=site) as analyzer:
-        results = list(_with_progress(analyzer.iter_analyze(files), len(files)))
-        class_names = analyzer.class_names
-    mask_files = _save_masks(results, save_masks) if save_masks is not None else [None] * len(results)
-    records = [_record(r, m) for r, m in zip(results, mask_files)]
-    if json_out:
-        for record in records:
-            typer.echo(json.dumps(record))
-    elif csv_out:
-        typer.echo(_csv(records, class_names), nl=False)
-    else:
-        _print_table(records)
-    failed = sum(r["error"] is not None for r in records)
-    uncertain = sum(r["uncertain"] and r["error"] is None for r in records)
-    typer.echo(f"{len(records)} images: {len(records) - failed} analysed ({uncertain} uncertain), {failed} failed.", err=True)
-    if failed == len(records):
-        fail("none of the images could be read: see the errors above.")
+        raise typer.BadParameter("--json and --csv exclude each other: choose one output format.")
+    request = PredictRequest(artifact, tuple(images), save_masks, overwrite, batch_size, threshold, backend, site,
+                             not no_cell_check)
+    plan = prepare_predict(request)
+    for note in plan.notes:
+        _warn(note)
+    for path in plan.scan.ignored[:10]:
+        typer.echo(f"ignored (not an image file): {path}", err=True)
+    if len(plan.scan.ignored) > 10:
+        typer.echo(f"... and {len(plan.scan.ignored) - 10} more files ignored", err=True)
+    write = _writer("json" if json_out else "csv" if csv_out else "text", plan.class_names)
+    with stop_on_signals() as stop, _progress(len(plan.scan.entries)) as advance:
+        tally = run_predict(plan, write, stop, advance, _warn)
+    sys.stdout.flush()
+    typer.echo(tally.summary(), err=True)
+    code = tally.exit_code()
+    if code == 4:
+        typer.secho("error: no image got a label: see the errors and no-cell reasons above.", fg=typer.colors.RED,
+                    err=True)
+    raise typer.Exit(code)
 
 
-def _with_progress(results: Iterator[Any], total: int) -> Iterator[Any]:
-    from rich.progress import Progress
-
-    err = console()
-    with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task("analysing cells", total=total)
-        for result in results:
-            progress.advance(task)
-            yield result
+def _warn(message: str) -> None:
+    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
 
 
-def _finite(value: float) -> float | None:
-    return round(value, 6) if math.isfinite(value) else None
+def _writer(fmt: str, class_names: list[str]) -> Any:
+    """A function printing one record in `fmt` and flushing, so each batch is visible at once."""
+    from dorl.runtime.records import csv_header, csv_row
+
+    out = sys.stdout
+    if fmt == "csv":
+        table = csv.writer(out, lineterminator="\n")
+        table.writerow(csv_header(class_names))
+
+    def write(record: dict[str, Any]) -> None:
+        if fmt == "json":
+            out.write(json.dumps(record, allow_nan=False) + "\n")
+        elif fmt == "csv":
+            table.writerow(csv_row(record, class_names))
+        else:
+            out.write(_text_line(record) + "\n")
+        out.flush()
+
+    return write
 
 
-def _record(result: Any, mask_file: Path | None) -> dict[str, Any]:
-    confidence = result.confidence
-    return {
-        "source": result.source,
-        "label": result.label,
-        "confidence": _finite(confidence) if confidence is not None else None,
-        "uncertain": result.uncertain,
-        "error": result.error,
-        "probs": {name: _finite(p) for name, p in result.probs.items()},
-        "mask": str(mask_file) if mask_file is not None else None,
-    }
+def _text_line(record: dict[str, Any]) -> str:
+    confidence = f"{record['confidence']:.3f}" if record["confidence"] is not None else "-"
+    detail = record["error"] or "; ".join(record["no_cell"]) or record.get("mask_error") or ""
+    return f"{record['source']}\t{record['status']}\t{record['label'] or '-'}\t{confidence}\t{detail}".rstrip()
 
 
-def _save_masks(results: Sequence[Any], folder: Path) -> list[Path | None]:
-    from PIL import Image
+class _progress:
+    """A transient progress bar on a terminal's stderr; nothing otherwise."""
 
-    folder.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    paths: list[Path | None] = []
-    for i, result in enumerate(results):
-        if result.mask is None:
-            paths.append(None)
-            continue
-        stem = Path(result.source).stem or f"cell_{i}"
-        name = f"{stem}.png" if f"{stem}.png" not in used else f"{stem}_{i}.png"
-        used.add(name)
-        Image.fromarray(result.mask.astype("uint8") * 255).save(folder / name)
-        paths.append(folder / name)
-    return paths
+    def __init__(self, total: int) -> None:
+        from rich.progress import Progress
 
+        err = console()
+        self.bar = Progress(console=err, transient=True, disable=not err.is_terminal)
+        self.task = self.bar.add_task("analysing cells", total=total)
 
-def _csv(records: list[dict[str, Any]], class_names: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["source", "label", "confidence", "uncertain", "error", "mask", *class_names])
-    for r in records:
-        probs = [r["probs"].get(name, "") for name in class_names]
-        writer.writerow([r["source"], r["label"] or "", r["confidence"] if r["confidence"] is not None else "",
-                         int(r["uncertain"]), r["error"] or "", r["mask"] or "", *probs])
-    return buffer.getvalue()
+    def __enter__(self) -> Any:
+        self.bar.__enter__()
+        return lambda n: self.bar.advance(self.task, n)
 
-
-def _print_table(records: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table()
-    table.add_column("source", overflow="fold")
-    for name in ("label", "confidence", "uncertain"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("error", overflow="fold")
-    for r in records:
-        confidence = f"{r['confidence']:.3f}" if r["confidence"] is not None else "-"
-        uncertain = "-" if r["error"] else ("yes" if r["uncertain"] else "no")
-        table.add_row(r["source"], r["label"] or "-", confidence, uncertain, r["error"] or "")
-    Console(soft_wrap=False).print(table)
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)

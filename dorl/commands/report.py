@@ -18,7 +18,7 @@ BACKEND_HELP = "auto (from the artifact), onnxruntime or tensorrt."
 def report(
     sources: Annotated[list[Path], typer.Argument(
         help="Folders or files of camera frames (with --artifact), or one cells.jsonl written by `dorl fields`.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Report folder to write.")],
+    output: Annotated[Path, typer.Option("-o", "--output", "--out", help="Report folder to write.")],
     artifact: Annotated[Path | None, typer.Option(
         help="Exported ONNX artifact or TensorRT engine folder that analyses the frames.")] = None,
     min_cells: Annotated[int, typer.Option("--min-cells", min=1, help="Warn below this many counted cells.")] = 100,

@@ -1,2 +1,3 @@
-"""The paper's cross-domain evaluation: the protocol on feature arrays (`protocol`, `domain_maps`),
-its scores (`metrics`), its report (`report`) and the driver of `dorl evaluate` (`run`)."""
+"""The cross-lab evaluation: the protocol on feature arrays (`protocol`, `domain_maps`), its scores
+and 95 % intervals (`metrics`), paired differences and their verdicts (`compare`), the report
+(`report`, `figures`) and the driver of `dorl evaluate` (`run`)."""

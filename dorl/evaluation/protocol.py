@@ -1,11 +1,14 @@
 """The paper's cross-domain protocol on plain feature arrays.
 
-For every fold of a stratified k-fold split of the source domain (seed 1234), each head
+For every fold of a stratified k-fold split of the source domain, repeated with several
+seeds (1234, 1235, 1236 by default: every seed splits anew and seeds the head), each head
 (standard scaler + linear SVM, logistic regression or MLP: the heads `dorl train` fits) is
 fit on the source training folds, then tested on the held-out fold (in-domain) and on *all*
 of every other domain.
-Accuracy is reported as mean ± std over folds, with macro-F1, per-class recall and a
-confusion matrix summed over folds.
+Balanced accuracy (the headline: a constant answer cannot score well on it), macro-F1 and
+accuracy are reported as mean ± std with a 95 % interval over the seeds x folds values, with
+per-class recall and a confusion matrix summed over them; each domain's class counts and
+the score of its majority class stand beside them.
 
 Two class settings: `all` trains on every source class and scores each target on its own
 labels (a target cell of a class the source lacks is always wrong); `shared` restricts
@@ -26,7 +29,7 @@ import numpy as np
 
 from dorl.data.splits import stratified_kfold
 from dorl.errors import ConfigError
-from dorl.evaluation.metrics import FoldSummary, MeanStd, Scores, summarise
+from dorl.evaluation.metrics import FoldSummary, MeanStd, Scores, majority_scores, summarise
 from dorl.training.config import HEAD_KINDS, HeadTrainConfig
 from dorl.training.progress import NullReporter, Reporter
 
@@ -34,18 +37,30 @@ DomainArrays = Mapping[str, tuple[np.ndarray, np.ndarray]]
 Transform = Callable[[DomainArrays], DomainArrays]
 HEADS = HEAD_KINDS
 SETTINGS = ("all", "shared")
+METRIC_NAMES = ("balanced_accuracy", "macro_f1", "accuracy")
+SMALL_CLASS = 5  # a class with fewer cells than this in a test domain is named as such: its recall is noise
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """What the protocol varies: the source domain, the heads, the folds and the seed."""
+    """What the protocol varies: the source domain, the heads, the folds, the seeds, the class settings."""
 
     source: str
     heads: tuple[str, ...] = HEADS
     folds: int = 5
-    seed: int = 1234
+    seed: int = 1234  # the first seed; the others follow it (seed + 1, ...)
+    repeats: int = 3  # how many seeds split the source and seed the heads
+    settings: tuple[str, ...] = SETTINGS
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(self.seed + i for i in range(self.repeats))
 
     def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise ConfigError(f"the protocol needs at least 1 seed, got repeats={self.repeats}.")
+        if not self.settings or any(s not in SETTINGS for s in self.settings):
+            raise ConfigError(f"class settings must be among {', '.join(SETTINGS)}, got {list(self.settings)}.")
         bad = [h for h in self.heads if h not in HEADS]
         if bad or not self.heads:
             raise ConfigError(f"unknown heads {bad or '(none)'}: choose among {', '.join(HEADS)}.")
@@ -62,6 +77,7 @@ class Method:
     name: str
     domains: DomainArrays
     transform: Transform | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)  # e.g. feature, framing, adaptation (for comparisons)
 
     def arrays(self, classes: Sequence[Any] | None = None) -> DomainArrays:
         """The domains restricted to `classes` (None: all), then transformed."""
@@ -77,20 +93,23 @@ class Row:
     head: str
     domains: dict[str, FoldSummary]
     source: str
+    tags: Mapping[str, str] = field(default_factory=dict)
 
-    def average(self, targets_only: bool = True) -> MeanStd:
-        """Per-fold mean accuracy over the target domains (or over every column, as the paper's table)."""
+    def average(self, targets_only: bool = True, metric: str = "accuracy") -> MeanStd:
+        """Per-split mean of `metric` over the target domains (or over every column, as the paper's table)."""
         names = [d for d in self.domains if d != self.source or not targets_only]
         if not names:
             return MeanStd.of([])
-        per_fold = np.mean([self.domains[d].accuracy.folds for d in names], axis=0)
+        per_fold = np.mean([getattr(self.domains[d], metric).folds for d in names], axis=0)
         return MeanStd.of(per_fold.tolist())
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "head": self.head,
+            "tags": dict(self.tags),
             "domains": {d: s.to_dict() for d, s in self.domains.items()},
+            "cross_lab": {m: self.average(True, m).to_dict() for m in METRIC_NAMES},
             "cross_domain_average": self.average(True).to_dict(),
             "average_all_columns": self.average(False).to_dict(),
         }
@@ -106,18 +125,41 @@ class Evaluation:
     rows: dict[str, list[Row]] = field(default_factory=dict)  # setting -> rows
     notes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # what was evaluated (bundle, domains, schedules)
+    counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # setting -> domain -> class -> cells
+    majority: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # setting -> domain -> scores
+    comparisons: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # setting -> paired differences
 
     def to_dict(self) -> dict[str, Any]:
+        p = self.protocol
         return {
-            "source": self.protocol.source,
-            "targets": [d for d in self.domains if d != self.protocol.source],
-            "protocol": {"heads": list(self.protocol.heads), "folds": self.protocol.folds, "seed": self.protocol.seed,
-                         "split": "StratifiedKFold(shuffle=True)", "std": "population (ddof=0)"},
-            "settings": {s: {"classes": [str(c) for c in self.classes[s]], "rows": [r.to_dict() for r in rows]}
+            "source": p.source,
+            "targets": [d for d in self.domains if d != p.source],
+            "protocol": {"heads": list(p.heads), "folds": p.folds, "seed": p.seed, "seeds": list(p.seeds),
+                         "split": "StratifiedKFold(shuffle=True), one split per seed",
+                         "std": "population (ddof=0)", "ci95": "Student t over the seeds x folds values"},
+            "settings": {s: {"classes": [str(c) for c in self.classes[s]], "rows": [r.to_dict() for r in rows],
+                             "class_counts": self.counts.get(s, {}), "majority": self.majority.get(s, {}),
+                             "small_classes": small_classes(self.counts.get(s, {})),
+                             "comparisons": self.comparisons.get(s, [])}
                          for s, rows in self.rows.items()},
             "notes": list(self.notes),
             "info": dict(self.info),
         }
+
+
+def class_counts(domains: DomainArrays) -> dict[str, dict[str, int]]:
+    """domain -> class -> number of cells."""
+    out = {}
+    for name, (_, y) in domains.items():
+        labels, counts = np.unique(np.asarray(y), return_counts=True)
+        out[name] = {str(label): int(n) for label, n in zip(labels.tolist(), counts.tolist())}
+    return out
+
+
+def small_classes(counts: Mapping[str, Mapping[str, int]], below: int = SMALL_CLASS) -> dict[str, list[str]]:
+    """domain -> its classes with fewer than `below` cells (their recall rests on a handful of cells)."""
+    return {d: sorted(c for c, n in per_class.items() if n < below) for d, per_class in counts.items()
+            if any(n < below for n in per_class.values())}
 
 
 def fit_predictor(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -151,14 +193,15 @@ def restrict(domains: DomainArrays, classes: Sequence[Any]) -> dict[str, tuple[n
     return out
 
 
-def _splits(y: np.ndarray, protocol: Protocol) -> list[tuple[np.ndarray, np.ndarray]]:
+def _splits(y: np.ndarray, protocol: Protocol) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(seed, train indices, test indices) of every fold of every seed's split."""
     _, counts = np.unique(y, return_counts=True)
     if counts.size < 2:
         raise ConfigError(f"the source domain {protocol.source!r} holds fewer than 2 classes: nothing to classify.")
     if counts.min() < protocol.folds:
         raise ConfigError(f"the smallest class of the source domain {protocol.source!r} has {counts.min()} cells, "
                           f"fewer than the {protocol.folds} folds: add cells or lower --folds.")
-    return stratified_kfold(y, protocol.folds, protocol.seed)
+    return [(seed, train, test) for seed in protocol.seeds for train, test in stratified_kfold(y, protocol.folds, seed)]
 
 
 def _check_arrays(method: str, arrays: DomainArrays, domains: tuple[str, ...]) -> None:
@@ -174,29 +217,32 @@ def _labels(y: np.ndarray) -> list[Any]:
     return sorted(np.unique(y).tolist())
 
 
-def evaluate_method(name: str, domains: DomainArrays, protocol: Protocol) -> list[Row]:
+def evaluate_method(name: str, domains: DomainArrays, protocol: Protocol,
+                    tags: Mapping[str, str] | None = None) -> list[Row]:
     """Run the protocol for one method's features: one row per head.
 
     Args:
         name: the method's name in the report.
         domains: domain -> (features [N,D], labels [N]); must hold `protocol.source`.
-        protocol: source, heads, folds, seed.
+        protocol: source, heads, folds, seeds.
+        tags: what the method is (feature, framing, adaptation), copied to its rows.
 
     Returns:
-        One `Row` per head; its domains are the source first, then the others in the given order.
+        One `Row` per head; its domains are the source first, then the others in the given order;
+        every score holds one value per seed and fold (seed-major).
     """
     x_src, y_src = domains[protocol.source]
     classes = _labels(y_src)
     order = [protocol.source] + [d for d in domains if d != protocol.source]
     scores: dict[tuple[str, str], list[Scores]] = {(h, d): [] for h in protocol.heads for d in order}
-    for train, test in _splits(y_src, protocol):
+    for seed, train, test in _splits(y_src, protocol):
         for head in protocol.heads:
-            predict = fit_predictor(head, x_src[train], y_src[train], protocol.seed)
+            predict = fit_predictor(head, x_src[train], y_src[train], seed)
             for d in order:
                 x, y = (x_src[test], y_src[test]) if d == protocol.source else domains[d]
                 scores[head, d].append(Scores.of(y, predict(x), _labels(domains[d][1]), classes))
     return [Row(name, h, {d: summarise(scores[h, d], _labels(domains[d][1]), classes) for d in order},
-                protocol.source) for h in protocol.heads]
+                protocol.source, dict(tags or {})) for h in protocol.heads]
 
 
 def evaluate(methods: Sequence[Method | tuple[str, DomainArrays]], protocol: Protocol,
@@ -225,8 +271,8 @@ def evaluate(methods: Sequence[Method | tuple[str, DomainArrays]], protocol: Pro
     shared = shared_classes(rows_of[0].domains, protocol.source)
     result.classes["all"] = tuple(_labels(rows_of[0].domains[protocol.source][1]))
     reporter = reporter or NullReporter()
-    reporter.start("cross-validation", len(SETTINGS) * len(methods))
-    for setting in SETTINGS:
+    reporter.start("cross-validation", len(protocol.settings) * len(methods))
+    for setting in protocol.settings:
         if setting == "shared" and len(shared) < 2:
             result.notes.append(f"classes shared by every domain: {shared}; fewer than 2, so no `shared` scores.")
             reporter.advance("cross-validation", len(methods))
@@ -234,9 +280,12 @@ def evaluate(methods: Sequence[Method | tuple[str, DomainArrays]], protocol: Pro
         if setting == "shared":
             result.classes["shared"] = tuple(shared)
         result.rows[setting] = []
-        for method in rows_of:
+        for i, method in enumerate(rows_of):
             data = method.arrays(shared if setting == "shared" else None)
-            result.rows[setting].extend(evaluate_method(method.name, data, protocol))
+            if i == 0:  # the labels are every method's: count them once
+                result.counts[setting] = class_counts(data)
+                result.majority[setting] = {d: majority_scores(y) for d, (_, y) in data.items()}
+            result.rows[setting].extend(evaluate_method(method.name, data, protocol, method.tags))
             reporter.advance("cross-validation")
     reporter.finish("cross-validation")
     return result

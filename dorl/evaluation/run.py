@@ -1,8 +1,17 @@
-"""`dorl evaluate`'s driver: a bundle's tokens once, the baseline CAE, every row of the table.
+"""`dorl evaluate`'s driver: every row of the cross-lab table from one bundle's encoder.
 
-Every row (DoRL's CAE CLS, DoRL with site adaptation, the CAE trained without the
-mean-matching term, the pooled encoder tokens plain and per-domain standardised) is scored on
-the very same token maps, computed once per domain and cached (`dorl.training.token_cache`).
+The table crosses three things, all on the bundle's (LoRA-merged) encoder:
+
+- the **feature** the head reads: DoRL's CAE CLS, the CLS of a CAE trained without the
+  mean-matching term, the CLS of a CAE whose alignment acts on the CLS feature itself
+  (`alignment="cls_mean"`), and the pooled encoder tokens (no CAE);
+- the **input framing**: the whole image, or the cell cut out with its mask (`dorl.data.framing`);
+- **site adaptation** or none: each target's features moved onto the source's statistics from
+  its own unlabelled cells, as `dorl adapt` + the analyzer do (`domain_maps.align_to_source`).
+
+Tokens are computed once per framing and domain and cached (`dorl.training.token_cache`); each
+CAE the bundle does not hold (another variant, or another framing) is trained on those tokens
+with the bundle's CAE schedule and cached too, so a second evaluation only fits the heads.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,45 +28,66 @@ from typing import Any
 import numpy as np
 import torch
 
+from dorl.data.framing import FRAMINGS, FramingConfig
 from dorl.errors import ConfigError
-from dorl.evaluation.domain_maps import align_to_source, standardise_per_domain
-from dorl.evaluation.protocol import HEADS, Evaluation, Method, Protocol, evaluate
+from dorl.evaluation.compare import compare_rows
+from dorl.evaluation.domain_maps import align_to_source
+from dorl.evaluation.protocol import Evaluation, Method, Protocol, evaluate
 from dorl.models.cae import CAE
 from dorl.models.dorl_model import DoRLModel
 from dorl.runtime.site_profile import DEFAULT_METHOD, METHODS
 from dorl.training.config import CaeTrainConfig, TrainConfig, cpu_schedule, train_config_from_dict
 from dorl.training.features import cae_features, pooled_tokens
 from dorl.training.progress import NullReporter, Reporter
-from dorl.training.token_cache import TokenSet, model_fingerprint
+from dorl.training.token_cache import InputSettings, TokenSet, model_fingerprint
 
 DORL_METHOD = "DoRL (CAE CLS)"
 NO_MMD_METHOD = "CAE without mean-matching"
-POOLED_METHOD = "pooled encoder tokens"
-STANDARDISED_METHOD = "pooled tokens, each domain standardised"
-# What `dorl adapt` + the analyzer do: each target site's features mapped onto the source's
-# statistics (estimated from its own unlabelled cells) before the source-fitted head.
-ADAPTED_METHOD = "DoRL + site adaptation"
+CLS_ALIGNED_METHOD = "CLS-aligned CAE"
+POOLED_METHOD = "pooled tokens"
+# How each CAE variant's schedule differs from the bundle's.
+CAE_VARIANTS: dict[str, dict[str, Any]] = {
+    DORL_METHOD: {"alignment": "z"},
+    NO_MMD_METHOD: {"mmd_weight": 0.0},
+    CLS_ALIGNED_METHOD: {"alignment": "cls_mean"},
+}
+FEATURES = (*CAE_VARIANTS, POOLED_METHOD)
+NO_ADAPTATION = "none"
 
 
-def token_set_arrays(token_sets: Sequence[TokenSet],
-                     features: Callable[[TokenSet], np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """domain -> (features of its cells, their labels), in the token sets' order."""
-    return {t.domain: (features(t), np.asarray(t.labels)) for t in token_sets}
+def variant_schedule(schedule: CaeTrainConfig, variant: str) -> CaeTrainConfig:
+    """The bundle's CAE schedule changed to train `variant` (a key of CAE_VARIANTS).
+
+    A variant that aligns keeps the bundle's mean-matching weight, or 1 where the bundle trained without it.
+    """
+    change = dict(CAE_VARIANTS[variant])
+    if "mmd_weight" not in change:
+        change["mmd_weight"] = schedule.mmd_weight or 1.0
+    return dataclasses.replace(schedule, **change)
 
 
-def baseline_cae(model: DoRLModel, token_sets: Sequence[TokenSet], config: CaeTrainConfig, device: torch.device,
-                 cache_dir: str | Path | None = None, seed: int = 1234, reporter: Reporter | None = None) -> CAE:
-    """The "CAE without mean-matching" baseline: a fresh CAE of the model's shape, trained on the same
-    tokens with the same schedule but `mmd_weight` 0; read from `cache_dir` when trained there before.
+def is_variant(schedule: CaeTrainConfig, variant: str) -> bool:
+    """Whether a CAE trained with `schedule` is `variant` (so the bundle's own CAE can stand for it)."""
+    if variant == NO_MMD_METHOD:
+        return schedule.mmd_weight == 0
+    return schedule.mmd_weight > 0 and schedule.alignment == CAE_VARIANTS[variant]["alignment"]
+
+
+def variant_cae(model: DoRLModel, token_sets: Sequence[TokenSet], config: CaeTrainConfig, device: torch.device,
+                cache_dir: str | Path | None = None, seed: int = 1234, inputs: str = "",
+                reporter: Reporter | None = None) -> CAE:
+    """A fresh CAE of the model's shape trained on `token_sets` with `config`; read from `cache_dir` when
+    trained there before.
 
     Args:
         model: the evaluated model (its CAE's shape; its encoder made the tokens).
         token_sets: every domain's cached tokens and SSIM targets, anchor first.
-        config: the bundle's CAE schedule (its `mmd_weight` is replaced by 0).
+        config: the CAE schedule (the variant's: see `variant_schedule`).
         device: where to train.
-        cache_dir: where the trained baseline is kept (keyed by the encoder's weights, the images, the
-            schedule, the CAE's shape and the seed); None: not kept.
+        cache_dir: where the trained CAE is kept, keyed by the encoder's weights, the images, `inputs`,
+            the schedule, the CAE's shape and the seed; None: not kept.
         seed: initialisation and sampling seed.
+        inputs: what the tokens were made from (the framing), since the image keys do not say it.
         reporter: progress and notes.
     """
     from safetensors.torch import load_file, save_file
@@ -65,20 +95,19 @@ def baseline_cae(model: DoRLModel, token_sets: Sequence[TokenSet], config: CaeTr
     from dorl.training.cae import train_cae
 
     reporter = reporter or NullReporter()
-    config = dataclasses.replace(config, mmd_weight=0.0)
     c = model.config
     key = json.dumps({"encoder": model_fingerprint(model), "tokens": [[t.domain, *t.keys] for t in token_sets],
-                      "schedule": dataclasses.asdict(config),
+                      "inputs": inputs, "schedule": dataclasses.asdict(config),
                       "shape": [model.feature_dim, c.grid, c.cae_depth, c.cae_decoder_depth, c.cae_heads,
                                 c.cae_mask_ratio, c.projector_dim], "seed": seed}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()
     torch.manual_seed(seed)
     cae = CAE(model.feature_dim, c.grid, depth=c.cae_depth, decoder_depth=c.cae_decoder_depth, num_heads=c.cae_heads,
               mask_ratio=c.cae_mask_ratio, projector_dim=c.projector_dim)
-    path = Path(cache_dir) / f"cae_without_mmd_{digest[:16]}.safetensors" if cache_dir is not None else None
+    path = Path(cache_dir) / f"cae_{digest[:16]}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
         cae.load_state_dict(load_file(str(path)))
-        reporter.note(f"CAE without mean-matching: read from {path}")
+        reporter.note(f"CAE ({config.alignment}, mmd_weight {config.mmd_weight}): read from {path}")
         return cae.eval()
     train_cae(cae, token_sets, config, device, reporter, seed)
     if path is not None:
@@ -87,72 +116,70 @@ def baseline_cae(model: DoRLModel, token_sets: Sequence[TokenSet], config: CaeTr
     return cae.eval()
 
 
-def adapted_name(method: str) -> str:
-    """The row of DoRL features adapted to each target site with `method` (see dorl.runtime.site_profile)."""
-    return f"{ADAPTED_METHOD} ({method})"
+def method_name(feature: str, framing: str, adaptation: str = NO_ADAPTATION) -> str:
+    """A row's name, e.g. "pooled tokens · cell + adapt (mean)"."""
+    return f"{feature} · {framing}" + ("" if adaptation == NO_ADAPTATION else f" + adapt ({adaptation})")
 
 
-def bundle_methods(model: DoRLModel, token_sets: Sequence[TokenSet], baseline: CAE | None = None,
-                   pooled_baselines: bool = True, adapt_methods: Sequence[str] = (DEFAULT_METHOD,)) -> list[Method]:
-    """The table's rows for one model: DoRL's CAE CLS, then the baselines on the same encoder.
-
-    Args:
-        model: the evaluated model.
-        token_sets: every domain's cached tokens, source first.
-        baseline: the CAE trained without mean-matching (None: no such row).
-        pooled_baselines: add the pooled-token rows (plain, and each domain standardised by its own statistics).
-        adapt_methods: one "DoRL + site adaptation (METHOD)" row per site-adaptation map.
-
-    Returns:
-        The methods for `dorl.evaluation.protocol.evaluate`; the adapted and standardised rows
-        compute each domain's statistics from the cells of the class setting being scored (the
-        adapted row maps each target onto the source as `dorl adapt` + the runtime do).
-    """
-    dorl = token_set_arrays(token_sets, lambda t: cae_features(model.cae, t.tokens))
-    methods = [Method(DORL_METHOD, dorl)]
-    methods += [Method(adapted_name(m), dorl, functools.partial(align_to_source, method=m)) for m in adapt_methods]
-    if baseline is not None:
-        methods.append(Method(NO_MMD_METHOD, token_set_arrays(token_sets, lambda t: cae_features(baseline, t.tokens))))
-    if pooled_baselines:
-        pooled = token_set_arrays(token_sets, lambda t: pooled_tokens(t.tokens))
-        methods += [Method(POOLED_METHOD, pooled), Method(STANDARDISED_METHOD, pooled, standardise_per_domain)]
+def feature_methods(feature: str, framing: str, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                    adapt_methods: Sequence[str]) -> list[Method]:
+    """One feature on one framing: the plain row, then one adapted row per site-adaptation map."""
+    tags = {"feature": feature, "framing": framing}
+    methods = [Method(method_name(feature, framing), arrays, tags={**tags, "adaptation": NO_ADAPTATION})]
+    for m in adapt_methods:
+        methods.append(Method(method_name(feature, framing, m), arrays, functools.partial(align_to_source, method=m),
+                              tags={**tags, "adaptation": m}))
     return methods
+
+
+def token_set_arrays(token_sets: Sequence[TokenSet], features: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """domain -> (features(token set) [N,D], its labels), in the token sets' order."""
+    return {t.domain: (features(t), np.asarray(t.labels)) for t in token_sets}
 
 
 @dataclass(frozen=True)
 class EvaluationOptions:
     """What `dorl evaluate` runs beside the bundle and the domains; validated on construction."""
 
-    heads: tuple[str, ...] = HEADS  # fit per fold: svm, logreg, mlp
+    heads: tuple[str, ...] = ("svm",)  # fit per split: svm (what `dorl train` deploys), logreg, mlp
     folds: int = 5  # stratified folds on the source domain
-    seed: int = 1234  # the folds' split and the heads' seed
-    cae_baseline: bool = True  # train (or reuse) the CAE without mean-matching, with the bundle's CAE schedule
-    pooled_baselines: bool = True  # the pooled-token rows, plain and per-domain standardised
-    adapt_methods: tuple[str, ...] = (DEFAULT_METHOD,)  # one "DoRL + site adaptation (METHOD)" row each
-    device: str = "auto"  # auto, cpu or cuda for the encoder and the baseline CAE
+    seed: int = 1234  # the first seed of the splits and heads
+    repeats: int = 3  # seeds: seed, seed + 1, ...
+    framings: tuple[str, ...] = FRAMINGS  # whole image and cell crop
+    cae_variants: tuple[str, ...] = tuple(CAE_VARIANTS)  # CAE rows (pooled tokens are always scored)
+    adapt_methods: tuple[str, ...] = (DEFAULT_METHOD,)  # one adapted row per feature and framing, each
+    device: str = "auto"  # auto, cpu or cuda for the encoder and the CAEs
     batch_size: int = 32  # images per encoder pass
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.adapt_methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"unknown site-adaptation method {unknown[0]!r}: choose among {', '.join(METHODS)}.")
+        bad = [f for f in self.framings if f not in FRAMINGS]
+        if bad or not self.framings:
+            raise ConfigError(f"unknown framing {bad or '(none)'}: choose among {', '.join(FRAMINGS)}.")
+        bad = [v for v in self.cae_variants if v not in CAE_VARIANTS]
+        if bad:
+            raise ConfigError(f"unknown CAE variant {bad[0]!r}: choose among {', '.join(CAE_VARIANTS)}.")
         if self.batch_size < 1:
             raise ConfigError(f"the batch size must be at least 1, got {self.batch_size}.")
 
     def protocol(self, source: str) -> Protocol:
-        """The protocol for `source` (which checks the heads and folds)."""
-        return Protocol(source, tuple(self.heads), self.folds, self.seed)
+        """The protocol for `source` (which checks the heads, folds and seeds); one class setting: the
+        bundle's classes, each target scored on its own labels."""
+        return Protocol(source, tuple(self.heads), self.folds, self.seed, self.repeats, ("all",))
 
 
 def evaluate_bundle(bundle: str | Path, domains: Sequence[str | tuple[str, str | Path]], cache_dir: str | Path,
                     options: EvaluationOptions = EvaluationOptions(), reporter: Reporter | None = None) -> Evaluation:
-    """The whole evaluation of a bundle: tokens once, the baseline CAE, every row, both settings.
+    """The whole evaluation of a bundle: tokens per framing, the CAE variants, every row, the comparisons.
 
     Args:
         bundle: a bundle folder written by `dorl train`.
-        domains: "NAME=PATH" strings or (name, path) pairs; the first is the source domain.
-        cache_dir: token cache and trained baseline CAE (reused when the model and images match).
-        options: heads, folds, seed, the baseline rows, device and batch size.
+        domains: "NAME=PATH" strings or (name, path) pairs; the first is the source domain. Only the
+            bundle's classes are kept.
+        cache_dir: tokens (one folder per framing) and trained CAE variants, reused when model and images match.
+        options: heads, folds, seeds, framings, CAE variants, adaptation, device and batch size.
         reporter: progress and notes.
 
     Raises:
@@ -162,31 +189,83 @@ def evaluate_bundle(bundle: str | Path, domains: Sequence[str | tuple[str, str |
     from dorl.data.domains import load_domains
     from dorl.manifests import read_bundle
     from dorl.training.device import resolve_device
-    from dorl.training.token_cache import cached_tokens
 
     reporter = reporter or NullReporter()
     manifest = read_bundle(bundle)
-    loaded = load_domains(list(domains))
-    protocol = options.protocol(loaded[0].name)
     torch_device = resolve_device(options.device)
     model = load_bundle(manifest, str(torch_device))
-    tokens = cached_tokens(model, loaded, cache_dir, torch_device, options.batch_size, reporter)
+    loaded = load_domains(list(domains), model.config.class_names)
+    protocol = options.protocol(loaded[0].name)
     train, recorded = _train_config(manifest.metadata)
-    baseline = None
-    if options.cae_baseline:
-        baseline = baseline_cae(model, tokens, train.cae, torch_device, cache_dir, train.seed, reporter)
-    methods = bundle_methods(model, tokens, baseline, options.pooled_baselines, options.adapt_methods)
+    trusted = tuple(manifest.metadata.get("ssim_targets", {}).get("segmenter_trusted_on", []))
+    methods, trained = [], {}
+    for framing in options.framings:
+        settings = InputSettings(dataclasses.replace(train.framing, input=framing), train.cae.ssim_masks, trusted)
+        tokens = _tokens(model, loaded, Path(cache_dir), settings, manifest.metadata, torch_device, options, reporter)
+        for variant in options.cae_variants:
+            own = framing == train.framing.input and is_variant(train.cae, variant)
+            schedule = train.cae if own else variant_schedule(train.cae, variant)
+            cae = model.cae if own else variant_cae(model, tokens, schedule, torch_device, cache_dir, train.seed,
+                                                    settings.key(""), reporter)
+            trained[method_name(variant, framing)] = "the bundle's CAE" if own else dataclasses.asdict(schedule)
+            arrays = token_set_arrays(tokens, functools.partial(_cls, cae))
+            methods += feature_methods(variant, framing, arrays, options.adapt_methods)
+        methods += feature_methods(POOLED_METHOD, framing, token_set_arrays(tokens, _pooled), options.adapt_methods)
     result = evaluate(methods, protocol, reporter)
-    result.info = {"bundle": str(bundle), "encoder": model.config.encoder, "domains": [d.describe() for d in loaded]}
-    if options.cae_baseline:
-        result.info["cae_baseline_schedule"] = dataclasses.asdict(dataclasses.replace(train.cae, mmd_weight=0.0))
-        source = f"the bundle's CAE schedule ({train.schedule})" if recorded else \
-            "the CPU schedule (the bundle records no training config)"
-        result.notes.append(f"CAE without mean-matching: trained on the same tokens with {source}, mmd_weight 0.")
+    for setting, rows in result.to_dict()["settings"].items():
+        result.comparisons[setting] = (compare_rows(rows["rows"], "feature", POOLED_METHOD)
+                                       + compare_rows(rows["rows"], "framing", "whole")
+                                       + compare_rows(rows["rows"], "adaptation", NO_ADAPTATION))
+    result.info = {"bundle": str(bundle), "encoder": model.config.encoder, "classes": list(model.config.class_names),
+                   "bundle_framing": dataclasses.asdict(train.framing), "domains": [d.describe() for d in loaded],
+                   "cae": trained}
+    source = f"the bundle's CAE schedule ({train.schedule})" if recorded else \
+        "the CPU schedule (the bundle records no training config)"
+    result.notes.append(f"CAEs the bundle does not hold are trained on the same tokens with {source}, "
+                        "changed only as each variant says.")
     return result
 
 
+def _cls(cae: CAE, token_set: TokenSet) -> np.ndarray:
+    return cae_features(cae, token_set.tokens)
+
+
+def _pooled(token_set: TokenSet) -> np.ndarray:
+    return pooled_tokens(token_set.tokens)
+
+
+def _tokens(model: DoRLModel, loaded: list[Any], cache_dir: Path, settings: InputSettings,
+            metadata: Mapping[str, Any], device: torch.device, options: EvaluationOptions,
+            reporter: Reporter) -> list[TokenSet]:
+    """The domains' tokens for one framing: the training run's cache when it holds exactly these
+    (same weights, settings and images), else `cache_dir/<framing>` (read or computed there)."""
+    from dorl.artifacts import sha256_file
+    from dorl.training.token_cache import cached_tokens, load_token_set
+
+    recorded = metadata.get("token_cache", {})
+    folder = Path(recorded["folder"]) if recorded.get("folder") else None
+    if folder is not None and folder.is_dir():
+        fingerprint = model_fingerprint(model)
+        found = []
+        for domain in loaded:
+            path = folder / f"{domain.name}.safetensors"
+            keys = [sha256_file(s.path) for s in domain.samples]
+            hit = load_token_set(path, fingerprint, keys, settings.key(domain.name)) if path.is_file() else None
+            if hit is None:
+                break
+            found.append(hit)
+        if len(found) == len(loaded):
+            reporter.note(f"tokens ({settings.framing.input}): read from the training run's cache {folder}")
+            return found
+    return cached_tokens(model, loaded, cache_dir / settings.framing.input, device, options.batch_size, reporter,
+                         settings)
+
+
 def _train_config(metadata: Mapping[str, Any]) -> tuple[TrainConfig, bool]:
-    """The bundle's training config and True; the CPU schedule and False for a bundle that records none."""
+    """The bundle's training config and True; the CPU schedule and False for a bundle that records none.
+
+    A bundle that records no framing was trained on whole images."""
     recorded = metadata.get("train_config")
-    return (train_config_from_dict(recorded), True) if recorded else (cpu_schedule(), False)
+    if not recorded:
+        return dataclasses.replace(cpu_schedule(), framing=FramingConfig("whole")), False
+    return train_config_from_dict(recorded), True  # which reads a record without framing as whole

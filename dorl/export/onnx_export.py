@@ -166,6 +166,8 @@ def export_fp32(source: ExportSource, out_dir: str | Path, cells: ParityCells, o
                          tolerances=FP32_TOLERANCES if tolerances is None else tolerances, cells=cells.names)
         check_fp32(report)
     fields = base_fields(model, inputs, outputs, graph, source.sha256)
+    if "framing" in source.metadata:  # the runtime frames each image as the model was trained (dorl.data.framing)
+        fields["framing"] = dict(source.metadata["framing"])
     head = write_head(model, source.feature_stats(), Path(out_dir))
     if head:
         fields["head"] = {"kind": model.config.head, "file": HEAD_FILE}

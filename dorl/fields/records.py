@@ -77,13 +77,14 @@ class FrameResult:
 
 
 def analyzer_record(result: CellResult) -> dict[str, Any]:
-    """The analyzer's own record of one cell: label, confidence, uncertain, error, probabilities."""
+    """The analyzer's own record of one cell: label, confidence, uncertain, error, no_cell, probabilities."""
     confidence = result.confidence
     return {
         "label": result.label,
         "confidence": _finite(confidence) if confidence is not None else None,
         "uncertain": result.uncertain,
         "error": result.error,
+        "no_cell": list(result.no_cell),  # why the analyzer found no analysable white cell (empty: it did)
         "probs": {name: _finite(p) for name, p in result.probs.items()},
     }
 

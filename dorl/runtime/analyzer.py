@@ -1,59 +1,53 @@
-"""The cell analyzer: decode and resize images, run the artifact in batches, postprocess per cell.
+"""The cell analyzer: decode and resize images, run the artifact in batches, decide per cell.
 
 One `Analyzer` wraps one runner (ONNX Runtime or TensorRT). Each image goes through the same
-preprocessing as training (`dorl.data.images`), is batched into the graph's uint8 NHWC input,
-and comes back as a `CellResult`: label, probabilities, feature, mask at the image's own size,
-an uncertainty flag, or the error that stopped that one image. A bad image never stops the
-rest of the batch.
+preprocessing as training (`dorl.data.images`; a camera frame far larger than the model's input
+is decoded at a reduced size), is batched into the graph's uint8 NHWC input, and comes back as a
+`CellResult`: a label with its probabilities, "no cell" with the reasons (`cell_check`), or the
+error that stopped that one image. A bad image never stops the rest of the batch, and nothing
+but the current batch is held in memory.
+
+A cell-centric artifact (its manifest records `framing` with input "cell") is run twice per
+batch: pass 1 on the whole images gives the masks, the host cuts each cell out
+(`dorl.runtime.cell_framing`), and pass 2 on the crops gives labels, probabilities and features.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dorl.artifacts import read_manifest
-from dorl.data.images import ImageSource, describe_source, load_rgb, resize_square
+from dorl.data.images import ImageSource, decode_image, describe_source, resize_square
 from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.runtime import postprocess
 from dorl.runtime.base import BaseRunner
+from dorl.runtime.cell_check import CellCheck, FeatureDistance
+from dorl.runtime.cell_framing import BORDER_NOTE, EMPTY_CROP, Framed, frame_cell
+from dorl.runtime.cell_result import CellResult
 from dorl.runtime.loader import load_runner
+from dorl.runtime.site_profile import DriftWatch, SiteProfile
 
 if TYPE_CHECKING:  # typing.Self is Python 3.11+; JetPack 6 runs 3.10, where this never imports
     from typing_extensions import Self
 
-# Output roles of the deployed graph, named once by the export wrapper (see DESIGN.md).
+__all__ = ["Analyzer", "CellResult", "batch_cap"]
+
+# Output roles of the deployed graph, named once by the export wrapper.
 PROBS, LOGITS, FEATURE, MASK_LOGITS = "probs", "logits", "feature", "mask_logits"
+# Cells per inference call at most, whatever is asked: a TinyViT DoRL graph holds about 15 MB of
+# activations per cell in ONNX Runtime, so 64 cells stay near 1 GB. An engine's own max batch
+# (its optimisation profile) lowers it further.
+MAX_BATCH = 64
 
 
-@dataclass(frozen=True, eq=False)
-class CellResult:
-    """What the analyzer says about one image."""
-
-    source: str  # path, or a description of bytes / an array
-    label: str | None  # None when the image failed or the outputs were not finite
-    probs: dict[str, float]  # class name -> probability; empty on error
-    feature: np.ndarray | None  # the classification feature [D]; None on error
-    mask: np.ndarray | None  # boolean cell mask at the image's original size
-    uncertain: bool  # top probability below the threshold, or non-finite outputs
-    error: str | None = None  # why this image could not be analysed
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def confidence(self) -> float | None:
-        """The top class probability (None on error)."""
-        return max(self.probs.values()) if self.probs else None
-
-    @classmethod
-    def failed(cls, source: str, error: str) -> CellResult:
-        return cls(source=source, label=None, probs={}, feature=None, mask=None, uncertain=True, error=error)
+def batch_cap(manifest: dict[str, Any]) -> int:
+    """The largest batch an artifact is run with: its engine's max batch, else MAX_BATCH."""
+    engine_max = manifest.get("max_batch")
+    return min(MAX_BATCH, engine_max) if isinstance(engine_max, int) and engine_max >= 1 else MAX_BATCH
 
 
 class Analyzer:
@@ -61,66 +55,115 @@ class Analyzer:
 
     def __init__(
         self,
-        artifact: str | Path,
+        artifact: str | Path | BaseRunner,
         backend: str = "auto",
         batch_size: int = 8,
         threshold: float = 0.5,
         threads: int | None = None,
         site: str | Path | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        image_size: int | None = None,
+        max_batch: int | None = None,
+        check_cells: bool = True,
+        warn: Callable[[str], None] | None = None,
+        framing: Any = None,
     ) -> None:
         """Load (not yet activate) the runner for `artifact`.
 
         Args:
-            artifact: an "onnx" or "engine" artifact folder.
+            artifact: an "onnx" or "engine" artifact folder, or a runner built elsewhere (then
+                `class_names` is required and no site profile or feature check is available).
             backend: "auto", "onnxruntime" or "tensorrt" (see `load_runner`).
-            batch_size: images per inference call (at most an engine's max batch).
+            batch_size: images per inference call (capped by `batch_cap`).
             threshold: a top probability below this marks a cell uncertain.
             threads: ONNX Runtime intra-op threads (None: its default).
             site: a site profile folder written by `dorl adapt` for this artifact (None: unadapted).
+            class_names: the head's classes in output order, for a runner given directly.
+            image_size: the input side, when the runner's input spec does not fix it.
+            max_batch: the most images the runner takes per call (an engine's profile), for a
+                runner given directly; an artifact's manifest says it itself.
+            check_cells: decide "no cell" from the mask and the feature (see `cell_check`).
+            warn: called with a sentence when the cells look like another lab than the site profile's.
+            framing: a `dorl.data.framing.FramingConfig`, for a runner given directly (an artifact's
+                manifest records its own); input "cell" runs the two passes.
         """
-        options = {"threads": threads} if threads is not None else {}
-        runner = load_runner(artifact, backend, **options)
-        manifest = getattr(runner, "manifest", None) or read_manifest(artifact, verify=False)
-        self._setup(runner, list(manifest.get("class_names", [])), batch_size, threshold, manifest.get("image_size"))
-        if site is not None:
-            self.use_site(site, manifest)
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"threshold must be within [0, 1], got {threshold}.")
+        self.site: SiteProfile | None = None
+        self.drift_watch: DriftWatch | None = None
+        self.head: Any = None
+        distance: FeatureDistance | None = None
+        if isinstance(artifact, BaseRunner):
+            if class_names is None:
+                raise ConfigError("an analyzer around a runner needs the class names of its head.")
+            runner, names, cap = artifact, list(class_names), MAX_BATCH
+        else:
+            from dorl.manifests import parse_framing
 
-    def use_site(self, site: str | Path, manifest: dict[str, Any]) -> None:
-        """Apply a site profile between the graph's `feature` output and the head, on the host."""
-        from dorl.runtime.head import load_head
-        from dorl.runtime.site_profile import artifact_id, load_profile
+            manifest = read_manifest(artifact, verify=False)  # the runner verifies the files
+            framing = framing or parse_framing(manifest)
+            runner = load_runner(artifact, backend, **({"threads": threads} if threads is not None else {}))
+            names = list(class_names or manifest.get("class_names") or [])
+            image_size = image_size or manifest.get("image_size")
+            cap = batch_cap(manifest)
+            source = self._load_head(manifest, site is not None)
+            if source is not None:
+                distance = FeatureDistance.from_source(source)
+                self.drift_watch = DriftWatch.of_source(source, warn)
+            if site is not None:
+                self._use_site(site, manifest, source, warn)
+        if max_batch is not None:
+            cap = min(cap, max_batch)
+        self.runner, self.class_names = runner, names
+        self.input_name, self.image_size = self._check_contract(runner, names, image_size)
+        self.framing = framing if framing is not None and framing.cell else None
+        if self.framing is not None and self.framing.mask == "pseudo":
+            from dorl.deps import require
 
-        head, _ = load_head(manifest)
-        self.site_profile = load_profile(site, artifact_id(manifest))
-        self.site_head = head
+            require("scipy", "this artifact's cell crop (framing mask 'pseudo': dorl.data.pseudo_masks)")
+        if self.framing is not None and self.framing.mask == "segmenter" and MASK_LOGITS not in runner.output_specs:
+            raise ArtifactError(f"{runner.name} is cell-centric with the segmenter's mask but has no {MASK_LOGITS!r} "
+                                "output: re-export the artifact with dorl.")
+        self.batch_size = min(batch_size, cap)
+        self.threshold = threshold
+        self.cell_check: CellCheck | None = CellCheck(distance=distance) if check_cells else None
 
     @classmethod
-    def from_runner(
-        cls,
-        runner: BaseRunner,
-        class_names: Sequence[str],
-        batch_size: int = 8,
-        threshold: float = 0.5,
-        image_size: int | None = None,
-    ) -> Analyzer:
+    def from_runner(cls, runner: BaseRunner, class_names: Sequence[str], batch_size: int = 8,
+                    threshold: float = 0.5, image_size: int | None = None, max_batch: int | None = None) -> Analyzer:
         """An analyzer around an existing runner (e.g. a TensorRT runner built elsewhere).
 
         Args:
             runner: a runner whose single input is uint8 [batch, S, S, 3].
             class_names: the head's classes, in output order.
             image_size: S, when the input spec does not fix it.
+            max_batch: the runner's largest batch (an engine's optimisation profile), if it has one.
         """
-        analyzer = cls.__new__(cls)
-        analyzer._setup(runner, list(class_names), batch_size, threshold, image_size)
-        return analyzer
+        return cls(runner, batch_size=batch_size, threshold=threshold, class_names=class_names, image_size=image_size,
+                   max_batch=max_batch)
 
-    def _setup(
-        self, runner: BaseRunner, class_names: list[str], batch_size: int, threshold: float, image_size: Any
-    ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
-        if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"threshold must be within [0, 1], got {threshold}.")
+    def _load_head(self, manifest: dict[str, Any], needed: bool) -> dict[str, np.ndarray] | None:
+        """The host-side head and source statistics, when the artifact carries them (or `needed`)."""
+        from dorl.runtime.head import HEAD_FILE, load_head
+
+        if not needed and not (manifest.get("head") and HEAD_FILE in manifest.get("files", {})):
+            return None
+        self.head, source = load_head(manifest)
+        return source
+
+    def _use_site(self, site: str | Path, manifest: dict[str, Any], source: dict[str, np.ndarray] | None,
+                  warn: Callable[[str], None] | None) -> None:
+        """Apply a site profile between the graph's `feature` output and the head, on the host."""
+        from dorl.runtime.site_profile import artifact_id, load_profile
+
+        self.site = load_profile(site, artifact_id(manifest), source=source)
+        self.drift_watch = DriftWatch.of_site(self.site, warn)
+
+    @staticmethod
+    def _check_contract(runner: BaseRunner, class_names: list[str], image_size: Any) -> tuple[str, int]:
         if len(runner.input_specs) != 1:
             raise ArtifactError(f"{runner.name} has inputs {sorted(runner.input_specs)}; the analyzer needs one image input.")
         spec = next(iter(runner.input_specs.values()))
@@ -139,10 +182,7 @@ class Analyzer:
             raise ArtifactError(
                 f"{runner.name} outputs {head.shape[-1]} classes but names {len(class_names)}: re-export the artifact."
             )
-        self.runner, self.class_names, self.input_name, self.image_size = runner, class_names, spec.name, size
-        max_batch = getattr(runner, "max_batch", None)  # an engine's optimisation profile caps the batch
-        self.batch_size = min(batch_size, max_batch) if isinstance(max_batch, int) else batch_size
-        self.threshold = threshold
+        return spec.name, size
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -166,64 +206,137 @@ class Analyzer:
         return list(self.iter_analyze(images))
 
     def iter_analyze(self, images: Iterable[ImageSource]) -> Iterator[CellResult]:
-        """Like `analyze`, yielding results batch by batch (for progress reporting)."""
+        """Like `analyze`, yielding each batch's results as soon as the batch is done.
+
+        Only the current batch is held: the iterable is consumed one batch at a time.
+        """
         chunk: list[ImageSource] = []
         for image in images:
             chunk.append(image)
             if len(chunk) == self.batch_size:
-                yield from self._analyze_batch(chunk)
+                yield from self.analyze_batch(chunk)
                 chunk = []
         if chunk:
-            yield from self._analyze_batch(chunk)
+            yield from self.analyze_batch(chunk)
 
-    def _analyze_batch(self, sources: list[ImageSource]) -> list[CellResult]:
+    def analyze_batch(self, sources: Sequence[ImageSource]) -> list[CellResult]:
+        """Analyse at most `batch_size` images in one inference call (two for a cell-centric
+        artifact); one result per image, in order."""
         results: list[CellResult | None] = [None] * len(sources)
-        pixels, sizes, slots = [], [], []
+        pixels, slots, decoded_rgb = [], [], []
         for i, source in enumerate(sources):
             try:
-                rgb = load_rgb(source)
-                pixels.append(resize_square(rgb, self.image_size))
-                sizes.append((rgb.shape[0], rgb.shape[1]))
-                slots.append(i)
+                decoded = decode_image(source, reduce_for=self.image_size)
             except ImageError as exc:
                 results[i] = CellResult.failed(describe_source(source), str(exc))
+                continue
+            pixels.append(resize_square(decoded.rgb, self.image_size))
+            slots.append((i, decoded.size_hw, decoded.notes))
+            if self.framing is not None:
+                decoded_rgb.append(decoded.rgb)
         if slots:
             self.runner.activate()
             outputs = self.runner.infer({self.input_name: np.stack(pixels)})
-            probs, finite = self.class_probabilities(outputs), postprocess.finite_rows(outputs)
-            for row, (i, size) in enumerate(zip(slots, sizes)):
-                results[i] = self._cell(describe_source(sources[i]), outputs, row, probs[row], size, bool(finite[row]))
+            framed: list[Framed | None] = [None] * len(slots)
+            if self.framing is not None:
+                outputs, framed, failures = self._second_pass(outputs, decoded_rgb)
+                for row, error in failures.items():
+                    i = slots[row][0]
+                    results[i] = CellResult.failed(describe_source(sources[i]), error)
+            batch = _Batch(self, outputs)
+            for row, (i, size_hw, notes) in enumerate(slots):
+                if results[i] is None:
+                    results[i] = batch.cell(row, describe_source(sources[i]), size_hw, notes, framed[row])
         return [r for r in results if r is not None]
 
-    def class_probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    def _second_pass(self, whole: dict[str, np.ndarray], images: list[np.ndarray]
+                     ) -> tuple[dict[str, np.ndarray], list[Framed | None], dict[int, str]]:
+        """Cut each image's cell using pass 1's outputs, run the graph on the crops.
+
+        Returns:
+            The batch's outputs (pass 2's, with pass 1's mask logits: the record's mask is the
+            whole image's), each row's crop, and the rows whose crop could not be made (row -> why).
+        """
+        assert self.framing is not None
+        crops, framed, failures = [], [], {}
+        masks = whole.get(MASK_LOGITS)
+        for row, rgb in enumerate(images):
+            mask = postprocess.low_res_mask(masks[row]) if masks is not None else None
+            try:
+                crop = frame_cell(rgb, mask, self.framing, self.image_size)
+            except (ImageError, ValueError) as exc:
+                failures[row] = f"the cell could not be cut out of the image: {exc}"
+                crop = None
+            crops.append(crop.image if crop is not None else np.full((self.image_size, self.image_size, 3), 128,
+                                                                     np.uint8))
+            framed.append(Framed.of(crop) if crop is not None else None)
+        outputs = dict(self.runner.infer({self.input_name: np.stack(crops)}))
+        if masks is not None:
+            outputs[MASK_LOGITS] = masks
+        return outputs, framed, failures
+
+    def class_probabilities(self, outputs: dict[str, np.ndarray], adapted: np.ndarray | None = None) -> np.ndarray:
         """The class probabilities [B, C] of a batch: the one place the head's output is read.
 
-        A later site profile (issue 7) re-centres the `feature` output and applies the head here.
+        Args:
+            outputs: the graph's outputs.
+            adapted: the site profile's map of the `feature` output, when already computed.
         """
-        profile = getattr(self, "site_profile", None)
-        if profile is not None and FEATURE in outputs:
-            return postprocess.softmax(self.site_head.logits(profile.apply(outputs[FEATURE])))
+        if self.site is not None and FEATURE in outputs:
+            features = adapted if adapted is not None else self.site.apply(outputs[FEATURE])
+            return postprocess.softmax(self.head.logits(features))
         if PROBS in outputs:
             return outputs[PROBS]
         return postprocess.softmax(outputs[LOGITS])
 
-    def _cell(
-        self,
-        source: str,
-        outputs: dict[str, np.ndarray],
-        row: int,
-        probs: np.ndarray,
-        size_hw: tuple[int, int],
-        finite: bool,
-    ) -> CellResult:
-        label, uncertain = postprocess.decide(probs, self.class_names, self.threshold, finite)
-        mask = postprocess.cell_mask(outputs[MASK_LOGITS][row], size_hw) if MASK_LOGITS in outputs else None
-        feature = outputs[FEATURE][row].copy() if FEATURE in outputs else None
+
+class _Batch:
+    """One batch's outputs and what follows from them, read once per batch."""
+
+    def __init__(self, analyzer: Analyzer, outputs: dict[str, np.ndarray]) -> None:
+        self.analyzer, self.outputs = analyzer, outputs
+        features = outputs.get(FEATURE)
+        adapted = analyzer.site.apply(features) if analyzer.site is not None and features is not None else features
+        self.probs = analyzer.class_probabilities(outputs, adapted)
+        self.finite = postprocess.finite_rows(outputs) & np.isfinite(self.probs).all(axis=1)
+        self.distances: np.ndarray | None = None
+        if features is not None and adapted is not None:
+            if analyzer.drift_watch is not None:
+                analyzer.drift_watch.update(features[self.finite])
+            check = analyzer.cell_check
+            if check is not None and check.distance is not None:
+                self.distances = check.distance(adapted)  # after the site's map: distance to the source
+
+    def cell(self, row: int, source: str, size_hw: tuple[int, int], notes: tuple[str, ...],
+             framed: Framed | None = None) -> CellResult:
+        analyzer, outputs = self.analyzer, self.outputs
+        site = analyzer.site.site if analyzer.site is not None else None
+        if not self.finite[row]:
+            return CellResult(source=source, label=None, probs={}, feature=None, mask_lowres=None, size_hw=size_hw,
+                              uncertain=True, notes=notes, site=site,
+                              error="the model's outputs for this image are not finite (NaN or infinity): check the "
+                                    "artifact with `dorl info` and re-export it if this repeats.")
+        probs = self.probs[row]
+        mask = postprocess.low_res_mask(outputs[MASK_LOGITS][row]) if MASK_LOGITS in outputs else None
+        distance = float(self.distances[row]) if self.distances is not None else None
+        no_cell = analyzer.cell_check.reasons(mask, distance) if analyzer.cell_check is not None else ()
+        if framed is not None and framed.empty and not no_cell:
+            no_cell = (EMPTY_CROP,)  # never a label from the whole field in place of the cell, even unchecked
+        if framed is not None and framed.touches_border:
+            notes = (*notes, BORDER_NOTE)
+        label, uncertain = postprocess.decide(probs, analyzer.class_names, analyzer.threshold)
         return CellResult(
             source=source,
-            label=label,
-            probs={name: float(p) for name, p in zip(self.class_names, probs)},
-            feature=feature,
-            mask=mask,
-            uncertain=uncertain,
+            label=None if no_cell else label,
+            probs={name: float(p) for name, p in zip(analyzer.class_names, probs)},
+            feature=outputs[FEATURE][row].copy() if FEATURE in outputs else None,
+            mask_lowres=mask,
+            size_hw=size_hw,
+            uncertain=uncertain or bool(no_cell),
+            no_cell=no_cell,
+            distance=distance,
+            notes=notes,
+            site=site,
+            crop_box=framed.box if framed is not None else None,
+            touches_border=framed.touches_border if framed is not None else None,
         )

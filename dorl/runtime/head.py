@@ -1,9 +1,10 @@
-"""The classifier head on the host, in numpy, for site-adapted inference (issue 7).
+"""The classifier head on the host, in numpy, for site-adapted inference.
 
 An exported artifact carries the head's weights (scaler folded in) in `head.safetensors`
 beside the graph, and the source domain's feature statistics. With a site profile, the
 analyzer takes the graph's `feature` output, applies the profile's affine map and this head,
-so the engine itself is never rebuilt.
+so the engine itself is never rebuilt. The source statistics also tell how far a feature is
+from the cells the model was trained on (`dorl.runtime.cell_check`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import numpy as np
 from dorl.errors import ArtifactError
 
 HEAD_FILE = "head.safetensors"
+
+
+_LAYERS = {"linear": ("fc",), "mlp": ("fc1", "fc2")}
 
 
 @dataclass(frozen=True)
@@ -34,11 +38,13 @@ class NumpyHead:
         hidden = np.maximum(x @ w["fc1.weight"].T + w["fc1.bias"], 0.0)
         return hidden @ w["fc2.weight"].T + w["fc2.bias"]
 
+    @property
+    def feature_dim(self) -> int:
+        return int(self.weights[f"{_LAYERS[self.kind][0]}.weight"].shape[1])
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    @property
+    def num_classes(self) -> int:
+        return int(self.weights[f"{_LAYERS[self.kind][-1]}.weight"].shape[0])
 
 
 def load_head(manifest: dict[str, Any]) -> tuple[NumpyHead, dict[str, np.ndarray]]:
@@ -55,10 +61,39 @@ def load_head(manifest: dict[str, Any]) -> tuple[NumpyHead, dict[str, np.ndarray
             f"{manifest.get('folder')} carries no host-side head ({HEAD_FILE}): export the bundle again with this "
             "version of dorl to use site profiles."
         )
-    tensors = load_file(str(Path(manifest["folder"]) / HEAD_FILE))
+    folder = manifest.get("folder")
+    try:
+        tensors = load_file(str(Path(str(folder)) / HEAD_FILE))
+    except Exception as exc:  # safetensors raises its own error types for a malformed file
+        raise ArtifactError(f"{HEAD_FILE} of {folder} cannot be read ({exc}): re-export the artifact.") from exc
     weights = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
     source = {k[len("source."):]: v for k, v in tensors.items() if k.startswith("source.")}
     if "mean" not in source or "std" not in source:
-        raise ArtifactError(f"{HEAD_FILE} of {manifest.get('folder')} lacks the source feature statistics: "
+        raise ArtifactError(f"{HEAD_FILE} of {folder} lacks the source feature statistics: "
                             "re-export from a bundle trained with this version of dorl.")
-    return NumpyHead(info["kind"], weights), source
+    kind = info.get("kind") if isinstance(info, dict) else None
+    head = NumpyHead(str(kind), weights)
+    _check_head(head, source, str(folder))
+    return head, source
+
+
+def _check_head(head: NumpyHead, source: dict[str, np.ndarray], folder: str) -> None:
+    """Refuse a head whose layers are missing, mis-shaped or not finite."""
+    layers = _LAYERS.get(head.kind)
+    names = [f"{layer}.{part}" for layer in layers or () for part in ("weight", "bias")]
+    problem = None
+    if layers is None:
+        problem = f"its head kind {head.kind!r} is not one of {', '.join(_LAYERS)}"
+    elif missing := [n for n in names if n not in head.weights]:
+        problem = f"it lacks the head tensors {missing}"
+    elif any(head.weights[n].ndim != (2 if n.endswith("weight") else 1) for n in names):
+        problem = "its head tensors have the wrong number of dimensions"
+    elif not all(np.isfinite(head.weights[n]).all() for n in names):
+        problem = "its head holds NaN or infinite weights"
+    elif not all(np.isfinite(v).all() for v in source.values()):
+        problem = "its source feature statistics hold NaN or infinite values"
+    elif source["mean"].shape != (head.feature_dim,) or source["std"].shape != (head.feature_dim,):
+        problem = (f"its source statistics have {source['mean'].shape} values for a head reading "
+                   f"{head.feature_dim} features")
+    if problem is not None:
+        raise ArtifactError(f"{HEAD_FILE} of {folder} cannot be used: {problem}; re-export the artifact.")

@@ -77,6 +77,32 @@ def largest_component(mask: np.ndarray, connectivity: int = 4) -> np.ndarray:
     return labels == int(np.argmax(sizes)) + 1
 
 
+def low_res_mask(mask_logits: np.ndarray, connectivity: int = 4) -> np.ndarray | None:
+    """The cell mask of one image at the graph's mask resolution: argmax, then the largest component.
+
+    Args:
+        mask_logits: a [2, h, w] array (channel 0 background, channel 1 cell).
+        connectivity: neighbourhood of the connected-component step.
+
+    Returns:
+        An hxw boolean mask, or None when the logits are not all finite.
+    """
+    if mask_logits.ndim != 3 or mask_logits.shape[0] != 2:
+        raise ValueError(f"mask_logits must be [2, h, w], got {mask_logits.shape}")
+    if not np.isfinite(mask_logits).all():
+        return None
+    return largest_component(np.argmax(mask_logits, axis=0) == CELL_CHANNEL, connectivity)
+
+
+def upscale_mask(low_res: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """A low-resolution boolean mask brought to (height, width) by nearest-neighbour resizing."""
+    height, width = size_hw
+    if low_res.shape == (height, width):
+        return low_res.copy()
+    image = Image.fromarray(low_res.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)
+    return np.asarray(image) > 127
+
+
 def cell_mask(mask_logits: np.ndarray, size_hw: tuple[int, int], connectivity: int = 4) -> np.ndarray | None:
     """The cell mask of one image from its mask logits, at the image's original size.
 
@@ -88,16 +114,8 @@ def cell_mask(mask_logits: np.ndarray, size_hw: tuple[int, int], connectivity: i
     Returns:
         An HxW boolean mask, or None when the logits are not all finite.
     """
-    if mask_logits.ndim != 3 or mask_logits.shape[0] != 2:
-        raise ValueError(f"mask_logits must be [2, h, w], got {mask_logits.shape}")
-    if not np.isfinite(mask_logits).all():
-        return None
-    low_res = largest_component(np.argmax(mask_logits, axis=0) == CELL_CHANNEL, connectivity)
-    height, width = size_hw
-    if low_res.shape == (height, width):
-        return low_res
-    image = Image.fromarray(low_res.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)
-    return np.asarray(image) > 127
+    low_res = low_res_mask(mask_logits, connectivity)
+    return None if low_res is None else upscale_mask(low_res, size_hw)
 
 
 def decide(probs: np.ndarray, class_names: Sequence[str], threshold: float, finite: bool = True) -> tuple[str | None, bool]:

@@ -1,4 +1,4 @@
-"""Site profiles: re-centering a new lab's features from its unlabelled cells (issue 7).
+"""Site profiles: re-centering a new lab's features from its unlabelled cells.
 
 DoRL's CAE aligns domain means for the domains it saw at training; a new analyzer site
 still drifts. A site profile is an affine map `x' = A x + b` applied between the deployed
@@ -11,6 +11,7 @@ Methods (chosen by measurement, see the README's table):
   A = C_s^{1/2} C_t^{-1/2} (with shrinkage).
 - `mean`: shift only (A = I, b = μ_s − μ_t).
 
+Every fit, write and load goes through the guard rails of `dorl.runtime.site_checks`.
 Torch-free: numpy only.
 """
 
@@ -18,14 +19,39 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dorl.artifacts import read_manifest, write_manifest
-from dorl.errors import ArtifactError, DorlError
+from dorl.errors import ArtifactError
+from dorl.runtime.site_checks import (
+    DriftWatch,
+    SiteProfileError,
+    check_cell_count,
+    check_map,
+    check_spread,
+    manifest_field,
+)
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "MIN_CELLS",
+    "PROFILE_FILE",
+    "DriftWatch",
+    "RunningStats",
+    "SiteProfile",
+    "SiteProfileError",
+    "affine_map",
+    "artifact_id",
+    "describe",
+    "fit_profile",
+    "load_profile",
+    "save_profile",
+]
 
 METHODS = ("standardise", "coral", "mean")
 # Measured on the trained TinyViT DoRL model (README, "Which site-adaptation map"): the mean shift
@@ -33,10 +59,7 @@ METHODS = ("standardise", "coral", "mean")
 DEFAULT_METHOD = "mean"
 PROFILE_FILE = "profile.npz"
 MIN_CELLS = 50
-
-
-class SiteProfileError(DorlError):
-    """A site profile cannot be made or does not fit the artifact."""
+DIGEST_BYTES = 16  # of each cell file's sha256, kept so that `--update` never counts a cell twice
 
 
 class RunningStats:
@@ -122,6 +145,7 @@ class SiteProfile:
     b: np.ndarray
     drift: float  # mean |z| of the site mean under the source distribution: a sanity figure
     created: str
+    seen: np.ndarray = field(default_factory=lambda: np.zeros((0, DIGEST_BYTES), np.uint8))  # cell digests
 
     def apply(self, features: np.ndarray) -> np.ndarray:
         return (features.astype(np.float64) @ self.a.T + self.b).astype(np.float32)
@@ -133,43 +157,101 @@ def drift_score(source: dict[str, np.ndarray], site: RunningStats) -> float:
 
 
 def fit_profile(site: str, source: dict[str, np.ndarray], stats: RunningStats, method: str,
-                artifact_sha256: str, min_cells: int = MIN_CELLS) -> SiteProfile:
-    """A profile from accumulated site statistics; refuses too few cells."""
-    if stats.n < min_cells:
-        raise SiteProfileError(
-            f"only {stats.n} usable cells from site {site!r}; at least {min_cells} are needed for stable "
-            "statistics: give a folder with more cells of this site."
-        )
+                artifact_sha256: str, min_cells: int = MIN_CELLS, seen: np.ndarray | None = None) -> SiteProfile:
+    """A profile from accumulated site statistics.
+
+    Raises:
+        SiteProfileError: an unknown method, too few cells for it, cells that barely vary, or a
+            map outside the bounds of `site_checks.check_map`.
+    """
+    if method not in METHODS:
+        raise SiteProfileError(f"unknown adaptation method {method!r}; choose one of {', '.join(METHODS)}.")
+    check_cell_count(site, method, stats.n, stats.mean.shape[0], min_cells)
+    check_spread(site, np.diag(stats.cov), source["std"])
     a, b = affine_map(source, stats, method)
+    check_map(a, b, repr(site), source)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    return SiteProfile(site, method, artifact_sha256, stats, a, b, drift_score(source, stats), now)
+    digests = seen if seen is not None else np.zeros((0, DIGEST_BYTES), np.uint8)
+    return SiteProfile(site, method, artifact_sha256, stats, a, b, drift_score(source, stats), now, digests)
 
 
-def save_profile(profile: SiteProfile, folder: str | Path) -> dict[str, Any]:
-    """Write the profile folder (arrays in .npz, never pickled, + manifest)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"a": profile.a, "b": profile.b, **{f"stats_{k}": v for k, v in profile.stats.to_arrays().items()}}
-    np.savez(str(folder / PROFILE_FILE), **arrays)  # type: ignore[arg-type]
-    return write_manifest(folder, "site-profile", [PROFILE_FILE], site=profile.site, method=profile.method,
-                          n_cells=profile.stats.n, artifact_sha256=profile.artifact_sha256,
-                          drift=profile.drift, date=profile.created)
+def save_profile(profile: SiteProfile, folder: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Write the profile folder (arrays in .npz, never pickled, + manifest) in one atomic step.
+
+    The folder is written as a temporary sibling and renamed into place under a lock (see
+    `dorl.safe_write`): a killed run leaves the previous profile as it was.
+
+    Args:
+        overwrite: replace an existing profile at `folder` (otherwise refused).
+    """
+    from dorl.safe_write import atomic_folder
+
+    check_map(profile.a, profile.b, repr(profile.site), site_mean=profile.stats.mean, site_std=profile.stats.std)
+    if not (np.isfinite(profile.stats.mean).all() and np.isfinite(profile.stats.m2).all()
+            and np.isfinite(profile.drift)):
+        raise SiteProfileError(f"the statistics of site {profile.site!r} are not finite: nothing was written; run "
+                               "`dorl adapt` again on real cells of the site.")
+    arrays = {"a": profile.a, "b": profile.b, "seen": profile.seen,
+              **{f"stats_{k}": v for k, v in profile.stats.to_arrays().items()}}
+    with atomic_folder(folder, overwrite=overwrite, kind="site-profile") as tmp:
+        np.savez(str(tmp / PROFILE_FILE), **arrays)  # type: ignore[arg-type]
+        return write_manifest(tmp, "site-profile", [PROFILE_FILE], site=profile.site, method=profile.method,
+                              n_cells=profile.stats.n, artifact_sha256=profile.artifact_sha256,
+                              drift=round(profile.drift, 6), date=profile.created)
 
 
-def load_profile(path: str | Path, artifact_sha256: str | None = None) -> SiteProfile:
-    """Read a profile; with `artifact_sha256`, refuse one made for another artifact."""
+def load_profile(path: str | Path, artifact_sha256: str | None = None,
+                 source: dict[str, np.ndarray] | None = None) -> SiteProfile:
+    """Read and check a profile.
+
+    Args:
+        path: the profile folder.
+        artifact_sha256: refuse a profile made for another artifact.
+        source: the artifact's source statistics, to check the map's dimension and shift.
+
+    Raises:
+        ArtifactError: not a profile, a changed file, or made for another artifact.
+        SiteProfileError: malformed fields or arrays, non-finite values, an implausible map.
+    """
     manifest = read_manifest(path, "site-profile")
-    if artifact_sha256 is not None and manifest["artifact_sha256"] != artifact_sha256:
+    where = str(manifest["folder"])
+    fields = {key: manifest_field(manifest, key, kind, where)
+              for key, kind in (("site", str), ("method", str), ("artifact_sha256", str), ("drift", float),
+                                ("date", str), ("n_cells", int))}
+    if fields["method"] not in METHODS:
+        raise SiteProfileError(f"site profile {where} names an unknown method {fields['method']!r}: run `dorl adapt` "
+                               "again.")
+    if artifact_sha256 is not None and fields["artifact_sha256"] != artifact_sha256:
         raise ArtifactError(
-            f"site profile {manifest['folder']} was made for another model (artifact sha256 "
-            f"{manifest['artifact_sha256'][:12]}…, this one is {artifact_sha256[:12]}…): run `dorl adapt` again "
-            "with this artifact."
+            f"site profile {where} was made for another model (artifact sha256 {fields['artifact_sha256'][:12]}…, "
+            f"this one is {artifact_sha256[:12]}…): run `dorl adapt` again with this artifact."
         )
-    with np.load(Path(manifest["folder"]) / PROFILE_FILE, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    arrays = _read_arrays(Path(where) / PROFILE_FILE, where)
     stats = RunningStats.from_arrays({k[len("stats_"):]: v for k, v in arrays.items() if k.startswith("stats_")})
-    return SiteProfile(manifest["site"], manifest["method"], manifest["artifact_sha256"], stats,
-                       arrays["a"], arrays["b"], float(manifest["drift"]), manifest["date"])
+    if stats.n != fields["n_cells"] or not (np.isfinite(stats.mean).all() and np.isfinite(stats.m2).all()):
+        raise SiteProfileError(f"site profile {where} holds statistics that are not finite or do not match its "
+                               "manifest: run `dorl adapt` again.")
+    check_map(arrays["a"], arrays["b"], where, source, site_mean=stats.mean, site_std=stats.std)
+    seen = arrays.get("seen", np.zeros((0, DIGEST_BYTES), np.uint8))
+    return SiteProfile(fields["site"], fields["method"], fields["artifact_sha256"], stats, arrays["a"], arrays["b"],
+                       fields["drift"], fields["date"], seen)
+
+
+def _read_arrays(path: Path, where: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise SiteProfileError(f"site profile {where} cannot be read ({exc}): run `dorl adapt` again.") from exc
+    dim = arrays.get("b", np.zeros(0)).shape[0] if arrays.get("b") is not None and arrays["b"].ndim == 1 else -1
+    expected = {"a": (dim, dim), "b": (dim,), "stats_mean": (dim,), "stats_m2": (dim, dim), "stats_n": ()}
+    wrong = [k for k, shape in expected.items() if k not in arrays or arrays[k].shape != shape
+             or not np.issubdtype(arrays[k].dtype, np.number)]
+    seen = arrays.get("seen")
+    if dim < 1 or wrong or (seen is not None and (seen.ndim != 2 or seen.shape[1] != DIGEST_BYTES)):
+        raise SiteProfileError(f"site profile {where} lacks or mis-shapes its arrays ({', '.join(wrong) or 'seen'}): "
+                               "run `dorl adapt` again.")
+    return arrays
 
 
 def artifact_id(manifest: dict[str, Any]) -> str:
@@ -182,5 +264,6 @@ def artifact_id(manifest: dict[str, Any]) -> str:
 
 
 def describe(profile: SiteProfile) -> str:
+    """One JSON line about a profile (always valid JSON: the statistics are finite by construction)."""
     return json.dumps({"site": profile.site, "method": profile.method, "cells": profile.stats.n,
-                       "drift": round(profile.drift, 3)})
+                       "drift": round(profile.drift, 3)}, allow_nan=False)

@@ -1,7 +1,8 @@
 """What `/analyze` answers about one cell: the analyzer's record, with the mask encoded for JSON.
 
-`cell_record` is the one place a `CellResult` becomes JSON here; its fields are `dorl predict
---json`'s (source, label, confidence, uncertain, error, probs), plus the mask and the site profile
+`cell_record` is `dorl predict --json`'s record (`dorl.runtime.records.cell_record`: source,
+status, label, confidence, uncertain, error, no_cell, probs, distance, size, notes, site), with
+`mask` holding the mask itself instead of a file name, and `site_profile` describing the profile
 that re-centred the features. Masks travel as a base64 PNG (0/255, the image's own size) or as
 COCO's uncompressed run-length encoding (column-major runs starting with background), which
 pycocotools and most annotation tools read.
@@ -11,14 +12,12 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from typing import Any
 
 import numpy as np
 
-
-def _finite(value: float) -> float | None:
-    return round(value, 6) if math.isfinite(value) else None
+from dorl.runtime import records
+from dorl.runtime.cell_result import CellResult
 
 
 def mask_png(mask: np.ndarray) -> str:
@@ -58,22 +57,16 @@ def encode_mask(mask: np.ndarray | None, mask_format: str) -> Any:
     return {"format": "png", "png": mask_png(mask)} if mask_format == "png" else {"format": "rle", **mask_rle(mask)}
 
 
-def cell_record(result: Any, mask_format: str, site: dict[str, Any] | None) -> dict[str, Any]:
-    """The JSON record of one analysed cell.
+def cell_record(result: CellResult, mask_format: str, site: dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON record of one analysed cell: predict's record, the mask encoded, the site profile described.
 
     Args:
-        result: a `dorl.runtime.analyzer.CellResult`.
+        result: the analyzer's result.
         mask_format: "png", "rle" or "none".
         site: the site profile the analyzer applied (name, method, cells), or None.
     """
-    confidence = result.confidence
-    return {
-        "source": result.source,
-        "label": result.label,
-        "confidence": _finite(confidence) if confidence is not None else None,
-        "uncertain": result.uncertain,
-        "error": result.error,
-        "probs": {name: _finite(p) for name, p in result.probs.items()},
-        "mask": encode_mask(result.mask, mask_format),
-        "site_profile": site,
-    }
+    record = records.cell_record(result)
+    record["mask"] = encode_mask(result.mask, mask_format)
+    record["mask_error"] = None
+    record["site_profile"] = site
+    return record

@@ -110,7 +110,7 @@ class ModelService:
     @property
     def site(self) -> dict[str, Any] | None:
         """The site profile the cell endpoint applies, or None."""
-        profile = getattr(self.analyzer, "site_profile", None)
+        profile = self.analyzer.site
         if profile is None:
             return None
         return {"site": profile.site, "method": profile.method, "cells": int(profile.stats.n)}

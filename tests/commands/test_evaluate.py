@@ -56,27 +56,44 @@ def invoke(*args: object) -> tuple[int, str, str]:
 
 def test_evaluate_writes_results_and_prints_the_table(bundle: Path, domains: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    code, stdout, stderr = invoke(bundle, "--domain", f"pbc={domains['pbc']}", "--domain", f"bccd={domains['bccd']}",
-                                  "-o", out, "--heads", "logreg", "--folds", "3", "--device", "cpu")
+    args = [bundle, "--domain", f"pbc={domains['pbc']}", "--domain", f"bccd={domains['bccd']}", "-o", out,
+            "--heads", "logreg", "--folds", "3", "--repeats", "2", "--device", "cpu"]
+    code, stdout, stderr = invoke(*args)
     assert code == 0, stderr
     results = json.loads((out / "results.json").read_text())
     assert results["source"] == "pbc" and results["targets"] == ["bccd"]
-    methods = [r["method"] for r in results["settings"]["all"]["rows"]]
-    assert methods == ["DoRL (CAE CLS)", "DoRL + site adaptation (mean)", "CAE without mean-matching",
-                       "pooled encoder tokens", "pooled tokens, each domain standardised"]
-    assert results["settings"]["shared"]["classes"] == ["lymphocyte", "neutrophil"]
-    assert "the bundle's CAE schedule (cpu), mmd_weight 0" in results["notes"][0]
-    assert results["info"]["cae_baseline_schedule"]["mmd_weight"] == 0.0
-    row = results["settings"]["all"]["rows"][0]
-    assert sum(map(sum, row["domains"]["pbc"]["confusion"]["counts"])) == 12
-    assert sum(map(sum, row["domains"]["bccd"]["confusion"]["counts"])) == 3 * 6  # all of bccd, every fold
-    assert "| method | head | pbc→pbc | pbc→bccd | cross-domain avg | avg (all columns) |" in stdout
-    assert (out / "results.md").read_text().startswith("# Cross-domain evaluation: source `pbc`")
-    assert len(list((out / "confusion").glob("*.png"))) == 10  # 2 settings x 5 methods x 1 head
-    assert {"bccd.safetensors", "pbc.safetensors"} <= {p.name for p in (out / "tokens").iterdir()}
-    # a second run reuses the token cache and the trained baseline CAE: same numbers
-    code, _, stderr = invoke(bundle, "-d", f"pbc={domains['pbc']}", "-d", f"bccd={domains['bccd']}", "-o", out,
-                             "--heads", "logreg", "--folds", "3", "--device", "cpu", "--no-confusion")
+    assert results["protocol"]["seeds"] == [1234, 1235]
+    data = results["settings"]["all"]
+    methods = [r["method"] for r in data["rows"]]
+    features = ["DoRL (CAE CLS)", "CAE without mean-matching", "CLS-aligned CAE", "pooled tokens"]
+    assert methods == [f"{f} · {framing}{adapt}" for framing in ("whole", "cell") for f in features
+                       for adapt in ("", " + adapt (mean)")]
+    # the bundle records the CPU schedule (cell framing): its own CAE is the cell DoRL row, the others are trained
+    assert results["info"]["bundle_framing"]["input"] == "cell"
+    assert results["info"]["cae"]["DoRL (CAE CLS) · cell"] == "the bundle's CAE"
+    assert results["info"]["cae"]["DoRL (CAE CLS) · whole"]["alignment"] == "z"
+    assert results["info"]["cae"]["CAE without mean-matching · cell"]["mmd_weight"] == 0.0
+    assert results["info"]["cae"]["CLS-aligned CAE · whole"]["alignment"] == "cls_mean"
+    assert data["class_counts"] == {"pbc": {c: 4 for c in CLASSES}, "bccd": {"lymphocyte": 3, "neutrophil": 3}}
+    assert data["majority"]["bccd"]["accuracy"] == 0.5 and data["majority"]["pbc"]["accuracy"] == pytest.approx(1 / 3)
+    assert data["small_classes"] == {"pbc": list(CLASSES), "bccd": ["lymphocyte", "neutrophil"]}
+    row = data["rows"][0]
+    assert sum(map(sum, row["domains"]["pbc"]["confusion"]["counts"])) == 2 * 12  # every pbc cell once per seed
+    assert sum(map(sum, row["domains"]["bccd"]["confusion"]["counts"])) == 6 * 6  # all of bccd, every split
+    assert len(row["cross_lab"]["balanced_accuracy"]["folds"]) == 6
+    compared = {(c["method"], c["reference"]) for c in data["comparisons"]}
+    assert ("DoRL (CAE CLS) · cell", "pooled tokens · cell") in compared
+    assert ("pooled tokens · cell", "pooled tokens · whole") in compared
+    assert ("pooled tokens · cell + adapt (mean)", "pooled tokens · cell") in compared
+    assert all(c["verdict"] in ("better", "worse", "no difference") for c in data["comparisons"])
+    assert "| method | head | pbc accuracy (in-domain) | cross-lab balanced accuracy |" in stdout
+    assert "majority class of each domain" in stdout
+    text = (out / "results.md").read_text()
+    assert text.startswith("# Cross-domain evaluation: source `pbc`") and "fewer than 5 cells" in text
+    assert (out / "summary_all.png").read_bytes()[:4] == b"\x89PNG" and not (out / "confusion").exists()
+    assert {"bccd.safetensors", "pbc.safetensors"} <= {p.name for p in (out / "cache" / "cell").iterdir()}
+    # a second run reuses the token caches and the trained CAEs: same numbers
+    code, _, stderr = invoke(*args)
     assert code == 0, stderr
     assert "read from" in stderr
     assert json.loads((out / "results.json").read_text())["settings"] == results["settings"]
@@ -95,5 +112,9 @@ def test_bad_inputs_give_clear_errors(bundle: Path, domains: dict[str, Path], tm
     assert code == 1 and "unknown heads" in err
     code, _, err = invoke(bundle, "-d", pbc, "-o", tmp_path / "o", "--adapt-methods", "mean,zca")
     assert code == 1 and "unknown site-adaptation method 'zca'" in err
+    code, _, err = invoke(bundle, "-d", pbc, "-o", tmp_path / "o", "--framings", "whole,field")
+    assert code == 1 and "unknown framing" in err
+    code, _, err = invoke(bundle, "-d", pbc, "-o", tmp_path / "o", "--cae-variants", "dorl (cae cls),MAE")
+    assert code == 1 and "unknown CAE variant 'MAE'" in err
     code, _, err = invoke(tmp_path, "-d", pbc, "-o", tmp_path / "o")
     assert code == 1 and "manifest" in err

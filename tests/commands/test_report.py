@@ -55,9 +55,11 @@ def test_report_from_frames_end_to_end(artifact: Path, frames: Path, tmp_path: P
     assert data["frames"] == {"analysed": 7, "without_white_cell": 0, "failed": 1}
     edge = sum(r["status"] == "cell" and r["edge"] for r in records)
     assert data["cells"]["found"] == 8 and data["cells"]["edge_cut"] == edge == 2
-    assert data["cells"]["counted"] == 6 == sum(d["count"] for d in data["differential"])
-    assert any("only 6 cells were counted" in w for w in data["warnings"])
-    assert "| **counted** | **6** |" in stdout and "Warning" in stdout
+    # the tiny graph's mask (darker than mid-grey) holds no cell in 4 of the 6 whole crops: "no cell", not counted
+    assert data["cells"]["rejected"] == 4
+    assert data["cells"]["counted"] == 2 == sum(d["count"] for d in data["differential"])
+    assert any("only 2 cells were counted" in w for w in data["warnings"])
+    assert "| **counted** | **2** |" in stdout and "Warning" in stdout
     assert (out / "differential.md").read_text() in stdout + "\n"
     assert (out / "gallery" / "index.html").is_file() and (out / "gallery" / "not-counted.png").is_file()
 
@@ -67,10 +69,10 @@ def test_report_from_records_matches(artifact: Path, frames: Path, tmp_path: Pat
     code, _, stderr = invoke(fields, artifact, frames, "-o", records)
     assert code == 0, stderr
     assert "7 frames: 8 white cells (2 cut by the edge), 1 frames unreadable." in stderr
-    code, _, stderr = invoke(report, records, "-o", tmp_path / "from-records", "--no-gallery", "--min-cells", "5")
+    code, _, stderr = invoke(report, records, "-o", tmp_path / "from-records", "--no-gallery", "--min-cells", "2")
     assert code == 0, stderr
     data = json.loads((tmp_path / "from-records" / "differential.json").read_text())
-    assert data["cells"]["counted"] == 6 and len(data["warnings"]) == 1 and "1 of 7 frames" in data["warnings"][0]
+    assert data["cells"]["counted"] == 2 and data["cells"]["rejected"] == 4 and len(data["warnings"]) == 1 and "1 of 7 frames" in data["warnings"][0]
     assert not (tmp_path / "from-records" / "gallery").exists()
 
 
@@ -79,7 +81,8 @@ def test_fields_streams_json_lines(artifact: Path, tmp_path: Path) -> None:
     assert code == 0
     lines = [json.loads(line) for line in stdout.splitlines()]
     assert [(r["frame_index"], r["cell"]) for r in lines] == [(0, 0), (0, 1), (1, 0)]
-    assert all(r["label"] in r["probs"] and len(r["box"]) == 4 and r["mask"]["size"] for r in lines)
+    assert all((r["label"] in r["probs"]) != bool(r["no_cell"]) and len(r["box"]) == 4 and r["mask"]["size"]
+               for r in lines)  # a label, or the reasons there is no cell
 
 
 @pytest.mark.parametrize(("args", "message"), [

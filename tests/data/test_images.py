@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 import zlib
@@ -12,7 +13,15 @@ import pytest
 from PIL import Image
 from sample_data import MASKED
 
-from dorl.data.images import MAX_PIXELS, array_to_rgb, describe_source, find_images, load_rgb, resize_square
+from dorl.data.images import (
+    MAX_PIXELS,
+    array_to_rgb,
+    decode_image,
+    describe_source,
+    find_images,
+    load_rgb,
+    resize_square,
+)
 from dorl.errors import ImageError
 
 
@@ -242,3 +251,93 @@ def test_describe_source() -> None:
     assert describe_source(Path("a/b.jpg")) == "a/b.jpg"
     assert describe_source(b"abc") == "<3 bytes>"
     assert describe_source(np.zeros((4, 5, 3), np.uint8)) == "<array 4x5x3 uint8>"
+
+
+# -- deep data, large frames, frames and paths ------------------------------------------------------
+def _png(width: int, height: int, depth: int, colour: int, samples: np.ndarray, sbit: bytes | None) -> bytes:
+    from bad_inputs import png
+
+    rows = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(height))
+    return png(width, height, depth, colour, rows, sbit)
+
+
+def test_twelve_bit_grey_png_is_scaled_by_its_sbit() -> None:
+    counts = (np.arange(32 * 16) * 8).reshape(16, 32)  # 0..4088: 12-bit camera counts, stored unscaled
+    decoded = decode_image(_png(32, 16, 16, 0, counts, bytes([12])))
+    expected = np.round(counts * 255 / 4095).astype(np.uint8)
+    np.testing.assert_array_equal(decoded.rgb[:, :, 0], expected)
+    assert decoded.notes == ("12-bit data (PNG sBIT) scaled by 255/4095",)
+    dark = decode_image(_png(32, 16, 16, 0, counts, None))  # no sBIT: scaled as 16-bit, and we say so
+    assert dark.rgb.max() <= 16 and "at most 12 bits used" in dark.notes[0]
+    spread = decode_image(_png(32, 16, 16, 0, counts * 16, bytes([12])))  # sBIT with data already scaled
+    np.testing.assert_array_equal(spread.rgb[:, :, 0], np.round(counts * 16 / 257.0).astype(np.uint8))
+
+
+def test_sixteen_bit_rgb_png_is_read_at_full_depth() -> None:
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 4096, (12, 20, 3))
+    decoded = decode_image(_png(20, 12, 16, 2, counts, bytes([12, 12, 12])))
+    np.testing.assert_array_equal(decoded.rgb, np.round(counts * 255 / 4095).astype(np.uint8))
+    full = rng.integers(0, 65536, (12, 20, 3))
+    np.testing.assert_array_equal(load_rgb(_png(20, 12, 16, 2, full, None)), np.round(full / 257.0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_large_frames_are_decoded_reduced_and_resize_alike(tmp_path: Path, fmt: str) -> None:
+    yy, xx = np.indices((1800, 2000))
+    rgb = np.stack([(xx // 7) % 256, (yy // 5) % 256, ((xx + yy) // 11) % 256], axis=2).astype(np.uint8)
+    path = tmp_path / f"frame.{fmt.lower()}"
+    Image.fromarray(rgb).save(path, format=fmt)
+    reduced = decode_image(path, reduce_for=224)
+    assert reduced.size_hw == (1800, 2000) and 448 <= min(reduced.rgb.shape[:2]) < 900
+    full = load_rgb(path)
+    assert full.shape == (1800, 2000, 3)
+    diff = np.abs(resize_square(reduced.rgb, 224).astype(int) - resize_square(full, 224).astype(int))
+    assert diff.mean() < 3  # what the model sees barely changes
+    small = decode_image(path, reduce_for=1000)  # under 4x the input side: decoded exactly
+    np.testing.assert_array_equal(small.rgb, full)
+
+
+def test_multi_frame_files_are_refused_single_frame_gif_is_read(tmp_path: Path) -> None:
+    a, b = Image.new("RGB", (32, 32), (200, 0, 0)), Image.new("RGB", (32, 32), (0, 0, 200))
+    a.save(tmp_path / "pages.tif", save_all=True, append_images=[b])
+    a.save(tmp_path / "anim.gif", save_all=True, append_images=[b], duration=50)
+    with pytest.raises(ImageError, match="holds 2 frames .* save each frame as its own file"):
+        load_rgb(tmp_path / "pages.tif")
+    with pytest.raises(ImageError, match="holds 2 frames"):
+        load_rgb(tmp_path / "anim.gif")
+    a.save(tmp_path / "one.gif")
+    assert load_rgb(tmp_path / "one.gif")[5, 5].tolist() == [200, 0, 0]
+
+
+def test_implausible_strips_are_refused_before_decoding(tmp_path: Path) -> None:
+    from bad_inputs import blank_png
+
+    (tmp_path / "strip.png").write_bytes(blank_png(4_000_000, 8))
+    with pytest.raises(ImageError, match="4000000x8 px, 500000 times longer than wide"):
+        load_rgb(tmp_path / "strip.png")
+    assert load_rgb(np.zeros((80, 800, 3), np.uint8)).shape == (80, 800, 3)  # 10:1 is still accepted
+    with pytest.raises(ImageError, match="times longer than wide"):
+        load_rgb(np.zeros((8, 81 * 8, 3), np.uint8)[:, :81])
+
+
+def test_exif_orientation_is_applied_and_reported_in_the_size(tmp_path: Path) -> None:
+    rgb = np.zeros((30, 50, 3), np.uint8)
+    rgb[:, :10] = 255  # a white band on the left of the stored image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
+    Image.fromarray(rgb).save(tmp_path / "rotated.png", exif=exif)
+    decoded = decode_image(tmp_path / "rotated.png")
+    assert decoded.size_hw == (50, 30) and decoded.rgb.shape == (50, 30, 3)
+    assert decoded.rgb[0, 15].tolist() == [255, 255, 255] and decoded.rgb[-1, 15].tolist() == [0, 0, 0]
+
+
+def test_paths_that_are_not_readable_image_files(tmp_path: Path) -> None:
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    os.mkfifo(tmp_path / "pipe.png")
+    for name, message in [("loop.jpg", "loop of symbolic links"), ("dangling.jpg", "gone.jpg, which does not exist"),
+                          ("folder.jpg", "is a folder"), ("pipe.png", "not a regular file")]:
+        with pytest.raises(ImageError, match=message):
+            load_rgb(tmp_path / name)

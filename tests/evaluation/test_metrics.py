@@ -10,8 +10,10 @@ from dorl.evaluation.metrics import (
     MeanStd,
     Scores,
     accuracy,
+    balanced_accuracy,
     confusion_matrix,
     macro_f1,
+    majority_scores,
     per_class_recall,
     summarise,
 )
@@ -74,3 +76,23 @@ def test_summarise_sums_confusion_and_averages_recall() -> None:
     assert summary.accuracy.folds == pytest.approx((2 / 3, 2 / 3))
     d = summary.to_dict()
     assert d["confusion"]["counts"] == [[2, 1, 0], [0, 2, 1]] and d["per_class_recall"] == {"a": 0.75, "b": 0.75}
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")  # "platelet": a class the head knows
+def test_balanced_accuracy_and_the_majority_constant_match_sklearn(labels: tuple[np.ndarray, np.ndarray]) -> None:
+    y_true, y_pred = labels
+    assert balanced_accuracy(y_true, y_pred) == pytest.approx(sk.balanced_accuracy_score(y_true, y_pred))
+    majority = majority_scores(y_true)
+    constant = np.full(len(y_true), "neutrophil")
+    assert majority["class"] == "neutrophil"
+    assert majority["accuracy"] == pytest.approx(np.mean(y_true == "neutrophil"))  # its count fraction
+    assert majority["balanced_accuracy"] == pytest.approx(1 / len(set(y_true)))
+    assert majority["macro_f1"] == pytest.approx(sk.f1_score(y_true, constant, average="macro", zero_division=0))
+
+
+def test_interval_is_student_t_and_shrinks_with_more_values() -> None:
+    values = [0.5, 0.6, 0.55, 0.45, 0.52]
+    half = MeanStd.of(values).ci95
+    assert half == pytest.approx(2.7764451 * np.std(values, ddof=1) / np.sqrt(5), rel=1e-6)
+    assert MeanStd.of(values * 3).ci95 < half  # the same spread over 15 splits
+    assert np.isnan(MeanStd.of([0.5]).ci95) and MeanStd.of(values).to_dict()["ci95"] == half

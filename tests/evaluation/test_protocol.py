@@ -31,15 +31,15 @@ def domains() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def test_in_domain_perfect_and_shift_collapses_then_standardisation_recovers(domains) -> None:
-    protocol = Protocol("src", heads=("svm", "logreg"), folds=5)
+    protocol = Protocol("src", heads=("svm", "logreg"), folds=5, repeats=2)
     plain = {r.head: r for r in evaluate_method("plain", domains, protocol)}
     for row in plain.values():
         assert list(row.domains) == ["src", "same", "shifted"]
         assert row.domains["src"].accuracy.mean == 1.0 and row.domains["same"].accuracy.mean > 0.98
         assert row.domains["shifted"].accuracy.mean < 0.5  # the lab shift breaks a source-fit scaler
-        assert len(row.domains["src"].accuracy.folds) == 5
-        assert row.domains["src"].confusion.sum() == 90  # each source cell tested once over the folds
-        assert row.domains["shifted"].confusion.sum() == 5 * 60  # the whole target, every fold
+        assert len(row.domains["src"].accuracy.folds) == 10  # 2 seeds x 5 folds
+        assert row.domains["src"].confusion.sum() == 2 * 90  # each source cell tested once per seed
+        assert row.domains["shifted"].confusion.sum() == 10 * 60  # the whole target, every split
     fixed = {r.head: r for r in evaluate_method("std", standardise_per_domain(domains), protocol)}
     for head, row in fixed.items():
         assert row.domains["shifted"].accuracy.mean > 0.98 > plain[head].domains["shifted"].accuracy.mean
@@ -75,8 +75,8 @@ def test_site_adaptation_moves_targets_onto_the_source_and_leaves_the_source_alo
 
 
 def test_folds_are_seeded_and_stratified(domains) -> None:
-    a = evaluate_method("m", domains, Protocol("src", heads=("logreg",), seed=7))[0]
-    b = evaluate_method("m", domains, Protocol("src", heads=("logreg",), seed=7))[0]
+    a = evaluate_method("m", domains, Protocol("src", heads=("logreg",), seed=7, repeats=1))[0]
+    b = evaluate_method("m", domains, Protocol("src", heads=("logreg",), seed=7, repeats=1))[0]
     assert a.domains["shifted"].accuracy.folds == b.domains["shifted"].accuracy.folds
     np.testing.assert_array_equal(a.domains["src"].confusion.sum(axis=1), [30, 30, 30])
 
@@ -90,7 +90,7 @@ def test_shared_setting_restricts_train_and_test() -> None:
     all_row, shared_row = result.rows["all"][0], result.rows["shared"][0]
     assert all_row.domains["tgt"].confusion.shape == (2, 3)  # target classes x the classes the head knows
     assert shared_row.domains["src"].confusion.shape == (2, 2)
-    assert shared_row.domains["src"].confusion.sum() == 60
+    assert shared_row.domains["src"].confusion.sum() == 3 * 60  # 3 seeds
     d = result.to_dict()
     assert d["targets"] == ["tgt"] and set(d["settings"]) == {"all", "shared"}
     assert d["settings"]["shared"]["rows"][0]["cross_domain_average"]["mean"] == shared_row.average().mean
@@ -106,6 +106,10 @@ def test_restrict_and_too_few_shared_classes() -> None:
 def test_bad_inputs_raise_clear_errors(domains) -> None:
     with pytest.raises(ConfigError, match="unknown heads"):
         Protocol("src", heads=("rf",))
+    with pytest.raises(ConfigError, match="at least 1 seed"):
+        Protocol("src", repeats=0)
+    with pytest.raises(ConfigError, match="class settings"):
+        Protocol("src", settings=("most",))
     with pytest.raises(ConfigError, match="not among the domains"):
         evaluate([("m", domains)], Protocol("lab"))
     with pytest.raises(ConfigError, match="lower --folds"):
@@ -123,3 +127,29 @@ def test_method_transform_runs_after_the_class_restriction() -> None:
         np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-5)
     full_src = method.arrays()["src"][0]
     assert full_src.shape == (30, 6) and abs(full_src[10:].mean()) > 1e-3  # the eosinophils shifted the mean
+
+
+def test_counts_majority_and_small_classes_come_with_the_rows() -> None:
+    """The majority row is the count fraction of each domain's most frequent class; classes under 5 named."""
+    data = {"src": make_domain(10, 0), "tgt": (np.zeros((9, 6)), np.array(["neutrophil"] * 6 + ["lymphocyte"] * 3))}
+    result = evaluate([("plain", data)], Protocol("src", heads=("logreg",), folds=2, repeats=1, settings=("all",)))
+    d = result.to_dict()["settings"]["all"]
+    assert d["class_counts"]["tgt"] == {"lymphocyte": 3, "neutrophil": 6}
+    assert d["majority"]["tgt"] == {"class": "neutrophil", "accuracy": 6 / 9, "balanced_accuracy": 0.5,
+                                    "macro_f1": pytest.approx((2 * (6 / 9) / (1 + 6 / 9)) / 2)}
+    assert d["majority"]["src"]["accuracy"] == pytest.approx(1 / 3)
+    assert d["small_classes"] == {"tgt": ["lymphocyte"]}
+    row = d["rows"][0]
+    assert set(row["cross_lab"]) == {"balanced_accuracy", "macro_f1", "accuracy"}
+    assert len(row["cross_lab"]["balanced_accuracy"]["folds"]) == 2
+
+
+def test_intervals_shrink_with_more_splits(domains) -> None:
+    """Noisy target: the 95 % interval over 3 seeds x 5 folds is narrower than over 1 seed x 3 folds."""
+    rng = np.random.default_rng(3)
+    noisy = {name: (x + rng.normal(0, 2.5, x.shape), y) for name, (x, y) in domains.items()}
+    few = evaluate_method("m", noisy, Protocol("src", heads=("logreg",), folds=3, repeats=1))[0]
+    many = evaluate_method("m", noisy, Protocol("src", heads=("logreg",), folds=5, repeats=3))[0]
+    narrow, wide = many.average(metric="balanced_accuracy"), few.average(metric="balanced_accuracy")
+    assert len(narrow.folds) == 15 and len(wide.folds) == 3
+    assert 0 < narrow.ci95 < wide.ci95

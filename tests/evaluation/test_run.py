@@ -1,4 +1,4 @@
-"""The evaluation driver's rows on small synthetic token maps: the baseline CAE's cache and every row."""
+"""The evaluation driver on small synthetic token maps: the CAE variants' cache and the rows' names and tags."""
 
 from __future__ import annotations
 
@@ -10,13 +10,19 @@ import pytest
 import torch
 
 from dorl.config import ModelConfig
+from dorl.errors import ConfigError
 from dorl.evaluation.run import (
+    CLS_ALIGNED_METHOD,
     DORL_METHOD,
     NO_MMD_METHOD,
     POOLED_METHOD,
-    STANDARDISED_METHOD,
-    baseline_cae,
-    bundle_methods,
+    EvaluationOptions,
+    feature_methods,
+    is_variant,
+    method_name,
+    token_set_arrays,
+    variant_cae,
+    variant_schedule,
 )
 from dorl.models.registry import build_model
 from dorl.training.config import CaeTrainConfig
@@ -43,30 +49,54 @@ def token_sets(seed: int) -> list[TokenSet]:
     return out
 
 
-def test_baseline_cae_is_cached_per_encoder_and_rows_are_built(model, tmp_path: Path) -> None:
+def test_variant_cae_is_cached_per_encoder_inputs_and_schedule(model, tmp_path: Path) -> None:
     sets = token_sets(0)
     schedule = CaeTrainConfig(epochs=1, batch_size=16, warmup_iters=1)  # one step: the test is about caching
-    first = baseline_cae(model, sets, schedule, torch.device("cpu"), tmp_path, seed=3)
-    assert len(list(tmp_path.glob("cae_without_mmd_*.safetensors"))) == 1
+    first = variant_cae(model, sets, schedule, torch.device("cpu"), tmp_path, seed=3, inputs="whole")
+    assert len(list(tmp_path.glob("cae_*.safetensors"))) == 1
     reporter = RecordingReporter()
-    again = baseline_cae(model, sets, schedule, torch.device("cpu"), tmp_path, seed=3, reporter=reporter)
+    again = variant_cae(model, sets, schedule, torch.device("cpu"), tmp_path, seed=3, inputs="whole",
+                        reporter=reporter)
     assert reporter.notes and "read from" in reporter.notes[0] and "cae" not in reporter.tasks()
     for (k, a), b in zip(first.state_dict().items(), again.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k)
     untrained = dataclasses.replace(schedule, epochs=0)
-    baseline_cae(model, sets, untrained, torch.device("cpu"), tmp_path, seed=3)
+    variant_cae(model, sets, untrained, torch.device("cpu"), tmp_path, seed=3, inputs="whole")
+    variant_cae(model, sets, untrained, torch.device("cpu"), tmp_path, seed=3, inputs="cell")  # other crops
     other = build_model(TINY)  # other encoder weights: other tokens, so a cached CAE must not be reused
-    baseline_cae(other, sets, untrained, torch.device("cpu"), tmp_path, seed=3)
-    assert len(list(tmp_path.glob("cae_without_mmd_*.safetensors"))) == 3
+    variant_cae(other, sets, untrained, torch.device("cpu"), tmp_path, seed=3, inputs="whole")
+    assert len(list(tmp_path.glob("cae_*.safetensors"))) == 4
 
-    methods = bundle_methods(model, sets, first)
-    assert [m.name for m in methods] == [DORL_METHOD, "DoRL + site adaptation (mean)", NO_MMD_METHOD, POOLED_METHOD,
-                                        STANDARDISED_METHOD]
-    x, y = methods[0].domains["tgt"]
-    assert x.shape == (4, 96) and list(y) == ["a", "b"] * 2
-    np.testing.assert_allclose(methods[3].domains["src"][0], sets[0].tokens.float().mean(dim=(2, 3)).numpy(), atol=1e-5)
-    standardised = methods[4].arrays()["tgt"][0]
-    np.testing.assert_allclose(standardised.mean(axis=0), 0.0, atol=1e-5)
-    assert len(bundle_methods(model, sets, None, pooled_baselines=False)) == 2  # DoRL, and DoRL adapted
-    names = [m.name for m in bundle_methods(model, sets, None, False, ("mean", "coral"))]
-    assert names == [DORL_METHOD, "DoRL + site adaptation (mean)", "DoRL + site adaptation (coral)"]
+
+def test_variant_schedules_and_which_the_bundle_holds() -> None:
+    dorl = CaeTrainConfig(mmd_weight=0.5)
+    assert variant_schedule(dorl, NO_MMD_METHOD).mmd_weight == 0.0
+    cls = variant_schedule(dorl, CLS_ALIGNED_METHOD)
+    assert (cls.alignment, cls.mmd_weight) == ("cls_mean", 0.5)
+    plain = CaeTrainConfig(mmd_weight=0.0)
+    assert variant_schedule(plain, DORL_METHOD).mmd_weight == 1.0  # an aligning variant always aligns
+    assert is_variant(dorl, DORL_METHOD) and not is_variant(dorl, NO_MMD_METHOD)
+    assert is_variant(plain, NO_MMD_METHOD) and not is_variant(plain, DORL_METHOD)
+    assert is_variant(cls, CLS_ALIGNED_METHOD) and not is_variant(cls, DORL_METHOD)
+
+
+def test_feature_methods_name_and_tag_every_row(model) -> None:
+    sets = token_sets(1)
+    arrays = token_set_arrays(sets, lambda t: t.tokens.float().mean(dim=(2, 3)).numpy())
+    methods = feature_methods(POOLED_METHOD, "cell", arrays, ("mean", "coral"))
+    assert [m.name for m in methods] == ["pooled tokens · cell", "pooled tokens · cell + adapt (mean)",
+                                        "pooled tokens · cell + adapt (coral)"]
+    assert [m.tags["adaptation"] for m in methods] == ["none", "mean", "coral"]
+    assert all(m.tags["feature"] == POOLED_METHOD and m.tags["framing"] == "cell" for m in methods)
+    plain, adapted = methods[0].arrays(), methods[1].arrays()
+    np.testing.assert_allclose(plain["src"][0], adapted["src"][0])  # the source is never moved
+    np.testing.assert_allclose(adapted["tgt"][0].mean(0), plain["src"][0].mean(0), atol=1e-4)
+    assert method_name(DORL_METHOD, "whole") == "DoRL (CAE CLS) · whole"
+
+
+def test_options_refuse_unknown_framings_and_variants() -> None:
+    with pytest.raises(ConfigError, match="unknown framing"):
+        EvaluationOptions(framings=("crop",))
+    with pytest.raises(ConfigError, match="unknown CAE variant"):
+        EvaluationOptions(cae_variants=("MAE",))
+    assert EvaluationOptions().protocol("pbc").seeds == (1234, 1235, 1236)

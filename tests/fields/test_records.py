@@ -44,7 +44,8 @@ def field_cell(edge: bool = False) -> FieldCell:
     mask = np.zeros((45, 45), bool)
     mask[5:40, 5:40] = True
     result = CellResult(source="<array 45x45x3 uint8>", label="neutrophil",
-                        probs={"lymphocyte": 0.2, "neutrophil": 0.8}, feature=None, mask=mask, uncertain=False)
+                        probs={"lymphocyte": 0.2, "neutrophil": 0.8}, feature=None, mask_lowres=mask, size_hw=mask.shape,
+                        uncertain=False)
     return FieldCell(frame="a.jpg", frame_index=3, index=0, found=found, crop_box=(12, 12, 57, 57), result=result)
 
 

@@ -14,8 +14,9 @@ from dorl.data.images import load_rgb, resize_square
 from dorl.errors import ArtifactError
 from dorl.runtime.adapt import adapt_site
 from dorl.runtime.analyzer import Analyzer
-from dorl.runtime.head import HEAD_FILE, softmax
-from dorl.runtime.site_profile import RunningStats, SiteProfileError, load_profile, save_profile
+from dorl.runtime.head import HEAD_FILE
+from dorl.runtime.postprocess import softmax
+from dorl.runtime.site_profile import RunningStats, SiteProfileError, describe, load_profile, save_profile
 
 
 def _features(tiny, paths):
@@ -89,15 +90,14 @@ def test_guard_rails(adapted_artifact, tiny_artifact, wbc_root, tmp_path):
         adapt_site(tiny_artifact.folder, cells[:25], "bccd", min_cells=20)
 
 
-def test_wildly_off_cells_are_warned_about(adapted_artifact, tmp_path):
+def test_noise_is_refused_as_a_site(adapted_artifact, tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for i in range(25):  # saturated noise: not blood cells
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"noise{i}.png")
-    warnings: list[str] = []
-    adapt_site(adapted_artifact, tmp_path, "noise", min_cells=20, warn=warnings.append)
-    assert any("standard deviations" in w for w in warnings)
+    with pytest.raises(SiteProfileError, match=r"moves a feature by \d+ standard deviations, above 50"):
+        adapt_site(adapted_artifact, tmp_path, "noise", min_cells=20)
 
 
 def test_cli_adapt_then_predict_with_site(adapted_artifact, wbc_root, tmp_path):
@@ -117,9 +117,10 @@ def test_cli_adapt_then_predict_with_site(adapted_artifact, wbc_root, tmp_path):
     assert (tmp_path / "site" / "manifest.json").is_file()
     image = min(folder.rglob("*.jpg"))
     result = CliRunner().invoke(app, ["predict", str(adapted_artifact), str(image), "--json", "--site",
-                                      str(tmp_path / "site")])
+                                      str(tmp_path / "site"), "--no-cell-check"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout.strip().splitlines()[0])["label"] is not None
+    record = json.loads(result.stdout.strip().splitlines()[0])
+    assert record["label"] is not None and record["site"] == "bccd"
 
 
 def test_the_command_line_defaults_are_the_library_default() -> None:
@@ -132,3 +133,212 @@ def test_the_command_line_defaults_are_the_library_default() -> None:
     # typer needs literal defaults (the CLI does not import numpy at start-up): keep them in step
     assert inspect.signature(adapt).parameters["method"].default == DEFAULT_METHOD
     assert inspect.signature(evaluate).parameters["adapt_methods"].default == DEFAULT_METHOD
+
+
+# -- guard rails, made from the attacks seen in the field ----------------------------------------------
+SAMPLE = Path(__file__).resolve().parents[2] / "dorl" / "assets" / "sample"
+
+
+@pytest.fixture(scope="module")
+def sample_artifact(tiny_artifact, tmp_path_factory) -> Path:
+    """The tiny artifact with a host-side head and the bundled pbc sample's feature statistics."""
+    from safetensors.numpy import save_file
+
+    folder = tmp_path_factory.mktemp("guard") / "tiny"
+    shutil.copytree(tiny_artifact.folder, folder)
+    source = _features(tiny_artifact, sorted((SAMPLE / "pbc").rglob("*.jpg")))
+    save_file({"head.fc.weight": np.ascontiguousarray(tiny_artifact.w_head.T), "head.fc.bias": tiny_artifact.b_head,
+               "source.mean": source.mean(0).astype(np.float32), "source.std": source.std(0, ddof=1).astype(np.float32),
+               "source.cov": np.cov(source, rowvar=False).astype(np.float32)}, str(folder / HEAD_FILE))
+    manifest = read_manifest(folder)
+    fields = {k: v for k, v in manifest.items() if k not in ("files", "folder", "format_version", "kind", "created")}
+    write_manifest(folder, "onnx", ["model.onnx", HEAD_FILE], **{**fields, "head": {"kind": "linear"}})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bccd_profile(sample_artifact, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bccd_profile") / "site"
+    save_profile(adapt_site(sample_artifact, SAMPLE / "bccd", "bccd", min_cells=20), folder)
+    return folder
+
+
+def tamper(profile: Path, folder: Path, arrays: dict | None = None, fields: dict | None = None) -> Path:
+    """A copy of `profile` with arrays or manifest fields replaced, its hashes rewritten (as an attacker would)."""
+    shutil.copytree(profile, folder)
+    with np.load(folder / "profile.npz") as data:
+        content = {k: data[k] for k in data.files}
+    content.update(arrays or {})
+    for key in [k for k, v in content.items() if v is None]:
+        del content[key]
+    np.savez(folder / "profile.npz", **content)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    kept = {k: v for k, v in manifest.items() if k not in ("files", "format_version", "kind", "created")}
+    kept.update(fields or {})
+    write_manifest(folder, "site-profile", ["profile.npz"], **{k: v for k, v in kept.items() if v is not None})
+    return folder
+
+
+def test_copies_of_one_image_never_make_a_profile(sample_artifact, tmp_path):
+    from PIL import Image, PngImagePlugin
+
+    cell = min((SAMPLE / "bccd" / "neutrophil").glob("*.jpg"))
+    (tmp_path / "same").mkdir()
+    for i in range(60):
+        shutil.copy(cell, tmp_path / "same" / f"copy_{i:02d}.jpg")
+    for method in ("mean", "standardise", "coral"):
+        with pytest.raises(SiteProfileError, match="only 1 distinct usable cells"):
+            adapt_site(sample_artifact, tmp_path / "same", "copies", method=method, min_cells=1)
+    (tmp_path / "reencoded").mkdir()
+    rgb = Image.open(cell).convert("RGB")
+    for i in range(60):  # the same pixels, different bytes: the hashes differ, the features do not
+        info = PngImagePlugin.PngInfo()
+        info.add_text("copy", str(i))
+        rgb.save(tmp_path / "reencoded" / f"copy_{i:02d}.png", pnginfo=info)
+    for method in ("mean", "standardise"):
+        with pytest.raises(SiteProfileError, match="barely differ from each other"):
+            adapt_site(sample_artifact, tmp_path / "reencoded", "copies", method=method, min_cells=1)
+
+
+def test_coral_needs_far_more_than_three_cells(sample_artifact):
+    cells = sorted((SAMPLE / "bccd" / "neutrophil").glob("*.jpg"))[:3]
+    with pytest.raises(SiteProfileError, match="only 3 distinct usable cells .*; the coral map needs at least 50"):
+        adapt_site(sample_artifact, cells, "bccd", method="coral", min_cells=1)
+    with pytest.raises(SiteProfileError, match="the mean map needs at least 20"):
+        adapt_site(sample_artifact, cells, "bccd", method="mean", min_cells=1)
+    with pytest.raises(SiteProfileError, match="unknown adaptation method 'median'"):
+        adapt_site(sample_artifact, cells, "bccd", method="median")
+
+
+@pytest.mark.parametrize("arrays,fields,message", [
+    ({"b": np.full(8, 1e30)}, None, "moves a feature by .*e\\+3. standard deviations"),
+    ({"a": np.eye(8) * 1e8}, None, "scales features by 1e\\+08"),
+    ({"a": np.full((8, 8), np.nan)}, None, "NaN or infinite"),
+    ({"b": np.array([np.inf] * 8)}, None, "NaN or infinite"),
+    ({"stats_mean": np.full(8, np.nan)}, None, "not finite"),
+    ({"b": None}, None, "lacks or mis-shapes its arrays"),
+    ({"a": np.eye(3)}, None, "mis-shapes"),
+    (None, {"drift": "high"}, "no valid 'drift'"),
+    (None, {"drift": float("nan")}, "'drift' = nan"),
+    (None, {"site": None}, "no valid 'site'"),
+    (None, {"n_cells": 7}, "do not match its manifest"),
+    (None, {"method": "magic"}, "unknown method 'magic'"),
+])
+def test_profiles_that_cannot_be_trusted_are_refused(sample_artifact, bccd_profile, tmp_path, arrays, fields,
+                                                     message):
+    bad = tamper(bccd_profile, tmp_path / "bad", arrays, fields)
+    with pytest.raises(SiteProfileError, match=message):
+        load_profile(bad)
+    with pytest.raises(SiteProfileError, match=message):
+        Analyzer(sample_artifact, site=bad)
+    with pytest.raises(SiteProfileError, match=message):
+        adapt_site(sample_artifact, SAMPLE / "bccd", "bccd", update=bad, min_cells=20)
+
+
+def test_update_counts_each_cell_once_and_says_so(sample_artifact, bccd_profile):
+    warnings: list[str] = []
+    again = adapt_site(sample_artifact, SAMPLE / "bccd", "bccd", update=bccd_profile, min_cells=20,
+                       warn=warnings.append)
+    original = load_profile(bccd_profile)
+    assert again.stats.n == original.stats.n == 51 and len(again.seen) == 51
+    assert any("51 cells were already counted" in w for w in warnings)
+    assert json.loads(describe(again))["cells"] == 51
+    with pytest.raises(SiteProfileError, match="of site 'bccd', not 'jtsc'"):
+        adapt_site(sample_artifact, SAMPLE / "bccd", "jtsc", update=bccd_profile)
+
+
+def test_the_wrong_lab_profile_is_warned_about_and_recorded(sample_artifact, bccd_profile):
+    warnings: list[str] = []
+    with Analyzer(sample_artifact, site=bccd_profile, warn=warnings.append) as analyzer:
+        pbc = analyzer.analyze(sorted((SAMPLE / "pbc" / "neutrophil").glob("*.jpg")))
+    assert len(warnings) == 1 and "looks like the wrong profile" in warnings[0] and "'bccd'" in warnings[0]
+    assert {r.site for r in pbc} == {"bccd"}
+    warnings.clear()
+    with Analyzer(sample_artifact, site=bccd_profile, warn=warnings.append) as analyzer:
+        analyzer.analyze(sorted((SAMPLE / "bccd").rglob("*.jpg")))
+    assert warnings == []  # its own lab: no warning
+
+
+def _cli():
+    import typer
+
+    from dorl.commands.adapt import adapt
+
+    app = typer.Typer()
+    app.command("adapt")(adapt)
+    app.command("other")(lambda: None)
+    return app
+
+
+def test_adapt_never_writes_over_its_artifact_or_a_locked_folder(sample_artifact, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from typer.testing import CliRunner
+
+    before = {p.name: p.read_bytes() for p in sample_artifact.iterdir()}
+    result = CliRunner().invoke(_cli(), ["adapt", str(sample_artifact), "--cells", str(SAMPLE / "bccd"), "-o",
+                                         str(sample_artifact), "--min-cells", "20", "--overwrite"])
+    assert result.exit_code == 1 and "input" in result.stderr
+    assert {p.name: p.read_bytes() for p in sample_artifact.iterdir()} == before
+    target = tmp_path / "site"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from dorl.safe_write import output_lock
+        with output_lock({str(target)!r}):
+            print("locked", flush=True)
+            sys.stdin.read()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        result = CliRunner().invoke(_cli(), ["adapt", str(sample_artifact), "--cells", str(SAMPLE / "bccd"), "-o",
+                                             str(target), "--min-cells", "20"])
+        assert result.exit_code == 1 and f"another dorl process (pid {holder.pid})" in result.stderr
+    finally:
+        holder.communicate(b"", timeout=60)
+    assert not target.exists()
+
+
+def test_update_in_place_killed_mid_write_leaves_the_old_profile(sample_artifact, bccd_profile, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    profile = tmp_path / "site"
+    shutil.copytree(bccd_profile, profile)
+    before = {p.name: p.read_bytes() for p in profile.iterdir()}
+    script = textwrap.dedent(f"""
+        import os, signal
+        import numpy as np
+        from dorl.runtime.site_profile import load_profile, save_profile
+
+        def dying_savez(path, **arrays):
+            with open(path, "wb") as f:
+                f.write(b"PK half an archive")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        np.savez = dying_savez
+        save_profile(load_profile({str(profile)!r}), {str(profile)!r}, overwrite=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120, check=False)
+    assert done.returncode == -9, done.stderr
+    assert {p.name: p.read_bytes() for p in profile.iterdir()} == before
+    assert load_profile(profile).stats.n == 51
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(_cli(), ["adapt", str(sample_artifact), "--cells", str(SAMPLE / "bccd"), "--update",
+                                         str(profile), "-o", str(profile), "--min-cells", "20"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["cells"] == 51 and "already counted" in result.stderr
+
+
+def test_cells_far_from_the_source_without_a_profile_are_warned_about(sample_artifact):
+    warnings: list[str] = []
+    with Analyzer(sample_artifact, warn=warnings.append) as analyzer:
+        analyzer.analyze(sorted((SAMPLE / "bccd").rglob("*.jpg"))[:24])
+    assert len(warnings) == 1 and "make a site profile for this lab with `dorl adapt`" in warnings[0]
+    warnings.clear()
+    with Analyzer(sample_artifact, warn=warnings.append) as analyzer:
+        analyzer.analyze(sorted((SAMPLE / "pbc").rglob("*.jpg"))[:24])
+    assert warnings == []  # the source lab itself

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dorl.runtime import records
 from dorl.runtime.analyzer import CellResult
 from dorl.serve.record import cell_record, mask_rle, rle_to_mask
 
@@ -32,10 +33,12 @@ def test_rle_round_trips(mask: np.ndarray) -> None:
     np.testing.assert_array_equal(rle_to_mask(mask_rle(mask)), mask)
 
 
-def result(mask: np.ndarray | None = None, error: str | None = None) -> CellResult:
+def result(mask: np.ndarray | None = None, error: str | None = None, no_cell: tuple[str, ...] = ()) -> CellResult:
     if error is not None:
         return CellResult.failed("<3 bytes>", error)
-    return CellResult("cell.jpg", "b", {"a": 0.25, "b": 0.7500004}, np.zeros(2, np.float32), mask, False)
+    return CellResult("cell.jpg", None if no_cell else "b", {"a": 0.25, "b": 0.7500004}, np.zeros(2, np.float32),
+                      mask, mask.shape if mask is not None else None, False, no_cell=no_cell, distance=1.25,
+                      site="lab2")
 
 
 def test_record_has_predicts_fields_and_a_png_mask() -> None:
@@ -48,6 +51,18 @@ def test_record_has_predicts_fields_and_a_png_mask() -> None:
     np.testing.assert_array_equal(np.asarray(png) > 127, a_mask())
 
 
+def test_record_is_predicts_record_with_the_mask_itself() -> None:
+    cell = result(a_mask())
+    served, predicted = cell_record(cell, "rle", None), records.cell_record(cell)
+    assert set(served) == {*predicted, "site_profile"}
+    assert {k: v for k, v in served.items() if k not in ("mask", "site_profile")} == \
+        {k: v for k, v in predicted.items() if k != "mask"}
+    assert served["status"] == "ok" and served["distance"] == 1.25 and served["site"] == "lab2"
+    empty = cell_record(result(a_mask(), no_cell=("the mask is empty",)), "none", None)
+    assert empty["status"] == "no_cell" and empty["label"] is None and empty["confidence"] is None
+    assert empty["no_cell"] == ["the mask is empty"]
+
+
 def test_record_masks_in_rle_or_none_and_errors_without_a_mask() -> None:
     rle = cell_record(result(a_mask()), "rle", None)["mask"]
     assert rle["format"] == "rle"
@@ -55,3 +70,4 @@ def test_record_masks_in_rle_or_none_and_errors_without_a_mask() -> None:
     assert cell_record(result(a_mask()), "none", None)["mask"] is None
     failed = cell_record(result(error="not an image"), "png", None)
     assert failed["label"] is None and failed["error"] == "not an image" and failed["mask"] is None
+    assert failed["status"] == "failed"

@@ -38,7 +38,7 @@ def predict_records(artifact: Path, cells: list[Path]) -> list[dict[str, Any]]:
     app = typer.Typer()
     app.command()(predict)
     result = CliRunner().invoke(app, [str(artifact), *map(str, cells), "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in (0, 3), result.output  # 3: the untrained model's masks may say "no cell"
     records = {r["source"]: r for r in map(json.loads, result.stdout.splitlines())}
     return [records[str(c)] for c in cells]
 
@@ -67,10 +67,11 @@ def test_tinyvit_served_equals_predict(tinyvit_artifact: Path, sample_cells: lis
             t.join(600)
         batches = server.service.metrics.batch_size.series[("cell",)]
     for record, row in zip(records, probs):
-        assert names[int(np.argmax(row))] == record["label"]
+        assert int(np.argmax(row)) == int(np.argmax([record["probs"][n] for n in names]))
         assert np.abs(row - np.array([record["probs"][n] for n in names])).max() <= 1e-6
     for cell, record in zip(sample_cells, records):
         answer = served[str(cell)]
         assert answer["label"] == record["label"] and answer["uncertain"] == record["uncertain"]
+        assert answer["status"] == record["status"] and answer["no_cell"] == record["no_cell"]
         assert max(abs(answer["probs"][n] - record["probs"][n]) for n in names) <= 1e-6
     assert batches[-1] < len(sample_cells)  # the twelve concurrent cells were batched

@@ -66,3 +66,11 @@ def test_round_trip_through_a_dict() -> None:
     assert train_config_from_dict(train_config_to_dict(config)) == config
     with pytest.raises(ConfigError, match="unknown TrainConfig fields"):
         train_config_from_dict({**train_config_to_dict(config), "extra": 1})
+
+
+def test_cell_framing_is_the_default_and_old_records_read_as_whole() -> None:
+    assert cpu_schedule().framing.input == "cell" and paper_schedule().framing.input == "cell"
+    assert cpu_schedule().framing.mask == "pseudo"
+    old = train_config_to_dict(cpu_schedule())
+    del old["framing"]  # written before framing was recorded: those runs always encoded the whole image
+    assert train_config_from_dict(old).framing.input == "whole"

@@ -52,9 +52,11 @@ def test_the_bundle_loads_and_records_the_run(trained, cell_batch: np.ndarray) -
     model = load_bundle(out / "bundle")
     token_cache = read_bundle_manifest(out / "bundle")["metadata"]["token_cache"]
     assert token_cache["fingerprint"] == model_fingerprint(model)  # the bundle's encoder made the cached tokens
-    # the masked lab's cells all have expert masks: only pbc needs pseudo masks for its SSIM targets
+    # the masked lab's cells all have expert masks: only pbc needs pseudo masks for its SSIM targets, but the
+    # cell crop (the default framing) cuts every cell with its pseudo mask
+    assert TINY.framing.cell
     assert {p.name for p in Path(token_cache["folder"]).iterdir()} == {"pbc.safetensors", f"{MASKED}.safetensors",
-                                                                       "pbc.pseudo.npz"}
+                                                                       "pbc.pseudo.npz", f"{MASKED}.pseudo.npz"}
     with torch.no_grad():
         result = model(torch.from_numpy(cell_batch[:2]).permute(0, 3, 1, 2).float())
     assert result["logits"].shape == (2, 5) and result["mask_logits"].shape == (2, 2, 56, 56)

@@ -1,0 +1,99 @@
+"""The "no cell" decision: mask figures, the feature distance and its default threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dorl.runtime.cell_check import (
+    CellCheck,
+    FeatureDistance,
+    MaskLimits,
+    border_share,
+    calibrate_threshold,
+    mask_area,
+    normal_quantile,
+)
+
+
+def square(side: int, top: int, left: int, size: int = 56) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[top:top + side, left:left + side] = True
+    return mask
+
+
+def test_mask_figures_and_reasons() -> None:
+    centred = square(20, 18, 18)
+    assert mask_area(centred) == pytest.approx(400 / 56**2) and border_share(centred) == 0.0
+    assert MaskLimits().reasons(centred) == []
+    assert MaskLimits().reasons(np.zeros((56, 56), bool)) == ["the mask is empty: nothing was segmented"]
+    assert MaskLimits().reasons(square(3, 10, 10)) == []  # a nucleus-only mask of a weak model is still a cell
+    (small,) = MaskLimits(min_area=0.01).reasons(square(3, 10, 10))
+    assert "covers 0.3% of the image, below 1%" in small
+    full = np.ones((56, 56), bool)
+    reasons = MaskLimits().reasons(full)
+    assert len(reasons) == 2 and "above 95%" in reasons[0] and "runs along 100% of the image's border" in reasons[1]
+    corner = square(30, 0, 0)  # a cell cut by two edges of a tight crop: still a cell
+    assert border_share(corner) == pytest.approx(59 / 220) and MaskLimits().reasons(corner) == []
+    assert MaskLimits().reasons(None) == []
+
+
+def test_distance_is_the_rms_z_score_under_shrunk_spread() -> None:
+    source = {"mean": np.array([1.0, -2.0, 0.0, 4.0]), "std": np.array([1.0, 2.0, 0.5, 1e-9])}
+    distance = FeatureDistance.from_source(source, threshold=3.0)
+    variance = 0.9 * source["std"] ** 2 + 0.1 * np.mean(source["std"] ** 2)  # near-constant features are damped
+    x = np.array([[2.0, 0.0, 0.5, 4.1], [1.0, -2.0, 0.0, 4.0]])
+    expected = np.sqrt(np.mean((x - source["mean"]) ** 2 / variance, axis=1))
+    np.testing.assert_allclose(distance(x), expected)
+    assert distance.calibration == "given" and distance(x)[1] == 0.0
+
+
+def test_calibrated_threshold_is_the_held_out_quantile() -> None:
+    rng = np.random.default_rng(1)
+    scale = np.linspace(0.5, 3.0, 16)
+    normal = rng.normal(size=(4000, 16)) * scale + 2.0
+    true = np.quantile(FeatureDistance.from_source({"mean": np.full(16, 2.0), "std": scale}, 0)(
+        rng.normal(size=(200_000, 16)) * scale + 2.0), 0.99)
+    assert calibrate_threshold(normal) == pytest.approx(true, rel=0.03)
+    heavy = rng.standard_t(3, size=(4000, 16)) * scale  # heavier tails than the normal model assumes
+    source = {"mean": heavy.mean(0), "std": heavy.std(0, ddof=1), "cov": np.cov(heavy, rowvar=False)}
+    held_out = FeatureDistance.from_source(source)(rng.standard_t(3, size=(20_000, 16)) * scale)
+    calibrated = calibrate_threshold(heavy)
+    assert np.mean(held_out > calibrated) == pytest.approx(0.01, abs=0.004)
+    with pytest.raises(ValueError, match="at least 10 feature rows"):
+        calibrate_threshold(heavy[:9])
+
+
+def test_recorded_threshold_wins_over_the_normal_model() -> None:
+    source = {"mean": np.zeros(3), "std": np.ones(3), "distance_threshold": np.array([2.5], np.float32)}
+    distance = FeatureDistance.from_source(source)
+    assert distance.threshold == 2.5 and "recorded" in distance.calibration
+
+
+def test_normal_quantile_matches_sampled_correlated_features() -> None:
+    rng = np.random.default_rng(0)
+    d = 24
+    mixing = rng.normal(size=(d, d)) * np.linspace(0.2, 2.0, d)
+    cov = mixing @ mixing.T / d
+    std = np.sqrt(np.diag(cov))
+    samples = rng.multivariate_normal(np.zeros(d), cov, size=200_000)
+    source = {"mean": np.zeros(d), "std": std, "cov": cov}
+    distance = FeatureDistance.from_source(source)
+    for quantile in (0.99, 0.999):
+        expected = np.quantile(distance(samples), quantile)
+        assert normal_quantile(source, distance.scale, quantile) == pytest.approx(expected, rel=0.015)
+    assert distance.threshold == normal_quantile(source, distance.scale, 0.999)
+    independent = FeatureDistance.from_source({"mean": np.zeros(d), "std": std})  # no covariance recorded
+    assert independent.threshold < distance.threshold  # correlation widens the distance's spread
+    assert normal_quantile(source, distance.scale, 0.5) < distance.threshold
+
+
+def test_cell_check_combines_mask_and_feature() -> None:
+    distance = FeatureDistance.from_source({"mean": np.zeros(2), "std": np.ones(2)}, threshold=2.0)
+    check = CellCheck(distance=distance)
+    cell = square(20, 18, 18)
+    assert check.reasons(cell, 1.0) == ()
+    (far,) = check.reasons(cell, 5.0)
+    assert "lies 5.00 (RMS z-score) from the source cells, beyond 2.00" in far
+    assert len(check.reasons(np.zeros((56, 56), bool), 5.0)) == 2
+    assert CellCheck().reasons(cell, 100.0) == ()  # no source statistics: the mask alone decides
