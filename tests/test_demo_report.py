@@ -76,8 +76,8 @@ def test_the_report_shows_one_table_when_both_class_settings_are_the_same() -> N
     same = _evaluation(["eosinophil", "lymphocyte", "neutrophil"])
     assert same["settings"]["all"]["rows"] == same["settings"]["shared"]["rows"]
     text = markdown(same)
-    assert text.count("**accuracy**") == 1 and f"## {SAME_TITLE}" in text
+    assert text.count("**Cells per class**") == 1 and f"## {SAME_TITLE}" in text
     assert SETTING_TITLES["shared"] not in text
     different = markdown(_evaluation(["eosinophil", "lymphocyte", "neutrophil", "platelet"][1:]))
-    assert different.count("**accuracy**") == 2
+    assert different.count("**Cells per class**") == 2
     assert f"## {SETTING_TITLES['all']}" in different and f"## {SETTING_TITLES['shared']}" in different

@@ -1,16 +1,25 @@
-"""Helpers shared by the command modules: error reporting and console output."""
+"""Helpers shared by the command modules: error reporting, console output, and the analyzer's options."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from dorl.errors import DorlError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The options every command that runs the Analyzer on cells takes, spelt once.
+BACKEND_HELP = "auto (from the artifact), onnxruntime or tensorrt."
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Cells per inference call.")]
+ThresholdOption = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Top probability below which a cell is flagged uncertain.")]
+BackendOption = Annotated[str, typer.Option(help=BACKEND_HELP)]
+SiteOption = Annotated[Path | None, typer.Option(help="Site profile from `dorl adapt` for this lab.")]
 
 
 def console():  # type: ignore[no-untyped-def]

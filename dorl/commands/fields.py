@@ -9,8 +9,7 @@ from typing import Annotated
 
 import typer
 
-from dorl.commands.common import user_errors
-from dorl.commands.report import BACKEND_HELP
+from dorl.commands.common import BackendOption, BatchSizeOption, SiteOption, ThresholdOption, user_errors
 
 
 @user_errors
@@ -19,11 +18,10 @@ def fields(
     frames: Annotated[list[Path], typer.Argument(help="Frame files, or folders searched recursively for frames.")],
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", "--out", help="Write the records to this file instead of standard output.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Cells per inference call.")] = 8,
-    threshold: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="Top probability below which a cell is flagged uncertain.")] = 0.5,
-    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
-    site: Annotated[Path | None, typer.Option(help="Site profile from `dorl adapt` for this lab.")] = None,
+    batch_size: BatchSizeOption = 8,
+    threshold: ThresholdOption = 0.5,
+    backend: BackendOption = "auto",
+    site: SiteOption = None,
 ) -> None:
     """One JSON line per white cell (box, crop box, edge, mask, label, probabilities), per empty or unreadable frame."""
     from dorl.fields.analysis import analyze_fields

@@ -10,9 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from dorl.commands.common import console, user_errors
+from dorl.commands.common import BACKEND_HELP, console, user_errors
 
-BACKEND_HELP = "auto (from the artifact), onnxruntime or tensorrt."
 EXIT_CODES_HELP = (
     "Exit codes: 0 every image labelled; 1 nothing analysed (bad artifact, option or output); 2 usage error; "
     "3 some images failed, hold no cell or could not be reached (the others are labelled); 4 no image labelled; "

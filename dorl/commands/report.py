@@ -9,9 +9,15 @@ from typing import Annotated
 
 import typer
 
-from dorl.commands.common import console, fail, user_errors
-
-BACKEND_HELP = "auto (from the artifact), onnxruntime or tensorrt."
+from dorl.commands.common import (
+    BackendOption,
+    BatchSizeOption,
+    SiteOption,
+    ThresholdOption,
+    console,
+    fail,
+    user_errors,
+)
 
 
 @user_errors
@@ -23,11 +29,10 @@ def report(
         help="Exported ONNX artifact or TensorRT engine folder that analyses the frames.")] = None,
     min_cells: Annotated[int, typer.Option("--min-cells", min=1, help="Warn below this many counted cells.")] = 100,
     gallery: Annotated[bool, typer.Option("--gallery/--no-gallery", help="Write the review gallery.")] = True,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Cells per inference call.")] = 8,
-    threshold: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="Top probability below which a cell is flagged uncertain.")] = 0.5,
-    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
-    site: Annotated[Path | None, typer.Option(help="Site profile from `dorl adapt` for this lab.")] = None,
+    batch_size: BatchSizeOption = 8,
+    threshold: ThresholdOption = 0.5,
+    backend: BackendOption = "auto",
+    site: SiteOption = None,
 ) -> None:
     """Count the slide's white cells by type (percentages with 95 % intervals) and write the review gallery."""
     from dorl.fields.report import field_report

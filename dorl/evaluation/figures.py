@@ -21,6 +21,20 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return max(rows, key=score)
 
 
+def draw_confusion(ax: Any, confusion: dict[str, Any], fontsize: int) -> None:
+    """A row-normalised confusion matrix on `ax`, each cell's count written in it."""
+    import numpy as np
+
+    counts = np.asarray(confusion["counts"], dtype=float)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+    for (r, c), n in np.ndenumerate(counts):
+        ax.text(c, r, f"{int(n)}", ha="center", va="center", fontsize=fontsize,
+                color="white" if share[r, c] > 0.5 else "black")
+    ax.set_xticks(range(len(confusion["columns"])), confusion["columns"], rotation=60, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(len(confusion["rows"])), confusion["rows"], fontsize=fontsize)
+
+
 def plot_summary(results: dict[str, Any], setting: str, path: Path) -> Path:
     """One PNG: bars (cross-lab balanced accuracy ± 95 % interval, one per row; dashed: the majority
     class's balanced accuracy) above the row-normalised confusion matrices of the best row."""
@@ -54,15 +68,7 @@ def plot_summary(results: dict[str, Any], setting: str, path: Path) -> Path:
         if best is None:
             break
         ax = fig.add_subplot(grid[1, i])
-        confusion = best["domains"][target]["confusion"]
-        counts = np.asarray(confusion["counts"], dtype=float)
-        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-        ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
-        for (r, c), n in np.ndenumerate(counts):
-            ax.text(c, r, f"{int(n)}", ha="center", va="center", fontsize=6,
-                    color="white" if share[r, c] > 0.5 else "black")
-        ax.set_xticks(range(len(confusion["columns"])), confusion["columns"], rotation=60, ha="right", fontsize=6)
-        ax.set_yticks(range(len(confusion["rows"])), confusion["rows"], fontsize=6)
+        draw_confusion(ax, best["domains"][target]["confusion"], fontsize=6)
         ax.set_title(f"{results['source']}→{target}, best row (summed over splits)", fontsize=8)
     if best is not None:
         fig.suptitle(f"best: {best['method']} / {best['head']}", fontsize=9)

@@ -176,19 +176,12 @@ def plot_confusions(row: dict[str, Any], domains: list[str], source: str, path: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
+
+    from dorl.evaluation.figures import draw_confusion
 
     fig, axes = plt.subplots(1, len(domains), figsize=(4.2 * len(domains), 4.8), squeeze=False)
     for ax, domain in zip(axes[0], domains):
-        confusion = row["domains"][domain]["confusion"]
-        counts = np.asarray(confusion["counts"], dtype=float)
-        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-        ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
-        for (i, j), n in np.ndenumerate(counts):
-            ax.text(j, i, f"{int(n)}", ha="center", va="center", fontsize=7,
-                    color="white" if share[i, j] > 0.5 else "black")
-        ax.set_xticks(range(len(confusion["columns"])), confusion["columns"], rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(len(confusion["rows"])), confusion["rows"], fontsize=7)
+        draw_confusion(ax, row["domains"][domain]["confusion"], fontsize=7)
         accuracy = percent(row["domains"][domain]["accuracy"])
         ax.set_title(f"{source}→{domain}: {accuracy} %", fontsize=9)
         ax.set_xlabel("predicted", fontsize=8)

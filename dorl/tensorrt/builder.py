@@ -13,17 +13,15 @@ TensorRT is imported inside functions: this module imports without it.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dorl.artifacts import read_manifest, write_manifest
+from dorl.artifacts import read_manifest, staged, write_manifest
 from dorl.deps import require, versions
 from dorl.errors import ArtifactError, ConfigError
 from dorl.tensorrt.plan import (
@@ -166,7 +164,7 @@ def build_engine(onnx_artifact: str | Path, output_dir: str | Path, settings: Bu
     commands = _commands(onnx_manifest, onnx_path, output_dir, settings, plan, input_name, item_shape, pinned,
                          calibration_cache if plan.calibrate else None)
     fields = engine_manifest_fields(onnx_manifest, system, settings, plan, commands, pinned)
-    with _staged(output_dir) as stage:
+    with staged(output_dir) as stage:
         files = _write_files(stage, serialized, onnx_manifest)
         write_manifest(stage, "engine", files, **fields)
         if cells is not None:
@@ -222,15 +220,6 @@ def _write_files(folder: Path, serialized: bytes, onnx_manifest: Mapping[str, An
     return files
 
 
-@contextlib.contextmanager
-def _staged(output_dir: Path) -> Iterator[Path]:
-    """A scratch folder beside `output_dir` whose files replace its contents only if the block succeeds."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{output_dir.name}-", dir=output_dir.parent) as tmp:
-        yield Path(tmp)
-        output_dir.mkdir(exist_ok=True)
-        for path in Path(tmp).iterdir():
-            shutil.move(str(path), str(output_dir / path.name))
 
 
 def _parse(builder: trt.Builder, logger: trt.ILogger, plan: BuildPlan, onnx_path: Path) -> trt.INetworkDefinition:

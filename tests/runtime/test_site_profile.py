@@ -23,14 +23,12 @@ def _features(tiny, paths):
     return tiny.reference(np.stack([resize_square(load_rgb(p), 224) for p in paths]))["feature"]
 
 
-@pytest.fixture(scope="module")
-def adapted_artifact(tiny_artifact, wbc_root, tmp_path_factory) -> Path:
-    """A copy of the tiny artifact with head.safetensors and pbc feature statistics."""
+def _with_head(tiny_artifact, folder: Path, source_images: list[Path]) -> Path:
+    """A copy of the tiny artifact at `folder` with head.safetensors and the feature statistics of `source_images`."""
     from safetensors.numpy import save_file
 
-    folder = tmp_path_factory.mktemp("site") / "tiny"
     shutil.copytree(tiny_artifact.folder, folder)
-    source = _features(tiny_artifact, sorted((wbc_root / "pbc" / "neutrophil").glob("*.jpg"))[:40])
+    source = _features(tiny_artifact, source_images)
     save_file({"head.fc.weight": np.ascontiguousarray(tiny_artifact.w_head.T), "head.fc.bias": tiny_artifact.b_head,
                "source.mean": source.mean(0).astype(np.float32), "source.std": source.std(0, ddof=1).astype(np.float32),
                "source.cov": np.cov(source, rowvar=False).astype(np.float32)}, str(folder / HEAD_FILE))
@@ -38,6 +36,13 @@ def adapted_artifact(tiny_artifact, wbc_root, tmp_path_factory) -> Path:
     fields = {k: v for k, v in manifest.items() if k not in ("files", "folder", "format_version", "kind", "created")}
     write_manifest(folder, "onnx", ["model.onnx", HEAD_FILE], **{**fields, "head": {"kind": "linear"}})
     return folder
+
+
+@pytest.fixture(scope="module")
+def adapted_artifact(tiny_artifact, wbc_root, tmp_path_factory) -> Path:
+    """A copy of the tiny artifact with head.safetensors and pbc feature statistics."""
+    folder = tmp_path_factory.mktemp("site") / "tiny"
+    return _with_head(tiny_artifact, folder, sorted((wbc_root / "pbc" / "neutrophil").glob("*.jpg"))[:40])
 
 
 def test_running_stats_match_numpy_in_any_chunking():
@@ -142,18 +147,8 @@ SAMPLE = Path(__file__).resolve().parents[2] / "dorl" / "assets" / "sample"
 @pytest.fixture(scope="module")
 def sample_artifact(tiny_artifact, tmp_path_factory) -> Path:
     """The tiny artifact with a host-side head and the bundled pbc sample's feature statistics."""
-    from safetensors.numpy import save_file
-
     folder = tmp_path_factory.mktemp("guard") / "tiny"
-    shutil.copytree(tiny_artifact.folder, folder)
-    source = _features(tiny_artifact, sorted((SAMPLE / "pbc").rglob("*.jpg")))
-    save_file({"head.fc.weight": np.ascontiguousarray(tiny_artifact.w_head.T), "head.fc.bias": tiny_artifact.b_head,
-               "source.mean": source.mean(0).astype(np.float32), "source.std": source.std(0, ddof=1).astype(np.float32),
-               "source.cov": np.cov(source, rowvar=False).astype(np.float32)}, str(folder / HEAD_FILE))
-    manifest = read_manifest(folder)
-    fields = {k: v for k, v in manifest.items() if k not in ("files", "folder", "format_version", "kind", "created")}
-    write_manifest(folder, "onnx", ["model.onnx", HEAD_FILE], **{**fields, "head": {"kind": "linear"}})
-    return folder
+    return _with_head(tiny_artifact, folder, sorted((SAMPLE / "pbc").rglob("*.jpg")))
 
 
 @pytest.fixture(scope="module")
