@@ -51,6 +51,9 @@ def export(
                          ] = "ort",
     auto_float: Annotated[bool, typer.Option(
         help="INT8: keep the most damaging node groups in float until the gate holds.")] = True,
+    sweep_cells: Annotated[int, typer.Option(
+        min=1, help="INT8: gate cells the sensitivity sweep scores each node group on (fewer: faster, noisier).")
+    ] = 64,
 ) -> None:
     """Export, check and verify an ONNX graph; a drift beyond the thresholds is an error."""
     from dorl.data.images import find_images
@@ -63,7 +66,7 @@ def export(
     check_precision(precision)
     tolerances = tolerances_from(atol or [], rtol or [])
     int8 = Int8Settings(quantizer, GateThresholds(min_agreement, max_accuracy_drop, min_mask_iou, gate_cells),
-                        tuple(exclude or ()), auto_float)
+                        tuple(exclude or ()), auto_float, sweep_cells)
     sources = [str(p) for p in find_images(images)] if images else None
     if images and not sources:
         raise ConfigError(f"no cell images found in {', '.join(map(str, images))}: pass --images with image files or "

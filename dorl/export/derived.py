@@ -1,5 +1,5 @@
-"""What every artifact derived from the verified FP32 graph shares: file names, the staged write,
-the manifest fields inherited from FP32, and the host-side head.
+"""What every artifact derived from the verified FP32 graph shares: file names, the manifest
+fields inherited from FP32, and the host-side head (the staged write is `dorl.artifacts.staged`).
 
 The FP16 and INT8 exports import these from here, and `onnx_export` imports those exports, so
 the shared pieces live apart from all three.
@@ -7,10 +7,7 @@ the shared pieces live apart from all three.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +15,6 @@ from dorl.contract import HEAD_FILE, MODEL_FILE
 from dorl.deps import versions
 
 EXPORT_VERSIONS = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy")
-
-
-@contextlib.contextmanager
-def staged(out_dir: str | Path) -> Iterator[Path]:
-    """A scratch folder beside `out_dir` whose files move into `out_dir` only if the block succeeds,
-    so a failed check leaves no half-written artifact behind."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
-        yield Path(tmp)
-        out.mkdir(exist_ok=True)
-        for path in Path(tmp).iterdir():
-            shutil.move(str(path), str(out / path.name))
 
 
 def derived_fields(fp32_manifest: dict[str, Any], precision: str) -> dict[str, Any]:

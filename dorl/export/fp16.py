@@ -217,7 +217,8 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
         ParityError: the check fails.
     """
     onnx = require("onnx", "the FP16 conversion")
-    from dorl.export.derived import MODEL_FILE, copy_head, derived_fields, staged
+    from dorl.artifacts import staged
+    from dorl.export.derived import MODEL_FILE, copy_head, derived_fields
     from dorl.export.parity import (
         FP16_MIN_AGREEMENT,
         FP16_TIE_MARGIN,

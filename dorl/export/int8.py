@@ -34,7 +34,7 @@ from dorl.export.derived import MODEL_FILE, copy_head, derived_fields
 from dorl.export.int8_gate import GateReport, GateSet, GateThresholds, check, evaluate
 from dorl.export.int8_groups import FLOAT_OPS, excluded_nodes, group_assignment, head_nodes, node_macs
 from dorl.export.int8_ort import REDUCE_RANGE
-from dorl.export.int8_select import FloatSelection, select_float_groups
+from dorl.export.int8_select import FloatSelection, GroupSensitivity, select_float_groups
 from dorl.export.trt_compat import require_compatible
 
 QUANTIZERS = ("ort", "modelopt")
@@ -42,7 +42,7 @@ DEFAULT_QUANTIZER = "ort"
 QDQ, FP16, CPU = "Q/DQ (TensorRT)", "Q/DQ + FP16 (TensorRT strongly typed)", "dynamic (CPU)"
 SUFFIXES = {QDQ: "", FP16: "-fp16", CPU: "-cpu"}
 TARGETS = {QDQ: "tensorrt", FP16: "tensorrt-strongly-typed", CPU: "cpu"}
-SWEEP_CELLS = 64  # the sweep scores each group on this many of the gate's cells, spread over them
+SWEEP_CELLS = 64  # the sweep (and the screen before each gate) scores this many of the gate's cells, spread over them
 LATENCY_BATCH = 8
 _BUILDS = {QDQ: "qdq", CPU: "cpu"}  # scratch folder of each variant's candidate graphs
 
@@ -58,10 +58,13 @@ class Int8Settings:
     gate: GateThresholds = field(default_factory=GateThresholds)
     exclude: tuple[str, ...] = field(default=(), metadata={"help": "node/module/group patterns kept in float"})
     auto_float: bool = field(default=True, metadata={"help": "keep damaging groups in float until the gate holds"})
+    sweep_cells: int = field(default=SWEEP_CELLS, metadata={"help": "gate cells the sensitivity sweep scores"})
 
     def __post_init__(self) -> None:
         if self.quantizer not in QUANTIZERS:
             raise ConfigError(f"unknown INT8 quantizer {self.quantizer!r}: choose one of {', '.join(QUANTIZERS)}.")
+        if self.sweep_cells < 1:
+            raise ConfigError(f"the INT8 sensitivity sweep needs at least one cell, got {self.sweep_cells}.")
 
 
 @dataclass
@@ -110,7 +113,7 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
     base = excluded_nodes(fp32_model, settings.exclude)
     cells = prepare_images(list(gate.sources), int(manifest["image_size"]))
     say(f"scoring FP32 on {len(cells)} held-out cells")
-    rows = np.unique(np.linspace(0, len(cells) - 1, min(SWEEP_CELLS, len(cells))).astype(int))
+    rows = np.unique(np.linspace(0, len(cells) - 1, min(settings.sweep_cells, len(cells))).astype(int))
     scorer = _Scorer(run_onnx(fp32_file, cells), cells, gate.labels, settings.gate, rows)
     with tempfile.TemporaryDirectory(prefix="dorl-int8-") as tmp:
         job = _Job(Path(tmp), fp32_model, _link_beside(fp32_file, Path(tmp, "fp32")), base, scorer, settings, say)
@@ -118,7 +121,8 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
         say(f"calibrating the {settings.quantizer} quantizer on {len(calibration_set.cells)} cells; "
             f"{len(base)} nodes always float")
         job.quantize(calibration_set, manifest)
-        results = {QDQ: job.tensorrt(), CPU: job.cpu()}
+        tensorrt = job.tensorrt()
+        results = {QDQ: tensorrt, CPU: job.cpu(ranking=tensorrt.selection.sweep)}
         results[FP16] = job.fp16_remainder(results[QDQ])
         check({name: r.report for name, r in results.items()},
               " ".join(dict.fromkeys(r.selection.advice() for r in results.values() if not r.report.passed)))
@@ -198,13 +202,13 @@ class _Job:
         return path
 
     def _select(self, groups: dict[str, list[str]], build: Callable[[list[str]], Path], run: Runner,
-                label: str) -> _Result:
+                label: str, ranking: Sequence[GroupSensitivity] = ()) -> _Result:
         """Score the fully quantized variant and, if it fails, keep groups in float until it passes."""
         quantized = [n for names in groups.values() for n in names]
         last: dict[str, Any] = {}
 
         def scored(floated: list[str], sweep: bool = False) -> GateReport:
-            last["floated"] = sorted(floated)
+            last["floated"] = None if sweep else sorted(floated)  # outputs of the whole gate only
             report, last["outputs"] = self.scorer.score(build(floated), run, sweep)
             return report
 
@@ -213,7 +217,8 @@ class _Job:
         if self.settings.auto_float:
             selection = select_float_groups(groups, self.macs, full,
                                             lambda nodes: scored(sorted(set(quantized) - set(nodes)), sweep=True),
-                                            scored, lambda message: self.say(f"{label}: {message}"))
+                                            scored, lambda message: self.say(f"{label}: {message}"),
+                                            lambda nodes: scored(nodes, sweep=True), ranking)
         else:
             selection = FloatSelection((), (), full)
         if last["floated"] != sorted(selection.kept_nodes):  # the sweep's graphs were built last: build it again
@@ -253,7 +258,7 @@ class _Job:
                        {"method": "fp16 emulation (every FP16 tensor rounded, Q/DQ unfused)",
                         "onnxruntime_cpu": runtime})
 
-    def cpu(self) -> _Result:
+    def cpu(self, ranking: Sequence[GroupSensitivity] = ()) -> _Result:
         from dorl.export.int8_groups import quantizable_nodes
         from dorl.export.int8_ort import CPU_OPS, quantize_cpu
         from dorl.export.parity import run_onnx
@@ -268,7 +273,7 @@ class _Job:
 
         kinds = {n.name: n.op_type for n in self.fp32_model.graph.node}
         nodes = [n for n in quantizable_nodes(self.fp32_model) if kinds[n] in CPU_OPS and n not in set(self.base)]
-        return self._select(_grouped(self.fp32_model, nodes), build, lambda p, x: run_onnx(p, x), CPU)
+        return self._select(_grouped(self.fp32_model, nodes), build, lambda p, x: run_onnx(p, x), CPU, ranking)
 
 
 def _beyond(model: Any, excluded: Sequence[str]) -> list[str]:

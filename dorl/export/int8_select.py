@@ -112,7 +112,8 @@ class FloatSelection:
 
 def select_float_groups(groups: dict[str, list[str]], macs: dict[str, float], full: GateReport,
                         measure_only: Measure, measure_without: Measure,
-                        say: Callable[[str], None] = lambda message: None) -> FloatSelection:
+                        say: Callable[[str], None] = lambda message: None, screen_without: Measure | None = None,
+                        ranking: Sequence[GroupSensitivity] = ()) -> FloatSelection:
     """Keep the most damaging groups in float, one at a time, until the gate holds.
 
     Args:
@@ -121,25 +122,49 @@ def select_float_groups(groups: dict[str, list[str]], macs: dict[str, float], fu
         full: the gate's report on the fully quantized graph (nothing is kept if it passed).
         measure_only: scores the graph with only the given nodes quantized (the sweep).
         measure_without: scores the graph with the given nodes kept in float (the gate).
+        screen_without: like `measure_without` on fewer cells: a step the screen fails is not worth
+            the whole gate (the gate then runs only on candidates the screen passes).
+        ranking: another variant's sweep of the same model (e.g. the Q/DQ graph's, for the dynamic
+            CPU graph): its order is tried first, and this variant's own sweep runs only if that
+            order does not reach the gate.
 
     Returns:
         The selection; its report says whether the gate holds.
     """
     if full.passed:
         return FloatSelection((), (), full)
-    say(f"the fully quantized graph fails the gate ({full.describe()}): quantizing one of {len(groups)} groups "
-        "at a time")
-    sensitivities = tuple(sweep(groups, macs, measure_only))
     kept: list[str] = []
     nodes: list[str] = []
     steps: list[tuple[str, GateReport]] = []
-    report = full
-    for candidate in float_order(sensitivities):
-        kept.append(candidate.group)
-        nodes.extend(groups[candidate.group])
-        report = measure_without(nodes)
-        steps.append((candidate.group, report))
-        say(f"kept {candidate.describe()} in float: {report.describe()}")
-        if report.passed:
-            break
-    return FloatSelection(tuple(kept), tuple(nodes), report, sensitivities, tuple(steps))
+    final, gated = full, True  # the last report, and whether it was the whole gate's
+
+    def keep_until_it_holds(order: Sequence[GroupSensitivity]) -> bool:
+        nonlocal final, gated
+        for candidate in order:
+            if candidate.group in kept or candidate.group not in groups:
+                continue
+            kept.append(candidate.group)
+            nodes.extend(groups[candidate.group])
+            report = screen_without(nodes) if screen_without is not None else measure_without(nodes)
+            if screen_without is not None and report.passed:
+                report = measure_without(nodes)
+            final, gated = report, report.passed or screen_without is None
+            steps.append((candidate.group, report))
+            say(f"kept {candidate.describe()} in float: {report.describe()}")
+            if report.passed:
+                return True
+        return False
+
+    sensitivities: tuple[GroupSensitivity, ...] = tuple(s for s in ranking if s.group in groups)
+    failing = f"the fully quantized graph fails the gate ({full.describe()})"
+    if sensitivities:
+        say(f"{failing}: trying the Q/DQ sweep's order first")
+        if keep_until_it_holds(float_order(sensitivities)):
+            return FloatSelection(tuple(kept), tuple(nodes), final, sensitivities, tuple(steps))
+        failing = f"that order does not reach the gate ({final.describe()})"
+    say(f"{failing}: quantizing one of {len(groups)} groups at a time")
+    sensitivities = tuple(sweep(groups, macs, measure_only))
+    keep_until_it_holds(float_order(sensitivities))
+    if not gated:  # the last step was scored on the screen's cells only
+        final = measure_without(nodes)
+    return FloatSelection(tuple(kept), tuple(nodes), final, sensitivities, tuple(steps))

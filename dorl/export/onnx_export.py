@@ -21,7 +21,7 @@ from dorl.config import to_dict
 from dorl.contract import DATA_FILE, EXTERNAL_DATA_BYTES, HEAD_FILE, MODEL_FILE
 from dorl.deps import require, versions
 from dorl.errors import ArtifactError, ConfigError
-from dorl.export.derived import EXPORT_VERSIONS, staged
+from dorl.export.derived import EXPORT_VERSIONS
 from dorl.export.parity import Tolerance
 from dorl.export.parity_cells import DEFAULT_PARITY_CELLS, default_cells, sample_cells
 from dorl.export.source import ExportSource, ParityCells

@@ -63,6 +63,44 @@ def test_selection_stops_as_soon_as_the_gate_holds() -> None:
     assert select_float_groups(groups, macs, _report(1.0), lambda n: full, without).kept_groups == ()
 
 
+def test_another_variants_order_is_tried_before_a_sweep_of_its_own() -> None:
+    groups = {"encoder": ["a"], "cae": ["c"]}
+    macs = {"a": 10.0, "c": 10.0}
+    swept: list[list[str]] = []
+
+    def only(nodes: list[str]) -> GateReport:
+        swept.append(nodes)
+        return _report(0.97 if nodes == ["a"] else 1.0)
+
+    ranking = (GroupSensitivity("cae", 1, 0.5, 0.97, None, 0.0, 3.0), GroupSensitivity("gone", 1, 0.5, 0.9, None, 0.0, 9.0))
+    holds = select_float_groups(groups, macs, _report(0.9), only, lambda nodes: _report(0.995), ranking=ranking)
+    assert holds.kept_groups == ("cae",) and holds.report.passed and swept == []  # no sweep of its own
+    # the borrowed order does not reach the gate: this variant's own sweep names encoder
+    fails = select_float_groups(groups, macs, _report(0.9), only,
+                                lambda nodes: _report(0.995 if "a" in nodes else 0.95), ranking=ranking)
+    assert fails.kept_groups == ("cae", "encoder") and fails.report.passed and len(swept) == 2
+    assert [s.group for s in fails.sweep] == ["encoder", "cae"]
+
+
+def test_the_screen_spares_the_whole_gate_until_a_step_looks_good() -> None:
+    groups = {"encoder": ["a"], "cae": ["c"]}
+    alone = {"a": _report(0.97), "c": _report(0.98)}
+    gated: list[list[str]] = []
+
+    def without(nodes: list[str]) -> GateReport:
+        gated.append(list(nodes))
+        return _report(0.995)
+
+    def screen(nodes: list[str]) -> GateReport:
+        return _report(0.995 if "c" in nodes else 0.95)
+
+    selection = select_float_groups(groups, {"a": 1.0, "c": 1.0}, _report(0.9), lambda nodes: alone[nodes[0]], without,
+                                    screen_without=screen)
+    assert selection.kept_groups == ("encoder", "cae") and selection.report.passed
+    assert gated == [["a", "c"]]  # the first step failed its screen: the whole gate ran once
+    assert [step[1].top1_agreement for step in selection.steps] == [0.95, 0.995]
+
+
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("calibration") / "set"
