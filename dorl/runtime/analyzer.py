@@ -25,7 +25,7 @@ from dorl.data.images import ImageSource, decode_image, describe_source, resize_
 from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.runtime import postprocess
 from dorl.runtime.base import BaseRunner
-from dorl.runtime.cell_check import CellCheck, FeatureDistance
+from dorl.runtime.cell_check import CellCheck, FeatureDistance, NonCellDiscriminant
 from dorl.runtime.cell_framing import BORDER_NOTE, EMPTY_CROP, Framed, frame_cell
 from dorl.runtime.cell_result import CellResult
 from dorl.runtime.loader import load_runner
@@ -96,6 +96,7 @@ class Analyzer:
         self.drift_watch: DriftWatch | None = None
         self.head: Any = None
         distance: FeatureDistance | None = None
+        non_cell: NonCellDiscriminant | None = None
         if isinstance(artifact, BaseRunner):
             if class_names is None:
                 raise ConfigError("an analyzer around a runner needs the class names of its head.")
@@ -112,6 +113,7 @@ class Analyzer:
             source = self._load_head(manifest, site is not None)
             if source is not None:
                 distance = FeatureDistance.from_source(source)
+                non_cell = _non_cell_of(source, manifest)
                 self.drift_watch = DriftWatch.of_source(source, warn)
             if site is not None:
                 self._use_site(site, manifest, source, warn)
@@ -129,7 +131,7 @@ class Analyzer:
                                 "output: re-export the artifact with dorl.")
         self.batch_size = min(batch_size, cap)
         self.threshold = threshold
-        self.cell_check: CellCheck | None = CellCheck(distance=distance) if check_cells else None
+        self.cell_check: CellCheck | None = CellCheck(distance=distance, non_cell=non_cell) if check_cells else None
 
     @classmethod
     def from_runner(cls, runner: BaseRunner, class_names: Sequence[str], batch_size: int = 8,
@@ -290,6 +292,15 @@ class Analyzer:
         return postprocess.softmax(outputs[LOGITS])
 
 
+def _non_cell_of(source: dict[str, np.ndarray], manifest: dict[str, Any]) -> NonCellDiscriminant | None:
+    """The artifact's recorded non-cell discriminant, refused with a sentence when malformed."""
+    try:
+        return NonCellDiscriminant.from_source(source)
+    except ValueError as exc:
+        raise ArtifactError(f"the non-cell discriminant recorded in {manifest.get('folder')} cannot be used ({exc}): "
+                            "re-export the artifact.") from exc
+
+
 class _Batch:
     """One batch's outputs and what follows from them, read once per batch."""
 
@@ -300,12 +311,15 @@ class _Batch:
         self.probs = analyzer.class_probabilities(outputs, adapted)
         self.finite = postprocess.finite_rows(outputs) & np.isfinite(self.probs).all(axis=1)
         self.distances: np.ndarray | None = None
+        self.scores: np.ndarray | None = None
         if features is not None and adapted is not None:
             if analyzer.drift_watch is not None:
                 analyzer.drift_watch.update(features[self.finite])
             check = analyzer.cell_check
             if check is not None and check.distance is not None:
                 self.distances = check.distance(adapted)  # after the site's map: distance to the source
+            if check is not None and check.non_cell is not None:
+                self.scores = check.non_cell(adapted)
 
     def cell(self, row: int, source: str, size_hw: tuple[int, int], notes: tuple[str, ...],
              framed: Framed | None = None) -> CellResult:
@@ -319,7 +333,8 @@ class _Batch:
         probs = self.probs[row]
         mask = postprocess.low_res_mask(outputs[MASK_LOGITS][row]) if MASK_LOGITS in outputs else None
         distance = float(self.distances[row]) if self.distances is not None else None
-        no_cell = analyzer.cell_check.reasons(mask, distance) if analyzer.cell_check is not None else ()
+        score = float(self.scores[row]) if self.scores is not None else None
+        no_cell = analyzer.cell_check.reasons(mask, distance, score) if analyzer.cell_check is not None else ()
         if framed is not None and framed.empty and not no_cell:
             no_cell = (EMPTY_CROP,)  # never a label from the whole field in place of the cell, even unchecked
         if framed is not None and framed.touches_border:
@@ -335,6 +350,7 @@ class _Batch:
             uncertain=uncertain or bool(no_cell),
             no_cell=no_cell,
             distance=distance,
+            non_cell_score=score,
             notes=notes,
             site=site,
             crop_box=framed.box if framed is not None else None,
