@@ -8,7 +8,8 @@ Real cells: every image under each `--cells` folder, minus files whose content a
 an `--exclude` folder (the cells the model was trained on). Non-cell frames are made here:
 black, white and grey frames, uniform and Gaussian noise, checkerboards, fully transparent
 PNGs, each at several sizes, plus the platelet images given. Prints one row per group: how many
-images, the share answered "no cell", the share caught by the mask and by the feature distance,
+images, the share answered "no cell", the share caught by the mask, the feature distance, the
+non-cell discriminant and the stain floor (when the artifact records them, see `dorl non-cells`),
 and the distance's median; `--json` keeps every image's figures for threshold studies.
 """
 
@@ -67,13 +68,13 @@ def measure(analyzer: Any, sources: list[Any]) -> list[dict[str, Any]]:
     rows = []
     for result in analyzer.iter_analyze(sources):
         rows.append(_row(result.status, result.no_cell, result.distance, result.non_cell_score, result.mask_lowres,
-                         result.label))
-        rows[-1]["_"] = (result.feature, result.mask_lowres)
+                         result.label, result.stain_area))
+        rows[-1]["_"] = (result.feature, result.mask_lowres, result.stain_area)
     return rows
 
 
 def _row(status: str, reasons: tuple[str, ...], distance: float | None, score: float | None, mask: Any,
-         label: str | None) -> dict[str, Any]:
+         label: str | None, stain: float | None = None) -> dict[str, Any]:
     from dorl.runtime.cell_check import border_share, mask_area
 
     return {
@@ -81,6 +82,8 @@ def _row(status: str, reasons: tuple[str, ...], distance: float | None, score: f
         "by_feature": any("feature lies" in r for r in reasons),
         "by_mask": any("mask" in r for r in reasons),
         "by_non_cell": any("towards the images without a white cell" in r for r in reasons),
+        "by_stain": any("stained (purple) region" in r for r in reasons),
+        "stain_area": stain,
         "distance": distance,
         "non_cell_score": score,
         "area": mask_area(mask) if mask is not None else None,
@@ -93,7 +96,7 @@ def redecide(rows: list[dict[str, Any]], check: Any, transform: Any = None) -> l
     """The rows decided again by `check` (a `CellCheck`), their features first mapped by `transform`."""
     out = []
     for row in rows:
-        feature, mask = row["_"]
+        feature, mask, stain = row["_"]
         if feature is None:
             out.append(row)
             continue
@@ -101,8 +104,8 @@ def redecide(rows: list[dict[str, Any]], check: Any, transform: Any = None) -> l
         x = transform(x) if transform is not None else x
         distance = float(check.distance(x)[0]) if check.distance is not None else None
         score = float(check.non_cell(x)[0]) if check.non_cell is not None else None
-        reasons = check.reasons(mask, distance, score)
-        out.append({**_row("no_cell" if reasons else "ok", reasons, distance, score, mask, row["label"]),
+        reasons = check.reasons(mask, distance, score, stain)
+        out.append({**_row("no_cell" if reasons else "ok", reasons, distance, score, mask, row["label"], stain),
                     "_": row["_"]})
     return out
 
@@ -122,16 +125,24 @@ def mean_shift(artifact: Path, name: str, rows: list[dict[str, Any]]) -> Any:
 
 def held_out_source(rows: list[dict[str, Any]], non_cell_rows: list[dict[str, Any]] | None, folds: int,
                     seed: int = 0) -> list[dict[str, Any]]:
-    """Source-lab cells decided by statistics, distance threshold and discriminant fitted without them.
+    """Source-lab cells decided by statistics, thresholds and floors fitted without them.
 
     Each fold's cells are decided against the mean, covariance and calibrated distance threshold
-    of the other folds, and (when `non_cell_rows` are given: the images the artifact's
-    discriminant was fitted on) a discriminant fitted from those statistics, as `dorl non-cells` does.
+    of the other folds, their stain floor (when the rows carry stained areas: the artifact
+    records one) and, when `non_cell_rows` are given (the images the artifact's discriminant was
+    fitted on), a discriminant fitted from those statistics, as `dorl non-cells` does.
     """
-    from dorl.runtime.cell_check import CellCheck, FeatureDistance, calibrate_threshold, fit_non_cell
+    from dorl.runtime.cell_check import (
+        CellCheck,
+        FeatureDistance,
+        calibrate_threshold,
+        fit_non_cell,
+        stain_floor,
+    )
 
     usable = [r for r in rows if r["_"][0] is not None]
     x = np.stack([r["_"][0] for r in usable]).astype(np.float64)
+    stains = np.array([r["_"][2] if r["_"][2] is not None else np.nan for r in usable])
     negatives = np.stack([r["_"][0] for r in non_cell_rows if r["_"][0] is not None]) if non_cell_rows else None
     parts = np.array_split(np.random.default_rng(seed).permutation(len(usable)), folds)
     out: list[dict[str, Any]] = []
@@ -144,7 +155,9 @@ def held_out_source(rows: list[dict[str, Any]], non_cell_rows: list[dict[str, An
             from dorl.runtime.cell_check import NonCellDiscriminant
 
             non_cell = NonCellDiscriminant.from_source({**source, **fit_non_cell(source, negatives)})
-        out.extend(redecide([usable[i] for i in test], CellCheck(distance=distance, non_cell=non_cell)))
+        train_stains = stains[np.concatenate([p for j, p in enumerate(parts) if j != k])]
+        floor = stain_floor(train_stains) if np.isfinite(train_stains).all() else None
+        out.extend(redecide([usable[i] for i in test], CellCheck(distance=distance, non_cell=non_cell, min_stain=floor)))
     return out
 
 
@@ -157,6 +170,7 @@ def summarise(group: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     return {"group": group, "n": n, "no_cell": sum(r["status"] == "no_cell" for r in rows) / n if n else 0.0,
             "by_mask": share("by_mask"), "by_feature": share("by_feature"), "by_non_cell": share("by_non_cell"),
+            "by_stain": share("by_stain"),
             "failed": sum(r["status"] == "failed" for r in rows),
             "median_distance": float(np.median(distances)) if distances else None}
 
@@ -167,7 +181,7 @@ def report(group: str, rows: list[dict[str, Any]], results: dict[str, Any], thre
                       "threshold": threshold}
     median = f"{s['median_distance']:.3f}" if s["median_distance"] is not None else "-"
     print(f"{group:<26} {s['n']:>5} {s['no_cell']:>8.1%} {s['by_mask']:>8.1%} {s['by_feature']:>10.1%} "
-          f"{s['by_non_cell']:>11.1%} {s['failed']:>6} {median:>11}", flush=True)
+          f"{s['by_non_cell']:>11.1%} {s['by_stain']:>8.1%} {s['failed']:>6} {median:>11}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,8 +218,8 @@ def main(argv: list[str] | None = None) -> None:
         groups["fitted:non-cells"] = (list(held_out(args.fitted_non_cells, [])), None)
     results: dict[str, Any] = {}
     measured: dict[str, list[dict[str, Any]]] = {}
-    print(f"{'group':<26} {'n':>5} {'no cell':>8} {'by mask':>8} {'by feature':>10} {'by non-cell':>11} {'failed':>6} "
-          f"{'median dist':>11}")
+    print(f"{'group':<26} {'n':>5} {'no cell':>8} {'by mask':>8} {'by feature':>10} {'by non-cell':>11} {'by stain':>8} "
+          f"{'failed':>6} {'median dist':>11}")
     threshold = None
     for group, (sources, site) in groups.items():
         with Analyzer(args.artifact, site=site) as analyzer:

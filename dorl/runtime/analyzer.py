@@ -25,7 +25,7 @@ from dorl.data.images import ImageSource, decode_image, describe_source, resize_
 from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.runtime import postprocess
 from dorl.runtime.base import BaseRunner
-from dorl.runtime.cell_check import CellCheck, FeatureDistance, NonCellDiscriminant
+from dorl.runtime.cell_check import CellCheck, FeatureDistance, NonCellDiscriminant, stain_area
 from dorl.runtime.cell_framing import BORDER_NOTE, EMPTY_CROP, Framed, frame_cell
 from dorl.runtime.cell_result import CellResult
 from dorl.runtime.loader import load_runner
@@ -97,6 +97,7 @@ class Analyzer:
         self.head: Any = None
         distance: FeatureDistance | None = None
         non_cell: NonCellDiscriminant | None = None
+        source: dict[str, np.ndarray] | None = None
         if isinstance(artifact, BaseRunner):
             if class_names is None:
                 raise ConfigError("an analyzer around a runner needs the class names of its head.")
@@ -131,7 +132,7 @@ class Analyzer:
                                 "output: re-export the artifact with dorl.")
         self.batch_size = min(batch_size, cap)
         self.threshold = threshold
-        self.cell_check: CellCheck | None = CellCheck(distance=distance, non_cell=non_cell) if check_cells else None
+        self.cell_check: CellCheck | None = _cell_check(source, distance, non_cell, artifact) if check_cells else None
 
     @classmethod
     def from_runner(cls, runner: BaseRunner, class_names: Sequence[str], batch_size: int = 8,
@@ -233,7 +234,7 @@ class Analyzer:
                 results[i] = CellResult.failed(describe_source(source), str(exc))
                 continue
             pixels.append(resize_square(decoded.rgb, self.image_size))
-            slots.append((i, decoded.size_hw, decoded.notes))
+            slots.append((i, decoded.size_hw, decoded.notes, self._stain(pixels[-1])))
             if self.framing is not None:
                 decoded_rgb.append(decoded.rgb)
         if slots:
@@ -246,10 +247,16 @@ class Analyzer:
                     i = slots[row][0]
                     results[i] = CellResult.failed(describe_source(sources[i]), error)
             batch = _Batch(self, outputs)
-            for row, (i, size_hw, notes) in enumerate(slots):
+            for row, (i, size_hw, notes, stain) in enumerate(slots):
                 if results[i] is None:
-                    results[i] = batch.cell(row, describe_source(sources[i]), size_hw, notes, framed[row])
+                    results[i] = batch.cell(row, describe_source(sources[i]), size_hw, notes, framed[row], stain)
         return [r for r in results if r is not None]
+
+    def _stain(self, pixels: np.ndarray) -> float | None:
+        """The image's largest stained share (`cell_check.stain_area`), when the artifact records a floor."""
+        if self.cell_check is None or self.cell_check.min_stain is None:
+            return None
+        return stain_area(pixels)
 
     def _second_pass(self, whole: dict[str, np.ndarray], images: list[np.ndarray]
                      ) -> tuple[dict[str, np.ndarray], list[Framed | None], dict[int, str]]:
@@ -292,6 +299,16 @@ class Analyzer:
         return postprocess.softmax(outputs[LOGITS])
 
 
+def _cell_check(source: dict[str, np.ndarray] | None, distance: FeatureDistance | None,
+                non_cell: NonCellDiscriminant | None, artifact: Any) -> CellCheck:
+    """The "no cell" check with what the artifact records, refused with a sentence when malformed."""
+    try:
+        return CellCheck.of_source(source, distance, non_cell)
+    except ValueError as exc:
+        raise ArtifactError(f"the \"no cell\" check recorded in {artifact} cannot be used ({exc}): re-run "
+                            "`dorl non-cells` on the original artifact.") from exc
+
+
 def _non_cell_of(source: dict[str, np.ndarray], manifest: dict[str, Any]) -> NonCellDiscriminant | None:
     """The artifact's recorded non-cell discriminant, refused with a sentence when malformed."""
     try:
@@ -322,7 +339,7 @@ class _Batch:
                 self.scores = check.non_cell(adapted)
 
     def cell(self, row: int, source: str, size_hw: tuple[int, int], notes: tuple[str, ...],
-             framed: Framed | None = None) -> CellResult:
+             framed: Framed | None = None, stain: float | None = None) -> CellResult:
         analyzer, outputs = self.analyzer, self.outputs
         site = analyzer.site.site if analyzer.site is not None else None
         if not self.finite[row]:
@@ -334,7 +351,7 @@ class _Batch:
         mask = postprocess.low_res_mask(outputs[MASK_LOGITS][row]) if MASK_LOGITS in outputs else None
         distance = float(self.distances[row]) if self.distances is not None else None
         score = float(self.scores[row]) if self.scores is not None else None
-        no_cell = analyzer.cell_check.reasons(mask, distance, score) if analyzer.cell_check is not None else ()
+        no_cell = analyzer.cell_check.reasons(mask, distance, score, stain) if analyzer.cell_check is not None else ()
         if framed is not None and framed.empty and not no_cell:
             no_cell = (EMPTY_CROP,)  # never a label from the whole field in place of the cell, even unchecked
         if framed is not None and framed.touches_border:
@@ -351,6 +368,7 @@ class _Batch:
             no_cell=no_cell,
             distance=distance,
             non_cell_score=score,
+            stain_area=stain,
             notes=notes,
             site=site,
             crop_box=framed.box if framed is not None else None,

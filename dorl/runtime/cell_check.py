@@ -39,6 +39,11 @@ DISCRIMINANT_SHRINK = SHRINK
 # Source-cell statistics and non-cell images it is fitted from, at least.
 MIN_NON_CELLS = 10
 NON_CELL_KEYS = ("noncell_weight", "noncell_threshold", "noncell_images")
+# A Romanowsky-stained (May-Grünwald-Giemsa, Wright) nucleus is purple: red and blue well above
+# green. Pale backgrounds and red cells lie below this level of (R + B) / 2 - G (0-255 scale).
+STAIN_LEVEL = 50.0
+STAIN_SIDE = 56  # the stain map's side: the image is averaged down to it first
+MIN_STAIN_KEY = "noncell_min_stain"
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,48 @@ def normal_quantile(source: dict[str, np.ndarray], scale: np.ndarray, quantile: 
     return float(np.sqrt(np.quantile(sums, quantile) / d))
 
 
+def stain_area(image: np.ndarray) -> float:
+    """The share of the image covered by its largest stained (purple) region: a nucleus's size.
+
+    Args:
+        image: uint8 [S, S, 3], the model's input (the image resized as for the graph), so the
+            share is measured on the same framing the source lab's cells were calibrated on.
+    """
+    from dorl.runtime.postprocess import largest_component
+
+    x = np.asarray(image, dtype=np.float32)
+    side = x.shape[0]
+    if x.ndim != 3 or x.shape[2] != 3 or x.shape[1] != side or side < STAIN_SIDE:
+        raise ValueError(f"the stain map needs a square RGB image of at least {STAIN_SIDE} pixels, got {x.shape}")
+    if side % STAIN_SIDE == 0:
+        k = side // STAIN_SIDE
+        x = x.reshape(STAIN_SIDE, k, STAIN_SIDE, k, 3).mean(axis=(1, 3))
+    else:
+        from PIL import Image
+
+        small = Image.fromarray(np.asarray(image, np.uint8)).resize((STAIN_SIDE, STAIN_SIDE), Image.Resampling.BOX)
+        x = np.asarray(small, dtype=np.float32)
+    stained = (x[..., 0] + x[..., 2]) / 2 - x[..., 1] > STAIN_LEVEL
+    return float(largest_component(stained).mean()) if stained.any() else 0.0
+
+
+def stain_floor(areas: np.ndarray, quantile: float = QUANTILE) -> float:
+    """The smallest stained region a white cell has: the (1 - `quantile`) quantile of source cells' `stain_area`.
+
+    Args:
+        areas: `stain_area` of the source lab's white cells (at least MIN_NON_CELLS of them).
+    """
+    a = np.asarray(areas, dtype=np.float64).reshape(-1)
+    if a.shape[0] < MIN_NON_CELLS or not np.isfinite(a).all():
+        raise ValueError(f"the stain floor needs the stained areas of at least {MIN_NON_CELLS} source cells, "
+                         f"got {a.shape[0]}")
+    floor = float(np.quantile(a, 1.0 - quantile))
+    if floor <= 0.0:
+        raise ValueError(f"over {1 - quantile:.0%} of these cells show no stained (purple) region: they are not "
+                         "Romanowsky-stained white cells, and no stain floor can be set from them")
+    return floor
+
+
 @dataclass(frozen=True, eq=False)
 class NonCellDiscriminant:
     """Fisher's linear discriminant between source cells and images that hold no white cell.
@@ -253,10 +300,27 @@ class CellCheck:
     mask: MaskLimits = MaskLimits()
     distance: FeatureDistance | None = None  # None: the artifact carries no source statistics
     non_cell: NonCellDiscriminant | None = None  # None: no non-cell images were given at export
+    min_stain: float | None = None  # the smallest stained share of a source cell; None: not recorded
 
-    def reasons(self, mask: np.ndarray | None, distance: float | None, score: float | None = None) -> tuple[str, ...]:
+    @classmethod
+    def of_source(cls, source: dict[str, np.ndarray] | None, distance: FeatureDistance | None = None,
+                  non_cell: NonCellDiscriminant | None = None) -> CellCheck:
+        """The check with the stain floor recorded beside the source statistics, if any."""
+        floor = None
+        if source is not None and MIN_STAIN_KEY in source:
+            floor = float(np.asarray(source[MIN_STAIN_KEY]).reshape(-1)[0])
+            if not 0.0 < floor < 1.0:
+                raise ValueError(f"the recorded stain floor {floor} is not a share of the image")
+        return cls(distance=distance, non_cell=non_cell, min_stain=floor)
+
+    def reasons(self, mask: np.ndarray | None, distance: float | None, score: float | None = None,
+                stain: float | None = None) -> tuple[str, ...]:
         """Why the image holds no analysable white cell; empty when it may hold one."""
         found = self.mask.reasons(mask)
+        if self.min_stain is not None and stain is not None and stain < self.min_stain:
+            found.append(f"its largest stained (purple) region covers {stain:.1%} of the image, below the "
+                         f"{self.min_stain:.1%} of the source lab's smallest white cells: too small for a white "
+                         "cell's nucleus (a platelet or debris)")
         if self.distance is not None and distance is not None and distance > self.distance.threshold:
             found.append(f"its feature lies {distance:.2f} (RMS z-score) from the source cells, beyond "
                          f"{self.distance.threshold:.2f}: not a white cell like those the model learned (or a cell "

@@ -1,13 +1,19 @@
 """Teaching an artifact what is not a white cell, torch-free.
 
-Images that hold no white cell but come from the source lab itself (platelets, debris, empty
-fields of the same stain and camera) sit close to the source cells by feature distance, so the
-distance check alone labels them. Given examples of such images, `fit_non_cells` runs the
-artifact on them, fits the linear discriminant between the source cells' recorded statistics
-and their features (`cell_check.fit_non_cell`), and writes a derived artifact whose head file
-carries it: every later `dorl predict` with that artifact answers "no cell" for images on the
-non-cells' side. The graph, the head and the source statistics are unchanged, so site profiles
-made for the original artifact still apply.
+Images that hold no white cell but come from the source lab itself (platelets, debris) share its
+stain, camera and background, so they sit close to the source cells by feature distance and the
+distance check alone labels them. `fit_non_cells` records two further checks in a derived
+artifact's head file, each set from images rather than by hand:
+
+- the stain floor (from the source lab's white cells): the share of the image that their largest
+  stained (purple) region covers, at its 1 % quantile (`cell_check.stain_area`, `stain_floor`).
+  A platelet's granulomere is a fraction of a nucleus's size, so its images fall below;
+- the non-cell discriminant (from images without a white cell): the linear direction between the
+  source cells' recorded statistics and those images' features (`cell_check.fit_non_cell`).
+
+Every later `dorl predict` with the derived artifact answers "no cell" for images below the floor
+or on the non-cells' side. The graph, the head and the source statistics are unchanged, so site
+profiles made for the original artifact still apply.
 """
 
 from __future__ import annotations
@@ -51,48 +57,108 @@ def non_cell_features(artifact: str | Path, images: Iterable[ImageSource], threa
     return (np.stack(features) if features else np.zeros((0, width), np.float32)), skipped
 
 
-def fit_non_cells(artifact: str | Path, images: Sequence[ImageSource], output: str | Path, *,
-                  overwrite: bool = False, quantile: float = QUANTILE, threads: int | None = None,
-                  progress: Callable[[int], None] | None = None,
+def source_stain_areas(artifact: str | Path, images: Iterable[ImageSource], image_size: int) -> tuple[np.ndarray, int]:
+    """`stain_area` of each image as the analyzer frames it (decoded, resized to the graph's input).
+
+    Returns:
+        (the areas of the images that could be read, how many could not).
+    """
+    from dorl.data.images import decode_image, resize_square
+    from dorl.errors import ImageError
+    from dorl.runtime.cell_check import stain_area
+
+    areas, unreadable = [], 0
+    for image in images:
+        try:
+            decoded = decode_image(image, reduce_for=image_size)
+        except ImageError:
+            unreadable += 1
+            continue
+        areas.append(stain_area(resize_square(decoded.rgb, image_size)))
+    return np.asarray(areas, dtype=np.float64), unreadable
+
+
+def fit_non_cells(artifact: str | Path, output: str | Path, *, non_cells: Sequence[ImageSource] = (),
+                  cells: Sequence[ImageSource] = (), overwrite: bool = False, quantile: float = QUANTILE,
+                  threads: int | None = None, progress: Callable[[int], None] | None = None,
                   inputs: Sequence[str | Path] = ()) -> dict[str, Any]:
-    """Write a copy of `artifact` at `output` that refuses images like `images` as "no cell".
+    """Write a copy of `artifact` at `output` that answers "no cell" for images like `non_cells`
+    and for images whose stained region is smaller than the `cells`' allow.
 
     Args:
-        artifact: an ONNX or engine artifact folder with a host-side head and source statistics
-            (mean, covariance).
-        images: at least `MIN_NON_CELLS` images that hold no white cell, of the artifact's source
-            lab (paths, encoded bytes or arrays).
+        artifact: an ONNX or engine artifact folder with a host-side head and source statistics.
         output: the derived artifact's folder (written atomically, never over an input).
+        non_cells: images that hold no white cell, of the artifact's source lab (paths, encoded
+            bytes or arrays); at least `MIN_NON_CELLS`, or none (no discriminant).
+        cells: white cells of the artifact's source lab (its training cells serve); at least
+            `MIN_NON_CELLS`, or none (no stain floor).
         overwrite: replace an existing artifact of the same kind at `output`.
-        quantile: the share of source cells the discriminant lets through, under the normal
-            model of their covariance (0.99: about 1 % of source cells are refused by it).
+        quantile: the share of source cells each check lets through (0.99: about 1 % of source
+            cells fall below the stain floor, about 1 % beyond the discriminant's normal model).
         inputs: further inputs (the folders the images came from) `output` must not touch.
 
     Returns:
-        The derived artifact's manifest; its `non_cell` field says how it was fitted.
+        The derived artifact's manifest; its `non_cell` field says what was fitted, on how many images.
 
     Raises:
-        ConfigError: too few usable images, or images indistinguishable from the source cells.
-        ArtifactError: the artifact has no head file or no source covariance.
+        ConfigError: neither kind of image, too few, or images that cannot set a check.
+        ArtifactError: the artifact has no head file (or, for the discriminant, no source covariance).
         OutputError: `output` may not be written.
     """
     from safetensors.numpy import load_file, save_file
 
     from dorl.artifacts import read_manifest, write_manifest
+    from dorl.runtime.cell_check import MIN_STAIN_KEY, stain_floor
     from dorl.runtime.head import load_head
     from dorl.safe_write import atomic_folder, check_output
 
     if not 0.5 < quantile < 1.0:
         raise ConfigError(f"the quantile must be between 0.5 and 1, got {quantile}.")
-    if len(images) < MIN_NON_CELLS:
-        raise ConfigError(f"{len(images)} non-cell images given; at least {MIN_NON_CELLS} images that hold no white "
-                          "cell are needed (e.g. platelet images of the artifact's source lab).")
+    if not non_cells and not cells:
+        raise ConfigError("give the source lab's white cells (for the stain floor), images that hold no white cell "
+                          "(for the discriminant), or both.")
+    few_non_cells = ("non-cell images given; at least {n} images that hold no white cell are needed (e.g. platelet "
+                     "images of the artifact's source lab)")
+    few_cells = "source cells given; at least {n} white cells of the artifact's source lab are needed for the stain floor"
+    for given, what in ((non_cells, few_non_cells), (cells, few_cells)):
+        if given and len(given) < MIN_NON_CELLS:
+            raise ConfigError(f"{len(given)} {what.format(n=MIN_NON_CELLS)}.")
     manifest = read_manifest(artifact)
     kind = str(manifest["kind"])
     if kind not in ("onnx", "engine"):
         raise ArtifactError(f"{artifact} is a {kind!r} artifact: give an ONNX or engine artifact folder.")
     check_output(output, kind=kind, overwrite=overwrite, inputs=[artifact, *inputs])  # before any image is read
     _, source = load_head(manifest)
+    fitted: dict[str, np.ndarray] = {}
+    record: dict[str, Any] = {"quantile": quantile}
+    if cells:
+        areas, unreadable = source_stain_areas(artifact, cells, int(manifest["image_size"]))
+        try:
+            floor = stain_floor(areas, quantile)
+        except ValueError as exc:
+            raise ConfigError(f"the stain floor cannot be set from these cells ({unreadable} unreadable): {exc}.") from exc
+        fitted[MIN_STAIN_KEY] = np.array([floor], np.float32)
+        record["stain_floor"] = {"cells": int(areas.shape[0]), "unreadable": unreadable, "min_share": floor}
+    if non_cells:
+        fitted.update(_discriminant(artifact, source, non_cells, quantile, threads, progress, record))
+    folder = Path(str(manifest["folder"]))
+    with atomic_folder(output, kind=kind, overwrite=overwrite, inputs=[artifact, *inputs]) as tmp:
+        for name in manifest["files"]:
+            if name != HEAD_FILE:
+                shutil.copy2(folder / name, tmp / name)
+        tensors = {k: v for k, v in load_file(str(folder / HEAD_FILE)).items()}
+        tensors.update({f"source.{k}": np.ascontiguousarray(v) for k, v in fitted.items()})
+        save_file(tensors, str(tmp / HEAD_FILE))
+        fields = {k: v for k, v in manifest.items() if k not in _OWN_FIELDS}
+        fields["non_cell"] = {**record, "derived_from": _identity(manifest)}
+        written = write_manifest(tmp, kind, list(manifest["files"]), **fields)
+    return written
+
+
+def _discriminant(artifact: str | Path, source: dict[str, np.ndarray], images: Sequence[ImageSource],
+                  quantile: float, threads: int | None, progress: Callable[[int], None] | None,
+                  record: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The non-cell discriminant's tensors, fitted on the artifact's features of `images`."""
     if "cov" not in source:
         raise ArtifactError(f"{artifact} records no covariance of its source cells, which the non-cell "
                             "discriminant is fitted against: export it again from a bundle trained with this dorl.")
@@ -104,21 +170,9 @@ def fit_non_cells(artifact: str | Path, images: Sequence[ImageSource], output: s
         fitted = fit_non_cell(source, features, quantile)
     except ValueError as exc:
         raise ConfigError(f"the non-cell discriminant cannot be fitted on these images: {exc}.") from exc
-    folder = Path(str(manifest["folder"]))
-    with atomic_folder(output, kind=kind, overwrite=overwrite, inputs=[artifact, *inputs]) as tmp:
-        for name in manifest["files"]:
-            if name != HEAD_FILE:
-                shutil.copy2(folder / name, tmp / name)
-        tensors = {k: v for k, v in load_file(str(folder / HEAD_FILE)).items()}
-        tensors.update({f"source.{k}": np.ascontiguousarray(v) for k, v in fitted.items()})
-        save_file(tensors, str(tmp / HEAD_FILE))
-        fields = {k: v for k, v in manifest.items() if k not in _OWN_FIELDS}
-        fields["non_cell"] = {"images": int(features.shape[0]), "skipped": len(skipped), "quantile": quantile,
-                              "shrink": DISCRIMINANT_SHRINK,
-                              "threshold": float(fitted["noncell_threshold"][0]),
-                              "derived_from": _identity(manifest)}
-        written = write_manifest(tmp, kind, list(manifest["files"]), **fields)
-    return written
+    record["discriminant"] = {"images": int(features.shape[0]), "skipped": len(skipped),
+                              "shrink": DISCRIMINANT_SHRINK, "threshold": float(fitted["noncell_threshold"][0])}
+    return fitted
 
 
 def _identity(manifest: dict[str, Any]) -> str:

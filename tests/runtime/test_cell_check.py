@@ -15,6 +15,8 @@ from dorl.runtime.cell_check import (
     fit_non_cell,
     mask_area,
     normal_quantile,
+    stain_area,
+    stain_floor,
 )
 
 
@@ -158,3 +160,49 @@ def test_cell_check_names_the_non_cell_discriminant() -> None:
     (why,) = check.reasons(cell, None, 4.0)
     assert "scores 4.00 towards the images without a white cell" in why and "beyond 2.33" in why
     assert check.reasons(cell, None, float("nan")) == ()  # non-finite outputs are refused elsewhere, as failed
+
+
+PURPLE, PINK = (150, 60, 170), (225, 175, 185)  # a stained nucleus, a red cell: (R + B) / 2 - G = 100 and 30
+
+
+def test_stain_area_is_the_largest_purple_region_share() -> None:
+    image = np.full((224, 224, 3), 235, np.uint8)
+    image[20:60, 20:60] = PINK  # red cells are not stained
+    assert stain_area(image) == 0.0
+    image[100:156, 100:156] = PURPLE  # a 56x56 nucleus: 1/16 of the image
+    image[8:16, 180:188] = PURPLE  # a smaller stained speck apart from it
+    assert stain_area(image) == pytest.approx(1 / 16)
+    from PIL import Image
+
+    odd = np.asarray(Image.fromarray(image).resize((150, 150)))
+    assert stain_area(odd) == pytest.approx(1 / 16, abs=0.01)  # a side that is not a multiple of 56
+    with pytest.raises(ValueError, match="square RGB image of at least 56 pixels"):
+        stain_area(image[:, :100])
+
+
+def test_bundled_platelets_fall_below_the_floor_of_bundled_cells() -> None:
+    from pathlib import Path
+
+    from dorl.data.images import load_rgb, resize_square
+
+    assets = Path(__file__).resolve().parents[2] / "dorl" / "assets"
+    areas = [stain_area(resize_square(load_rgb(p), 224)) for p in sorted((assets / "sample" / "pbc").rglob("*.jpg"))]
+    platelets = [stain_area(resize_square(load_rgb(p), 224)) for p in sorted((assets / "non_cell").rglob("*.jpg"))]
+    floor = stain_floor(np.array(areas))
+    assert floor == pytest.approx(np.quantile(areas, 0.01)) and 0.025 < floor < 0.035
+    assert max(platelets) < floor < np.median(areas) / 2  # a granulomere is a fraction of a nucleus
+    with pytest.raises(ValueError, match="at least 10 source cells"):
+        stain_floor(np.array(areas[:9]))
+    with pytest.raises(ValueError, match="show no stained"):
+        stain_floor(np.zeros(40))
+
+
+def test_cell_check_reads_and_applies_the_recorded_stain_floor() -> None:
+    check = CellCheck.of_source({"mean": np.zeros(2), "std": np.ones(2), "noncell_min_stain": np.array([0.03])})
+    assert check.min_stain == pytest.approx(0.03) and CellCheck.of_source(None).min_stain is None
+    cell = square(20, 18, 18)
+    assert check.reasons(cell, None, None, 0.05) == () and check.reasons(cell, None, None, None) == ()
+    (why,) = check.reasons(cell, None, None, 0.012)
+    assert "largest stained (purple) region covers 1.2% of the image, below the 3.0% of the source lab's" in why
+    with pytest.raises(ValueError, match="stain floor 0.0 is not a share"):
+        CellCheck.of_source({"noncell_min_stain": np.array([0.0])})
