@@ -25,7 +25,7 @@ from dorl.data.images import ImageSource, decode_image, describe_source, resize_
 from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.runtime import postprocess
 from dorl.runtime.base import BaseRunner
-from dorl.runtime.cell_check import CellCheck, FeatureDistance, NonCellDiscriminant, stain_area
+from dorl.runtime.cell_check import CellCheck, FeatureDistance, stain_area
 from dorl.runtime.cell_framing import BORDER_NOTE, EMPTY_CROP, Framed, frame_cell
 from dorl.runtime.cell_result import CellResult
 from dorl.runtime.loader import load_runner
@@ -83,7 +83,8 @@ class Analyzer:
             image_size: the input side, when the runner's input spec does not fix it.
             max_batch: the most images the runner takes per call (an engine's profile), for a
                 runner given directly; an artifact's manifest says it itself.
-            check_cells: decide "no cell" from the mask and the feature (see `cell_check`).
+            check_cells: decide "no cell" from the mask, the feature and, when the artifact records
+                them (`dorl non-cells`), the stain floor and the non-cell discriminant (see `cell_check`).
             warn: called with a sentence when the cells look like another lab than the site profile's.
             framing: a `dorl.data.framing.FramingConfig`, for a runner given directly (an artifact's
                 manifest records its own); input "cell" runs the two passes.
@@ -96,7 +97,6 @@ class Analyzer:
         self.drift_watch: DriftWatch | None = None
         self.head: Any = None
         distance: FeatureDistance | None = None
-        non_cell: NonCellDiscriminant | None = None
         source: dict[str, np.ndarray] | None = None
         if isinstance(artifact, BaseRunner):
             if class_names is None:
@@ -114,7 +114,6 @@ class Analyzer:
             source = self._load_head(manifest, site is not None)
             if source is not None:
                 distance = FeatureDistance.from_source(source)
-                non_cell = _non_cell_of(source, manifest)
                 self.drift_watch = DriftWatch.of_source(source, warn)
             if site is not None:
                 self._use_site(site, manifest, source, warn)
@@ -132,7 +131,7 @@ class Analyzer:
                                 "output: re-export the artifact with dorl.")
         self.batch_size = min(batch_size, cap)
         self.threshold = threshold
-        self.cell_check: CellCheck | None = _cell_check(source, distance, non_cell, artifact) if check_cells else None
+        self.cell_check: CellCheck | None = _cell_check(source, distance, artifact) if check_cells else None
 
     @classmethod
     def from_runner(cls, runner: BaseRunner, class_names: Sequence[str], batch_size: int = 8,
@@ -299,23 +298,13 @@ class Analyzer:
         return postprocess.softmax(outputs[LOGITS])
 
 
-def _cell_check(source: dict[str, np.ndarray] | None, distance: FeatureDistance | None,
-                non_cell: NonCellDiscriminant | None, artifact: Any) -> CellCheck:
+def _cell_check(source: dict[str, np.ndarray] | None, distance: FeatureDistance | None, artifact: Any) -> CellCheck:
     """The "no cell" check with what the artifact records, refused with a sentence when malformed."""
     try:
-        return CellCheck.of_source(source, distance, non_cell)
+        return CellCheck.of_source(source, distance)
     except ValueError as exc:
         raise ArtifactError(f"the \"no cell\" check recorded in {artifact} cannot be used ({exc}): re-run "
                             "`dorl non-cells` on the original artifact.") from exc
-
-
-def _non_cell_of(source: dict[str, np.ndarray], manifest: dict[str, Any]) -> NonCellDiscriminant | None:
-    """The artifact's recorded non-cell discriminant, refused with a sentence when malformed."""
-    try:
-        return NonCellDiscriminant.from_source(source)
-    except ValueError as exc:
-        raise ArtifactError(f"the non-cell discriminant recorded in {manifest.get('folder')} cannot be used ({exc}): "
-                            "re-export the artifact.") from exc
 
 
 class _Batch:

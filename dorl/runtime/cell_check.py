@@ -303,10 +303,15 @@ class CellCheck:
     min_stain: float | None = None  # the smallest stained share of a source cell; None: not recorded
 
     @classmethod
-    def of_source(cls, source: dict[str, np.ndarray] | None, distance: FeatureDistance | None = None,
-                  non_cell: NonCellDiscriminant | None = None) -> CellCheck:
-        """The check with the stain floor recorded beside the source statistics, if any."""
+    def of_source(cls, source: dict[str, np.ndarray] | None, distance: FeatureDistance | None = None) -> CellCheck:
+        """The check with the stain floor and the non-cell discriminant recorded beside the source
+        statistics, if any (`dorl non-cells`).
+
+        Raises:
+            ValueError: a recorded floor or discriminant is malformed.
+        """
         floor = None
+        non_cell = NonCellDiscriminant.from_source(source) if source is not None else None
         if source is not None and MIN_STAIN_KEY in source:
             floor = float(np.asarray(source[MIN_STAIN_KEY]).reshape(-1)[0])
             if not 0.0 < floor < 1.0:

@@ -127,7 +127,7 @@ def test_an_existing_artifact_is_replaced_only_with_overwrite(headed, tmp_path) 
 
 
 @pytest.mark.parametrize(("key", "value", "match"), [
-    ("source.noncell_weight", np.ones(3, np.float32), "non-cell discriminant recorded in .* 3 weights for 8"),
+    ("source.noncell_weight", np.ones(3, np.float32), "\"no cell\" check recorded in .* non-cell discriminant has 3 weights for 8"),
     (f"source.{MIN_STAIN_KEY}", np.array([1.5], np.float32), "\"no cell\" check recorded in .* stain floor 1.5"),
 ])
 def test_a_malformed_recorded_check_is_refused_with_a_sentence(taught, tmp_path, key, value, match) -> None:
