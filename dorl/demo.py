@@ -116,10 +116,18 @@ def _export(out: Path, bundle: Path, config: DemoConfig) -> dict[str, Path]:
     export_onnx(bundle, folders["fp32"], "fp32", images=parity)
     export_onnx(bundle, folders["fp16"], "fp16", images=parity, fp32_artifact=folders["fp32"])
     write_calibration_set(domains(), out / "calibration", size=config.calibration_size, seed=0)
-    gate = _sample_cells(SOURCE)[1::2]
-    try:  # the CAE's few wide nodes are the sensitive group on a briefly trained model: kept in float
+    from dorl.export.int8 import SWEEP_CELLS, Int8Settings
+    from dorl.export.int8_gate import GateThresholds
+
+    # the gate scores every sample cell of both labs outside the calibration set (the sample is too
+    # small for the default 200); the groups INT8 damages most go back to float automatically
+    gate = _sample_cells(SOURCE) + _sample_cells(TARGET)
+    # quick: the sensitivity sweep scores 8 of them (the gate still scores them all)
+    int8 = Int8Settings(gate=GateThresholds(min_cells=len(gate) - config.calibration_size),
+                        sweep_cells=8 if config.quick else SWEEP_CELLS)
+    try:
         export_onnx(bundle, folders["int8"], "int8", images=parity, calibration=out / "calibration",
-                    gate_images=gate, exclude=("cae*",), fp32_artifact=folders["fp32"])
+                    gate_images=gate, int8=int8, fp32_artifact=folders["fp32"])
     except DorlError as exc:  # the gate refused it: the report says so, the rest of the demo goes on
         (out / "onnx" / "int8-refused.txt").write_text(str(exc) + "\n")
         del folders["int8"]

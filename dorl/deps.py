@@ -22,6 +22,7 @@ _EXTRAS = {
     "onnx": ("export", "onnx"),
     "onnxruntime": ("export", "onnxruntime"),
     "onnxscript": ("export", "onnxscript"),
+    "modelopt": ("modelopt", "nvidia-modelopt"),
     "tensorrt": ("trt", "tensorrt"),
     "cuda.bindings": ("trt", "cuda-python"),
     "starlette": ("serve", "starlette"),

@@ -19,11 +19,14 @@ from dorl.manifests import read_onnx
 def tinyvit_int8(tinyvit_bundle: tuple[Path, list[str]], tinyvit_fp32: Path, calibration_dir: Path,
                  held_out_cells: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The CPU INT8 variant with only the mask decoder quantized (the gate then holds on this test model)."""
+    from dorl.export.int8 import Int8Settings
+    from dorl.export.int8_gate import GateThresholds
     from dorl.export.onnx_export import export_onnx
 
     out = tmp_path_factory.mktemp("onnx") / "int8"
+    settings = Int8Settings(gate=GateThresholds(min_cells=len(held_out_cells)), exclude=("encoder*", "cae*"))
     export_onnx(tinyvit_bundle[0], out, "int8", images=held_out_cells, calibration=calibration_dir,
-                exclude=("encoder*", "cae*"), fp32_artifact=tinyvit_fp32)
+                int8=settings, fp32_artifact=tinyvit_fp32)
     return out.with_name("int8-cpu")
 
 

@@ -9,11 +9,8 @@ import dorl
 
 PACKAGE = Path(dorl.__file__).parent
 
-# Circles whose removal is under way (the INT8 export moving out of calibration/); a circle not
-# listed here fails the test.
-PENDING: set[frozenset[str]] = {
-    frozenset({"dorl.calibration.qdq", "dorl.export.fp16", "dorl.export.onnx_export"}),
-}
+# Circles whose removal is under way; a circle not listed here fails the test.
+PENDING: set[frozenset[str]] = set()
 
 
 def module_name(path: Path) -> str:

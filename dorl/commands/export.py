@@ -1,4 +1,4 @@
-"""`dorl export`: a bundle to a verified ONNX graph (fp32, fp16, or int8 Q/DQ plus its CPU variant)."""
+"""`dorl export`: a bundle to a verified ONNX graph (fp32, fp16, or int8 Q/DQ plus its FP16-remainder and CPU variants)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ TOLERANCE_HELP = ("FP32 parity: {what} tolerance, for every output (VALUE) or on
 def export(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `dorl train`.")],
     output: Annotated[Path, typer.Option(
-        "-o", "--output", "--out", help="The artifact folder (int8 also writes <DIR>-cpu).")],
+        "-o", "--output", "--out", help="The artifact folder (int8 also writes <DIR>-fp16 and <DIR>-cpu).")],
     precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
     images: Annotated[list[Path] | None, typer.Option("--images", help=IMAGES_HELP)] = None,
     parity_cells: Annotated[int, typer.Option(
@@ -43,22 +43,36 @@ def export(
     ] = 0.99,
     max_accuracy_drop: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="INT8 gate: largest accuracy drop from FP32, as a fraction.")] = 0.01,
+    min_mask_iou: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="INT8 gate: least mean IoU of the cell masks with FP32's.")] = 0.90,
+    gate_cells: Annotated[int, typer.Option(
+        min=1, help="INT8 gate: least number of labelled cells outside the calibration set it scores.")] = 200,
+    quantizer: Annotated[str, typer.Option(help="INT8 Q/DQ quantizer: ort or modelopt (pip install 'dorl[modelopt]').")
+                         ] = "ort",
+    auto_float: Annotated[bool, typer.Option(
+        help="INT8: keep the most damaging node groups in float until the gate holds.")] = True,
+    sweep_cells: Annotated[int, typer.Option(
+        min=1, help="INT8: gate cells the sensitivity sweep scores each node group on (fewer: faster, noisier).")
+    ] = 64,
 ) -> None:
     """Export, check and verify an ONNX graph; a drift beyond the thresholds is an error."""
     from dorl.data.images import find_images
     from dorl.errors import ConfigError
+    from dorl.export.int8 import Int8Settings
+    from dorl.export.int8_gate import GateThresholds
     from dorl.export.onnx_export import check_precision, export_onnx
     from dorl.export.parity import tolerances_from
 
     check_precision(precision)
     tolerances = tolerances_from(atol or [], rtol or [])
+    int8 = Int8Settings(quantizer, GateThresholds(min_agreement, max_accuracy_drop, min_mask_iou, gate_cells),
+                        tuple(exclude or ()), auto_float, sweep_cells)
     sources = [str(p) for p in find_images(images)] if images else None
     if images and not sources:
         raise ConfigError(f"no cell images found in {', '.join(map(str, images))}: pass --images with image files or "
                           "folders (the parity check runs on real cells), or leave it out to use the default cells.")
     manifest = export_onnx(bundle, output, precision=precision, opset=opset, images=sources, calibration=calibration,
-                           exclude=exclude or (), fp32_artifact=fp32, gate=(min_agreement, max_accuracy_drop),
-                           parity_cells=parity_cells, tolerances=tolerances,
+                           fp32_artifact=fp32, int8=int8, parity_cells=parity_cells, tolerances=tolerances,
                            reporter=lambda message: typer.echo(message, err=True))
     typer.echo(_summary(manifest, output))
 
@@ -70,7 +84,10 @@ def _summary(manifest: dict[str, Any], output: Path) -> str:
              f"{parity['max_abs_diff']['probs']:.2e}, top-1 agreement {parity['top1_agreement']:.2%}, "
              f"mask IoU min {parity['mask_iou_min']:.4f}")]
     if manifest["precision"] == "int8":
-        lines.append(f"CPU INT8 variant: {output.with_name(output.name + '-cpu')}")
+        lines.append(f"TensorRT strongly typed (INT8 + FP16) variant: {output.with_name(output.name + '-fp16')}; "
+                     f"CPU variant: {output.with_name(output.name + '-cpu')}")
+        kept = manifest["float_selection"]["kept_groups"]
+        lines.append(f"kept in float automatically: {', '.join(kept) if kept else 'nothing'}")
         lines.append("latency (ms/image, ONNX Runtime CPU): " + ", ".join(
             f"{k} {v:.1f}" for k, v in manifest["latency_ms_per_image"]["onnxruntime_cpu"].items()))
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,25 +23,28 @@ def fields(
     threshold: ThresholdOption = 0.5,
     backend: BackendOption = "auto",
     site: SiteOption = None,
+    no_cell_check: Annotated[bool, typer.Option(
+        "--no-cell-check", help="Label every cell found, even one whose mask or feature says it holds no white cell.")
+    ] = False,
 ) -> None:
-    """One JSON line per white cell (box, crop box, edge, mask, label, probabilities), per empty or unreadable frame."""
-    from dorl.fields.analysis import analyze_fields
-    from dorl.fields.records import CELL, ERROR, write_records
-    from dorl.fields.report import collect_frames
-    from dorl.runtime.analyzer import Analyzer
+    """One JSON line per white cell (box, crop box, edge, mask, label, probabilities), per empty or unreadable frame.
 
-    files = collect_frames(frames)
-    counts = {CELL: 0, "frames": 0, ERROR: 0, "edge": 0}
+    Exit codes as `dorl predict`'s: 0 all labelled, 3 some frames unreadable or cells unlabelled, 4 none labelled.
+    """
+    from dorl.fields.run import FieldRequest, run_fields
+    from dorl.runtime.stream import stop_on_signals
+
+    request = FieldRequest(artifact, tuple(frames), batch_size, threshold, backend, site, not no_cell_check)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(output, "w", encoding="utf-8")) if output is not None else sys.stdout
-        analyzer = stack.enter_context(
-            Analyzer(artifact, backend=backend, batch_size=batch_size, threshold=threshold, site=site))
-        for frame in write_records(analyze_fields(files, analyzer), out):
-            counts["frames"] += 1
-            counts[CELL] += len(frame.cells)
-            counts["edge"] += sum(c.edge for c in frame.cells)
-            counts[ERROR] += frame.error is not None
-    typer.echo(f"{counts['frames']} frames: {counts[CELL]} white cells ({counts['edge']} cut by the edge), "
-               f"{counts[ERROR]} frames unreadable.", err=True)
+        stop = stack.enter_context(stop_on_signals())
+
+        def emit(record: dict) -> None:
+            out.write(json.dumps(record, allow_nan=False) + "\n")
+            out.flush()
+
+        tally = run_fields(request, emit, stop, warn=lambda m: typer.secho(f"warning: {m}", fg="yellow", err=True))
+    typer.echo(tally.summary(), err=True)
+    raise typer.Exit(tally.exit_code())

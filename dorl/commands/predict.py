@@ -42,6 +42,9 @@ def predict(
     no_cell_check: Annotated[bool, typer.Option(
         "--no-cell-check", help="Label every image, even one whose mask or feature says it holds no white cell.")
     ] = False,
+    fields: Annotated[bool, typer.Option(
+        "--fields", help="The images are whole camera frames: find every white cell and give one record per cell "
+                         "(its box in the frame, edge flag, label), as `dorl fields` does.")] = False,
 ) -> None:
     """Classify and segment cell images; results stream out batch by batch, bad images are reported per image.
 
@@ -54,6 +57,9 @@ def predict(
 
     if json_out and csv_out:
         raise typer.BadParameter("--json and --csv exclude each other: choose one output format.")
+    if fields:
+        _predict_fields(artifact, images, json_out, csv_out or save_masks is not None, batch_size, threshold, backend,
+                        site, not no_cell_check)
     request = PredictRequest(artifact, tuple(images), save_masks, overwrite, batch_size, threshold, backend, site,
                              not no_cell_check)
     plan = prepare_predict(request)
@@ -73,6 +79,28 @@ def predict(
         typer.secho("error: no image got a label: see the errors and no-cell reasons above.", fg=typer.colors.RED,
                     err=True)
     raise typer.Exit(code)
+
+
+def _predict_fields(artifact: Path, frames: list[Path], json_out: bool, refused: bool, batch_size: int,
+                    threshold: float, backend: str, site: Path | None, check_cells: bool) -> None:
+    """Whole frames: the field analysis's records (JSON Lines, or one text line per cell), same exit codes."""
+    from dorl.fields.records import text_line
+    from dorl.fields.run import FieldRequest, run_fields
+    from dorl.runtime.stream import stop_on_signals
+
+    if refused:
+        raise typer.BadParameter("--fields writes JSON Lines (--json) or text: --csv and --save-masks are for "
+                                 "single-cell images.")
+
+    def write(record: dict[str, Any]) -> None:
+        sys.stdout.write((json.dumps(record, allow_nan=False) if json_out else text_line(record)) + "\n")
+        sys.stdout.flush()
+
+    request = FieldRequest(artifact, tuple(frames), batch_size, threshold, backend, site, check_cells)
+    with stop_on_signals() as stop:
+        tally = run_fields(request, write, stop, warn=_warn)
+    typer.echo(tally.summary(), err=True)
+    raise typer.Exit(tally.exit_code())
 
 
 def _warn(message: str) -> None:

@@ -32,17 +32,19 @@ FP32_OPS = (
 FP16_MAX = 65504.0
 
 
-def convert_to_fp16(model: Any, fp32_ops: Iterable[str] = FP32_OPS) -> Any:
-    """An FP16 copy of an FP32 ONNX model (onnx.ModelProto) with `fp32_ops` nodes kept in FP32.
+def convert_to_fp16(model: Any, fp32_ops: Iterable[str] = FP32_OPS, fp32_nodes: Iterable[str] = ()) -> Any:
+    """An FP16 copy of an FP32 ONNX model (onnx.ModelProto) with `fp32_ops` nodes (and the nodes
+    named in `fp32_nodes`) kept in FP32.
 
     Returns:
         The converted onnx.ModelProto; graph inputs and outputs keep their element types.
     """
     onnx = require("onnx", "the FP16 conversion")
-    return _Converter(onnx.shape_inference.infer_shapes(model), frozenset(fp32_ops), emulate=False).run()
+    return _Converter(onnx.shape_inference.infer_shapes(model), frozenset(fp32_ops), emulate=False,
+                      fp32_nodes=frozenset(fp32_nodes)).run()
 
 
-def emulate_fp16(model: Any, fp32_ops: Iterable[str] = FP32_OPS) -> Any:
+def emulate_fp16(model: Any, fp32_ops: Iterable[str] = FP32_OPS, fp32_nodes: Iterable[str] = ()) -> Any:
     """An FP32 graph that computes what `convert_to_fp16(model, fp32_ops)` stores.
 
     ONNX Runtime's CPU provider runs FP16 nodes that lack an FP16 kernel in FP32 (it inserts
@@ -52,16 +54,19 @@ def emulate_fp16(model: Any, fp32_ops: Iterable[str] = FP32_OPS) -> Any:
     accumulate in FP32: an activation past 65504 becomes Inf here as it would on the GPU.
     """
     onnx = require("onnx", "the FP16 emulation")
-    return _Converter(onnx.shape_inference.infer_shapes(model), frozenset(fp32_ops), emulate=True).run()
+    return _Converter(onnx.shape_inference.infer_shapes(model), frozenset(fp32_ops), emulate=True,
+                      fp32_nodes=frozenset(fp32_nodes)).run()
 
 
 class _Converter:
     """One pass over a topologically sorted graph; see `convert_to_fp16` and `emulate_fp16`."""
 
-    def __init__(self, model: Any, fp32_ops: frozenset[str], emulate: bool) -> None:
+    def __init__(self, model: Any, fp32_ops: frozenset[str], emulate: bool, fp32_nodes: frozenset[str] = frozenset()
+                 ) -> None:
         import onnx
 
         self.onnx, self.model, self.graph, self.fp32_ops, self.emulate = onnx, model, model.graph, fp32_ops, emulate
+        self.fp32_nodes = fp32_nodes
         self.FLOAT, self.HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
         self.floats = _float_tensor_names(model.graph)
         self.native: dict[str, int] = {}  # float tensor -> precision it is produced in
@@ -83,7 +88,7 @@ class _Converter:
         return self.model
 
     def _blocked(self, node: Any) -> bool:
-        return node.op_type in self.fp32_ops
+        return node.op_type in self.fp32_ops or node.name in self.fp32_nodes
 
     def _convert_initializers(self) -> None:
         consumers: dict[str, list[Any]] = {}
@@ -212,7 +217,8 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
         ParityError: the check fails.
     """
     onnx = require("onnx", "the FP16 conversion")
-    from dorl.export.onnx_export import MODEL_FILE, derived_fields, staged
+    from dorl.artifacts import staged
+    from dorl.export.derived import MODEL_FILE, copy_head, derived_fields
     from dorl.export.parity import (
         FP16_MIN_AGREEMENT,
         FP16_TIE_MARGIN,
@@ -246,8 +252,6 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
         files = sorted(p.name for p in stage.iterdir())
     parity = {"reference": "onnx fp32", "method": "fp16 emulation (every FP16 tensor rounded, FP32 compute)",
               **emulated.to_dict(), "onnxruntime_cpu": runtime.to_dict()}
-    from dorl.export.onnx_export import copy_head
-
     files = [f for f in files if f != HEAD_FILE] + copy_head(manifest, Path(out_dir))
     return write_manifest(out_dir, "onnx", files, **derived_fields(manifest, "fp16"), fp32_ops=list(blocked),
                           parity=parity, tensorrt_compatibility=compat)

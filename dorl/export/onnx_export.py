@@ -11,26 +11,28 @@ are derived from the verified FP32 one.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dorl.artifacts import staged, write_manifest
 from dorl.config import to_dict
 from dorl.contract import DATA_FILE, EXTERNAL_DATA_BYTES, HEAD_FILE, MODEL_FILE
 from dorl.deps import require, versions
 from dorl.errors import ArtifactError, ConfigError
+from dorl.export.derived import EXPORT_VERSIONS
 from dorl.export.parity import Tolerance
 from dorl.export.parity_cells import DEFAULT_PARITY_CELLS, default_cells, sample_cells
 from dorl.export.source import ExportSource, ParityCells
+
+if TYPE_CHECKING:
+    from dorl.export.int8 import Int8Settings
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # LayerNormalization is a single ONNX op from opset 17 on
 MAX_BATCH = 4096
-EXPORT_VERSIONS = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy")
 
 Reporter = Callable[[str], None]
 
@@ -112,14 +114,6 @@ def write_head(model: Any, stats: dict[str, Any] | None, folder: Path) -> list[s
     return [HEAD_FILE]
 
 
-def copy_head(fp32_manifest: dict[str, Any], folder: Path) -> list[str]:
-    """Copy the FP32 artifact's host-side head into a derived artifact's folder."""
-    if HEAD_FILE not in fp32_manifest.get("files", {}):
-        return []
-    shutil.copy2(Path(fp32_manifest["folder"]) / HEAD_FILE, folder / HEAD_FILE)
-    return [HEAD_FILE]
-
-
 def base_fields(model: Any, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], graph: dict[str, Any],
                 source_sha256: str | None) -> dict[str, Any]:
     """The manifest fields every precision shares (the FP32 graph's description)."""
@@ -137,16 +131,6 @@ def base_fields(model: Any, inputs: list[dict[str, Any]], outputs: list[dict[str
         "versions": versions(*EXPORT_VERSIONS),
         "source_bundle_sha256": source_sha256,
     }
-
-
-def derived_fields(fp32_manifest: dict[str, Any], precision: str) -> dict[str, Any]:
-    """The manifest fields of a graph derived from an FP32 artifact (same I/O, new precision)."""
-    skip = ("format_version", "kind", "created", "files", "folder", "parity", "graph", "tensorrt_compatibility")
-    fields = {k: v for k, v in fp32_manifest.items() if k not in skip}
-    fields["precision"] = precision
-    fields["source_fp32_sha256"] = fp32_manifest["files"][MODEL_FILE]["sha256"]
-    fields["versions"] = versions(*EXPORT_VERSIONS)
-    return fields
 
 
 def export_fp32(source: ExportSource, out_dir: str | Path, cells: ParityCells, opset: int = DEFAULT_OPSET,
@@ -193,9 +177,9 @@ def export_fp32(source: ExportSource, out_dir: str | Path, cells: ParityCells, o
 
 def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                 images: Sequence[Any] | None = None, calibration: str | Path | None = None,
-                gate_images: Sequence[Any] | None = None, exclude: Sequence[str] = (),
-                fp32_artifact: str | Path | None = None, reporter: Reporter | None = None,
-                gate: tuple[float, float] | None = None, parity_cells: int = DEFAULT_PARITY_CELLS,
+                gate_images: Sequence[Any] | None = None, fp32_artifact: str | Path | None = None,
+                reporter: Reporter | None = None, int8: Int8Settings | None = None,
+                parity_cells: int = DEFAULT_PARITY_CELLS,
                 tolerances: Mapping[str, Tolerance] | None = None) -> dict[str, Any]:
     """Export a bundle (or model) to a verified ONNX artifact of `precision`.
 
@@ -203,18 +187,18 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
 
     Args:
         source: a bundle folder or a DoRLModel.
-        out_dir: the artifact folder. For int8 the CPU variant goes beside it, in `<out_dir>-cpu`.
+        out_dir: the artifact folder. For int8 the FP16-remainder and CPU variants go beside it, in
+            `<out_dir>-fp16` and `<out_dir>-cpu`.
         precision: "fp32", "fp16" or "int8" (Q/DQ, symmetric, for TensorRT).
         images: real cell images (paths or arrays) for the parity checks; None: drawn from the
             bundle's training domains or the bundled sample (`parity_cells.default_cells`).
         calibration: an INT8 calibration-set folder from `dorl calibrate` (int8 only).
         gate_images: labelled held-out cells for the INT8 accuracy gate (int8 only; paths whose
             parent folder is the class name); default `images`.
-        exclude: extra node-name, module or group patterns kept out of INT8 quantization.
         fp32_artifact: the verified FP32 artifact of the same bundle to derive fp16/int8 from,
             instead of exporting it again.
-        gate: the INT8 accuracy gate's (minimum top-1 agreement, maximum accuracy drop), both
-            fractions; default (0.99, 0.01). The manifest records the thresholds used.
+        int8: the INT8 settings (`int8.Int8Settings`: quantizer, gate thresholds, exclusions);
+            default its defaults. The manifest records them.
         parity_cells: the parity checks run on at most this many of the images, drawn stratified by
             lab and class (0: all of them).
         tolerances: the FP32 check's per-output tolerances (default `parity.FP32_TOLERANCES`).
@@ -224,6 +208,7 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
     """
     check_precision(precision, opset)
     what = ExportSource.of(source)
+    settings = _int8_settings(int8) if precision == "int8" else None
     calibration_set = _calibration_set(calibration) if precision == "int8" else None
     held = frozenset(c.sha256 for c in calibration_set.cells) if calibration_set else frozenset()
     if images is None:
@@ -231,22 +216,31 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
         if reporter:
             reporter(f"no --images given: {len(images)} cells from {where}")
     images = list(images)
-    int8 = _int8_inputs(calibration_set, images if gate_images is None else list(gate_images), what.class_names) \
-        if calibration_set is not None else None
+    quantizing = _int8_inputs(calibration_set, images if gate_images is None else list(gate_images),
+                              what.class_names, settings) if calibration_set is not None and settings else None
     cells = ParityCells.load(sample_cells(images, parity_cells), what.image_size)
     if precision == "fp32":
         return export_fp32(what, out_dir, cells, opset, reporter, tolerances)
     with _verified_fp32(what, fp32_artifact, cells, opset, reporter, tolerances) as fp32_dir:
-        if int8 is None:
+        if quantizing is None:
             from dorl.export.fp16 import export_fp16
 
             return export_fp16(fp32_dir, out_dir, cells.pixels, reporter, names=cells.names)
-        from dorl.calibration.gate import MAX_ACCURACY_DROP, MIN_AGREEMENT
-        from dorl.calibration.qdq import quantize_artifact
+        from dorl.export.int8 import quantize_artifact
 
-        min_agreement, max_drop = gate if gate is not None else (MIN_AGREEMENT, MAX_ACCURACY_DROP)
-        return quantize_artifact(fp32_dir, out_dir, int8[0], int8[1], exclude, reporter,
-                                 min_agreement=min_agreement, max_accuracy_drop=max_drop)
+        return quantize_artifact(fp32_dir, out_dir, *quantizing, reporter=reporter)
+
+
+def _int8_settings(settings: Int8Settings | None) -> Int8Settings:
+    """The INT8 settings, with the chosen quantizer's packages checked before the slow export."""
+    from dorl.export.int8 import Int8Settings
+
+    settings = settings or Int8Settings()
+    if settings.quantizer == "modelopt":
+        from dorl.export.int8_modelopt import require_modelopt
+
+        require_modelopt()
+    return settings
 
 
 def _calibration_set(calibration: str | Path | None) -> Any:
@@ -258,11 +252,14 @@ def _calibration_set(calibration: str | Path | None) -> Any:
     return read_calibration_set(calibration)
 
 
-def _int8_inputs(calibration_set: Any, gate_images: list[Any], class_names: list[str]) -> tuple[Any, Any]:
-    """The calibration set and the labelled held-out cells (outside it) for the gate."""
-    from dorl.calibration.gate import gate_set
+def _int8_inputs(calibration_set: Any, gate_images: list[Any], class_names: list[str],
+                 settings: Int8Settings) -> tuple[Any, Any, Int8Settings]:
+    """The calibration set, the labelled held-out cells (outside it) for the gate, and the settings."""
+    from dorl.export.int8_gate import gate_set
 
-    return calibration_set, gate_set(gate_images, class_names, frozenset(c.sha256 for c in calibration_set.cells))
+    held_out = gate_set(gate_images, class_names, frozenset(c.sha256 for c in calibration_set.cells),
+                        settings.gate.min_cells)
+    return calibration_set, held_out, settings
 
 
 @contextlib.contextmanager

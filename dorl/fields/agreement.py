@@ -4,6 +4,7 @@ label for the data set's single-cell crop of the same cell, and frame labels aga
 from __future__ import annotations
 
 import csv
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dorl.fields.analysis import analyze_fields
+from dorl.fields.scoring import HELD_OUT, TUNE, split_of
 
 
 def balanced_accuracy(truth: Sequence[str], predicted: Sequence[str]) -> float:
@@ -37,20 +39,29 @@ def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches
 
     Two controls bound what any finder can reach with this artifact: the data set crop's own box
     cut from the frame (the same pixels, only the crop file's JPEG re-encoding differs) and
-    that box shifted by 4 px (IoU about 0.95 with it).
+    that box shifted by 4 px (IoU about 0.95 with it). The labels compared are the classifier's
+    (the analyzer's "no cell" check is off: it withholds labels, and the question here is whether
+    finding the cell changes the label). The field run reads the frame files, so its time is the
+    whole path: decoding, finding, cutting and classifying.
     """
     from dorl.runtime.analyzer import Analyzer
 
     by_name = {f.name: f for f in frames}
     placed = [m for m in matches if m.cell is not None]
-    with Analyzer(artifact, batch_size=batch_size, site=site) as analyzer:
+    with Analyzer(artifact, batch_size=batch_size, site=site, check_cells=False) as analyzer:
         field_labels: dict[str, list[tuple[str | None, bool]]] = {}
-        for result in analyze_fields((f.rgb for f in frames), analyzer):
+        start, cpu = time.perf_counter(), time.process_time()
+        for result in analyze_fields((fields / "images" / f"{f.name}.jpg" for f in frames), analyzer):
             field_labels[frames[result.index].name] = [(c.result.label, c.edge) for c in result.cells]
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         crop = _labels(analyzer, [m.path for m in placed])
         same_box = _labels(analyzer, [_cut(by_name[m.frame].rgb, m.box) for m in placed])
         shifted = _labels(analyzer, [_cut(by_name[m.frame].rgb, _shift(m.box, by_name[m.frame].rgb.shape, 4))
                                      for m in placed])
+    cells = sum(len(v) for v in field_labels.values())
+    print(f"field analysis end to end (decode, find, cut, classify; batch {analyzer.batch_size}): "
+          f"{len(frames) / seconds:.2f} frames/s, {cells / seconds:.2f} cells/s ({len(frames)} frames, {cells} cells); "
+          f"CPU time {1000 * cpu / len(frames):.0f} ms per frame, all threads")
     field = [field_labels[m.frame][m.cell][0] for m in placed]
     edge = [field_labels[m.frame][m.cell][1] for m in placed]
     print(f"labels of the same cells, {len(placed)} single-cell crops matched to found cells "
@@ -59,8 +70,12 @@ def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches
                          ("control: the crop file's own box cut from the frame", same_box),
                          ("control: that box shifted by 4 px", shifted)):
         agree = [a == b for a, b in zip(crop, labels)]
-        whole = [a for a, e in zip(agree, edge) if not e]
-        print(f"  {name}: {100 * np.mean(agree):.1f} % (cells not cut by the edge: {100 * np.mean(whole):.1f} %)")
+        print(f"  {name}: {_share(agree)} (cells not cut by the edge: {_share([a for a, e in zip(agree, edge) if not e])}"
+              f"; cut by it: {_share([a for a, e in zip(agree, edge) if e])})")
+        for split in (TUNE, HELD_OUT):
+            rows = [i for i, m in enumerate(placed) if split_of(m.frame) == split]
+            print(f"    {split}: {_share([agree[i] for i in rows])} (not cut by the edge: "
+                  f"{_share([agree[i] for i in rows if not edge[i]])})")
     confusions = Counter((c, f) for c, f in zip(crop, field) if c != f)
     print("  disagreements (crop file -> field): " + ", ".join(f"{c}->{f} {n}" for (c, f), n in confusions.most_common()))
     folder = [m.label for m in placed]
@@ -69,6 +84,10 @@ def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches
         print(f"  {name} labels vs the crops' folder labels: accuracy {100 * accuracy:.1f} %, balanced "
               f"{100 * balanced_accuracy(folder, [str(x) for x in labels]):.1f} %")
     _print_frame_labels(read_frame_labels(fields / "labels.csv"), field_labels)
+
+
+def _share(agree: Sequence[bool]) -> str:
+    return f"{100 * np.mean(agree):.1f} % ({sum(agree)}/{len(agree)})" if agree else "-"
 
 
 def _labels(analyzer: Any, images: Sequence[Any]) -> list[str | None]:

@@ -29,10 +29,8 @@ import numpy as np
 from dorl.data.images import load_rgb
 from dorl.fields.crop import crop_box
 from dorl.fields.finder import Box, FinderConfig, FoundCell, find_white_cells
-from dorl.fields.scoring import DetectionScore, box_iou
+from dorl.fields.scoring import HELD_OUT, TUNE, DetectionScore, box_iou, split_of
 from dorl.fields.voc import read_voc
-
-TUNE, HELD_OUT = "tune (even frame numbers)", "held out (odd frame numbers)"
 
 
 @dataclass
@@ -49,11 +47,6 @@ def load_frames(fields: Path) -> list[Frame]:
         objects = [o for o in read_voc(fields / "annotations" / f"{path.stem}.xml") if o.name == "WBC"]
         frames.append(Frame(path.stem, load_rgb(path), [o.box for o in objects], [o.truncated for o in objects]))
     return frames
-
-
-def split_of(name: str) -> str:
-    digits = "".join(c for c in name if c.isdigit())
-    return TUNE if digits and int(digits) % 2 == 0 else HELD_OUT
 
 
 def score_finder(frames: Sequence[Frame], found: dict[str, list[FoundCell]]) -> dict[str, DetectionScore]:
@@ -180,9 +173,12 @@ def _print_crops(matches: Sequence[CropMatch], found: dict[str, list[FoundCell]]
     if len(ratios):
         print(f"crop side / nucleus box's longer side, {len(ratios)} cells not cut by the edge: median "
               f"{np.median(ratios):.3f}, quartiles {np.percentile(ratios, 25):.3f}-{np.percentile(ratios, 75):.3f}")
-    if len(ious):
-        print(f"analyzer crop boxes vs the data set's crops: IoU median {np.median(ious):.3f}, mean {ious.mean():.3f}, "
-              f"10th percentile {np.percentile(ious, 10):.3f}")
+    edge = np.array([found[m.frame][i].edge for m, i in placed], dtype=bool)
+    for name, rows in (("", np.ones_like(edge)), (" (cells not cut by the edge)", ~edge), (" (cells cut by the edge)", edge)):
+        if rows.any():
+            part = ious[rows]
+            print(f"analyzer crop boxes vs the data set's crops{name}: {len(part)} cells, IoU median "
+                  f"{np.median(part):.3f}, mean {part.mean():.3f}, 10th percentile {np.percentile(part, 10):.3f}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

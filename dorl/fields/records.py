@@ -171,3 +171,15 @@ def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
 
 def _finite(value: float) -> float | None:
     return round(value, 6) if math.isfinite(value) else None
+
+
+def text_line(record: dict[str, Any]) -> str:
+    """One record as a tab-separated line: frame, cell number, label, confidence, box, edge, and why there is
+    no label (the text output of `dorl predict --fields`)."""
+    if record["status"] != CELL:
+        return f"{record['frame']}\t-\t{record['status']}\t{record.get('error') or ''}".rstrip()
+    confidence = f"{record['confidence']:.3f}" if record["confidence"] is not None else "-"
+    box = ",".join(str(v) for v in record["box"])
+    detail = record["error"] or "; ".join(record["no_cell"]) or ("uncertain" if record["uncertain"] else "")
+    return (f"{record['frame']}\t{record['cell']}\t{record['label'] or '-'}\t{confidence}\t{box}\t"
+            f"{'edge' if record['edge'] else 'whole'}\t{detail}").rstrip()

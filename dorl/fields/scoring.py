@@ -1,4 +1,4 @@
-"""Score found boxes against annotated boxes: one-to-one matches at an IoU threshold."""
+"""Score found boxes against annotated boxes: one-to-one matches at an IoU threshold; the tune/held-out split."""
 
 from __future__ import annotations
 
@@ -6,6 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dorl.fields.finder import Box
+
+TUNE, HELD_OUT = "tune (even frame numbers)", "held out (odd frame numbers)"
+
+
+def split_of(name: str) -> str:
+    """The half of an annotated set a frame belongs to: parameters are tuned on even frame numbers and
+    checked on odd ones."""
+    digits = "".join(c for c in name if c.isdigit())
+    return TUNE if digits and int(digits) % 2 == 0 else HELD_OUT
 
 
 def box_iou(a: Box, b: Box) -> float:

@@ -89,15 +89,35 @@ def test_tolerance_options_are_checked_before_any_work(app: typer.Typer, tinyvit
 def test_relaxed_gate_thresholds_reach_the_manifest(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]],
                                                   tinyvit_fp32: Path, calibration_dir: Path,
                                                   held_out_cells: list[str], tmp_path: Path) -> None:
-    """Fully quantized, this model fails the default gate (88 % agreement, tests/export/test_int8.py);
-    a throughput study of such a model lowers the thresholds, and the manifest says so."""
+    """A throughput study of an untrained model lowers the thresholds (and turns the float selection
+    off), and the manifest says so."""
     images = [a for p in held_out_cells[:10] for a in ("--images", p)]
     result = _run(app, "export", tinyvit_bundle[0], "-o", tmp_path / "int8", "--precision", "int8", "--fp32",
                   tinyvit_fp32, "--calibration", calibration_dir, "--min-agreement", "0", "--max-accuracy-drop", "1",
-                  *images)
+                  "--min-mask-iou", "0", "--gate-cells", "10", "--no-auto-float", *images)
     assert result.exit_code == 0, result.output
-    gate = json.loads((tmp_path / "int8" / "manifest.json").read_text())["gate"]
-    assert gate["min_agreement"] == 0.0 and gate["max_accuracy_drop"] == 1.0 and gate["passed"] is True
-    assert gate["images"] == 10
+    assert "kept in float automatically: nothing" in result.output
+    manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    gate = manifest["gate"]
+    assert gate["min_agreement"] == 0.0 and gate["max_accuracy_drop"] == 1.0 and gate["min_mask_iou"] == 0.0
+    assert gate["passed"] is True and gate["images"] == 10 and gate["min_cells"] == 10
+    assert manifest["float_selection"]["kept_groups"] == [] and manifest["quantizer"] == "ort"
     rejected = _run(app, "export", tinyvit_bundle[0], "-o", tmp_path / "x", "--min-agreement", "1.5")
     assert rejected.exit_code == 2 and not (tmp_path / "x").exists()  # typer's range check, before any work
+    unknown = _run(app, "export", tinyvit_bundle[0], "-o", tmp_path / "x", "--quantizer", "tensorrt")
+    assert unknown.exit_code == 1 and "unknown INT8 quantizer 'tensorrt': choose one of ort, modelopt" in unknown.output
+
+
+def test_int8_cli_defaults_are_the_library_defaults() -> None:
+    import inspect
+
+    from dorl.export.int8 import Int8Settings
+    from dorl.export.int8_gate import GateThresholds
+
+    defaults = {name: p.default for name, p in inspect.signature(export).parameters.items()}
+    gate, settings = GateThresholds(), Int8Settings()
+    assert (defaults["min_agreement"], defaults["max_accuracy_drop"], defaults["min_mask_iou"], defaults["gate_cells"]) \
+        == (gate.min_agreement, gate.max_accuracy_drop, gate.min_mask_iou, gate.min_cells)
+    assert (defaults["quantizer"], defaults["auto_float"], defaults["sweep_cells"]) \
+        == (settings.quantizer, settings.auto_float, settings.sweep_cells)
+

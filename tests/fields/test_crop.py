@@ -1,10 +1,10 @@
-"""The analyzer's crop: square, 1.45 x the nucleus, centred, shifted inside the frame, never padded."""
+"""The analyzer's crop: square, 1.45 x the nucleus, centred, shifted inside the frame or cut to it, never padded."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from dorl.fields.crop import MIN_CROP, crop_box, cut
+from dorl.fields.crop import MIN_CROP, crop_box, cut, cut_near_middle
 
 
 def test_centred_square_a_bit_larger_than_the_nucleus() -> None:
@@ -15,6 +15,18 @@ def test_centred_square_a_bit_larger_than_the_nucleus() -> None:
 def test_shifted_inside_the_frame_at_an_edge() -> None:
     x0, y0, x1, y1 = crop_box((0, 400, 100, 480), (480, 640))
     assert (x0, y1) == (0, 480) and x1 - x0 == y1 - y0 == 145
+
+
+def test_a_cell_cut_near_its_middle_is_cut_to_the_frame() -> None:
+    # BCCD frame 338: the nucleus is a band along the bottom edge (172 x 104 px); the data set's image of the
+    # cell is (285, 307, 458, 480), flush with the edge and only as deep as the centred square reached
+    assert cut_near_middle((284, 376, 456, 480), (480, 640))
+    assert crop_box((284, 376, 456, 480), (480, 640)) == (282, 304, 458, 480)  # shifted whole: (246, 231, 495, 480)
+    # frame 302, a band along the left edge (72 x 152 px); the data set's image is (0, 308, 131, 439)
+    assert crop_box((0, 292, 72, 444), (480, 640)) == (0, 295, 146, 441)
+    # a nucleus on the edge but not a band along it: the whole square, shifted inside (frame 171)
+    assert not cut_near_middle((156, 0, 368, 208), (480, 640))
+    assert crop_box((156, 0, 368, 208), (480, 640)) == (108, 0, 415, 307)
 
 
 def test_capped_by_the_frame_and_floored_by_the_minimum() -> None:
