@@ -14,6 +14,7 @@ from dorl.commands import (
     export,
     fields,
     info,
+    non_cells,
     predict,
     report,
     serve,
@@ -38,6 +39,8 @@ app.command("build", help="Build a TensorRT engine from an exported ONNX graph."
 app.command("predict", help="Classify and segment cell images with an exported artifact.",
             epilog=predict.EXIT_CODES_HELP)(predict.predict)
 app.command("adapt", help="Write a site profile from a new lab's unlabelled cells.")(adapt.adapt)
+app.command("non-cells", help="Teach an artifact what is not a white cell: a derived artifact refusing such images.")(
+    non_cells.non_cells)
 app.command("bench", help="Benchmark latency, throughput, memory and accuracy per backend.")(bench.bench)
 app.command("fields", help="Find and classify every white cell of whole camera frames (JSON Lines).")(fields.fields)
 app.command("report", help="A slide's white-cell differential and review gallery from frames or field records.")(

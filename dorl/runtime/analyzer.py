@@ -25,7 +25,7 @@ from dorl.data.images import ImageSource, decode_image, describe_source, resize_
 from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.runtime import postprocess
 from dorl.runtime.base import BaseRunner
-from dorl.runtime.cell_check import CellCheck, FeatureDistance
+from dorl.runtime.cell_check import CellCheck, FeatureDistance, stain_area
 from dorl.runtime.cell_framing import BORDER_NOTE, EMPTY_CROP, Framed, frame_cell
 from dorl.runtime.cell_result import CellResult
 from dorl.runtime.loader import load_runner
@@ -83,7 +83,8 @@ class Analyzer:
             image_size: the input side, when the runner's input spec does not fix it.
             max_batch: the most images the runner takes per call (an engine's profile), for a
                 runner given directly; an artifact's manifest says it itself.
-            check_cells: decide "no cell" from the mask and the feature (see `cell_check`).
+            check_cells: decide "no cell" from the mask, the feature and, when the artifact records
+                them (`dorl non-cells`), the stain floor and the non-cell discriminant (see `cell_check`).
             warn: called with a sentence when the cells look like another lab than the site profile's.
             framing: a `dorl.data.framing.FramingConfig`, for a runner given directly (an artifact's
                 manifest records its own); input "cell" runs the two passes.
@@ -96,6 +97,7 @@ class Analyzer:
         self.drift_watch: DriftWatch | None = None
         self.head: Any = None
         distance: FeatureDistance | None = None
+        source: dict[str, np.ndarray] | None = None
         if isinstance(artifact, BaseRunner):
             if class_names is None:
                 raise ConfigError("an analyzer around a runner needs the class names of its head.")
@@ -129,7 +131,7 @@ class Analyzer:
                                 "output: re-export the artifact with dorl.")
         self.batch_size = min(batch_size, cap)
         self.threshold = threshold
-        self.cell_check: CellCheck | None = CellCheck(distance=distance) if check_cells else None
+        self.cell_check: CellCheck | None = _cell_check(source, distance, artifact) if check_cells else None
 
     @classmethod
     def from_runner(cls, runner: BaseRunner, class_names: Sequence[str], batch_size: int = 8,
@@ -231,7 +233,7 @@ class Analyzer:
                 results[i] = CellResult.failed(describe_source(source), str(exc))
                 continue
             pixels.append(resize_square(decoded.rgb, self.image_size))
-            slots.append((i, decoded.size_hw, decoded.notes))
+            slots.append((i, decoded.size_hw, decoded.notes, self._stain(pixels[-1])))
             if self.framing is not None:
                 decoded_rgb.append(decoded.rgb)
         if slots:
@@ -244,10 +246,16 @@ class Analyzer:
                     i = slots[row][0]
                     results[i] = CellResult.failed(describe_source(sources[i]), error)
             batch = _Batch(self, outputs)
-            for row, (i, size_hw, notes) in enumerate(slots):
+            for row, (i, size_hw, notes, stain) in enumerate(slots):
                 if results[i] is None:
-                    results[i] = batch.cell(row, describe_source(sources[i]), size_hw, notes, framed[row])
+                    results[i] = batch.cell(row, describe_source(sources[i]), size_hw, notes, framed[row], stain)
         return [r for r in results if r is not None]
+
+    def _stain(self, pixels: np.ndarray) -> float | None:
+        """The image's largest stained share (`cell_check.stain_area`), when the artifact records a floor."""
+        if self.cell_check is None or self.cell_check.min_stain is None:
+            return None
+        return stain_area(pixels)
 
     def _second_pass(self, whole: dict[str, np.ndarray], images: list[np.ndarray]
                      ) -> tuple[dict[str, np.ndarray], list[Framed | None], dict[int, str]]:
@@ -290,6 +298,15 @@ class Analyzer:
         return postprocess.softmax(outputs[LOGITS])
 
 
+def _cell_check(source: dict[str, np.ndarray] | None, distance: FeatureDistance | None, artifact: Any) -> CellCheck:
+    """The "no cell" check with what the artifact records, refused with a sentence when malformed."""
+    try:
+        return CellCheck.of_source(source, distance)
+    except ValueError as exc:
+        raise ArtifactError(f"the \"no cell\" check recorded in {artifact} cannot be used ({exc}): re-run "
+                            "`dorl non-cells` on the original artifact.") from exc
+
+
 class _Batch:
     """One batch's outputs and what follows from them, read once per batch."""
 
@@ -300,15 +317,18 @@ class _Batch:
         self.probs = analyzer.class_probabilities(outputs, adapted)
         self.finite = postprocess.finite_rows(outputs) & np.isfinite(self.probs).all(axis=1)
         self.distances: np.ndarray | None = None
+        self.scores: np.ndarray | None = None
         if features is not None and adapted is not None:
             if analyzer.drift_watch is not None:
                 analyzer.drift_watch.update(features[self.finite])
             check = analyzer.cell_check
             if check is not None and check.distance is not None:
                 self.distances = check.distance(adapted)  # after the site's map: distance to the source
+            if check is not None and check.non_cell is not None:
+                self.scores = check.non_cell(adapted)
 
     def cell(self, row: int, source: str, size_hw: tuple[int, int], notes: tuple[str, ...],
-             framed: Framed | None = None) -> CellResult:
+             framed: Framed | None = None, stain: float | None = None) -> CellResult:
         analyzer, outputs = self.analyzer, self.outputs
         site = analyzer.site.site if analyzer.site is not None else None
         if not self.finite[row]:
@@ -319,7 +339,8 @@ class _Batch:
         probs = self.probs[row]
         mask = postprocess.low_res_mask(outputs[MASK_LOGITS][row]) if MASK_LOGITS in outputs else None
         distance = float(self.distances[row]) if self.distances is not None else None
-        no_cell = analyzer.cell_check.reasons(mask, distance) if analyzer.cell_check is not None else ()
+        score = float(self.scores[row]) if self.scores is not None else None
+        no_cell = analyzer.cell_check.reasons(mask, distance, score, stain) if analyzer.cell_check is not None else ()
         if framed is not None and framed.empty and not no_cell:
             no_cell = (EMPTY_CROP,)  # never a label from the whole field in place of the cell, even unchecked
         if framed is not None and framed.touches_border:
@@ -335,6 +356,8 @@ class _Batch:
             uncertain=uncertain or bool(no_cell),
             no_cell=no_cell,
             distance=distance,
+            non_cell_score=score,
+            stain_area=stain,
             notes=notes,
             site=site,
             crop_box=framed.box if framed is not None else None,

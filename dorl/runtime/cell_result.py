@@ -30,6 +30,8 @@ class CellResult:
     error: str | None = None  # why this image could not be analysed
     no_cell: tuple[str, ...] = ()  # why the image holds no analysable white cell (empty: it holds one)
     distance: float | None = None  # the feature's distance to the source cells (see cell_check)
+    non_cell_score: float | None = None  # its score towards the artifact's non-cell images (see cell_check)
+    stain_area: float | None = None  # its largest stained (purple) share of the image, when a floor is recorded
     notes: tuple[str, ...] = ()  # how the image was read, when worth saying (e.g. its significant bits)
     site: str | None = None  # the site profile that mapped the feature, if any
     crop_box: tuple[int, int, int, int] | None = None  # where a cell-centric analyzer cut the cell (top, bottom, left, right)

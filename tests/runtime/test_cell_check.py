@@ -9,10 +9,14 @@ from dorl.runtime.cell_check import (
     CellCheck,
     FeatureDistance,
     MaskLimits,
+    NonCellDiscriminant,
     border_share,
     calibrate_threshold,
+    fit_non_cell,
     mask_area,
     normal_quantile,
+    stain_area,
+    stain_floor,
 )
 
 
@@ -97,3 +101,108 @@ def test_cell_check_combines_mask_and_feature() -> None:
     assert "lies 5.00 (RMS z-score) from the source cells, beyond 2.00" in far
     assert len(check.reasons(np.zeros((56, 56), bool), 5.0)) == 2
     assert CellCheck().reasons(cell, 100.0) == ()  # no source statistics: the mask alone decides
+
+
+def _groups(rng: np.random.Generator, d: int = 12, shift: float = 4.0) -> tuple[dict[str, np.ndarray], np.ndarray,
+                                                                             np.ndarray, np.ndarray]:
+    """Source cells (correlated features) and non-cells shifted along one direction of them."""
+    mixing = rng.normal(size=(d, d)) / np.sqrt(d)
+    cells = rng.normal(size=(20_000, d)) @ mixing + 3.0
+    direction = rng.normal(size=d)
+    direction /= np.linalg.norm(direction)
+    non_cells = rng.normal(size=(2_000, d)) @ mixing + 3.0 + shift * direction
+    fit, held = cells[:4000], cells[4000:]
+    source = {"mean": fit.mean(0), "std": fit.std(0, ddof=1), "cov": np.cov(fit, rowvar=False)}
+    return source, held, non_cells[:200], non_cells[200:]
+
+
+def test_non_cell_discriminant_lets_the_quantile_of_source_cells_through() -> None:
+    source, held, fit, non_cells = _groups(np.random.default_rng(3))
+    fitted = fit_non_cell(source, fit)
+    assert set(fitted) == {"noncell_weight", "noncell_threshold", "noncell_images"}
+    assert all(v.dtype == np.float32 for v in fitted.values()) and fitted["noncell_images"][0] == 200
+    assert fitted["noncell_threshold"][0] == pytest.approx(2.3263, abs=1e-4)  # the normal 99 % z-score
+    check = NonCellDiscriminant.from_source({**source, **fitted})
+    assert check is not None and check.images == 200
+    source_scores = check(held)
+    assert np.std(source_scores) == pytest.approx(1.0, rel=0.05)  # a z-score along the direction
+    assert np.mean(source_scores > check.threshold) == pytest.approx(0.01, abs=0.004)
+    assert np.mean(check(non_cells) > check.threshold) > 0.9  # they lie on their own side
+    assert NonCellDiscriminant.from_source(source) is None  # nothing fitted: no discriminant
+    strict = NonCellDiscriminant.from_source({**source, **fit_non_cell(source, fit, quantile=0.999)})
+    assert strict is not None and np.mean(strict(held) > strict.threshold) < 0.004
+
+
+def test_non_cell_fit_refuses_what_cannot_be_fitted() -> None:
+    source, _, fit, _ = _groups(np.random.default_rng(4))
+    with pytest.raises(ValueError, match="at least 10 non-cell features of 12 values"):
+        fit_non_cell(source, fit[:9])
+    with pytest.raises(ValueError, match="at least 10 non-cell features of 12 values"):
+        fit_non_cell(source, fit[:, :5])
+    with pytest.raises(ValueError, match="needs the source cells' mean and covariance"):
+        fit_non_cell({"mean": source["mean"], "std": source["std"]}, fit)
+    broken = fit.copy()
+    broken[3, 2] = np.nan
+    with pytest.raises(ValueError, match="not all finite"):
+        fit_non_cell(source, broken)
+    same = np.tile(source["mean"], (20, 1))  # the non-cells' mean is the source's: no direction
+    with pytest.raises(ValueError, match="do not differ from the source cells'"):
+        fit_non_cell(source, same)
+    with pytest.raises(ValueError, match="3 weights for 12 features"):
+        NonCellDiscriminant.from_source({**source, **fit_non_cell(source, fit), "noncell_weight": np.ones(3)})
+
+
+def test_cell_check_names_the_non_cell_discriminant() -> None:
+    source, _, fit, _ = _groups(np.random.default_rng(5))
+    check = CellCheck(non_cell=NonCellDiscriminant.from_source({**source, **fit_non_cell(source, fit)}))
+    cell = square(20, 18, 18)
+    assert check.reasons(cell, None, 0.5) == () and check.reasons(cell, None, None) == ()
+    (why,) = check.reasons(cell, None, 4.0)
+    assert "scores 4.00 towards the images without a white cell" in why and "beyond 2.33" in why
+    assert check.reasons(cell, None, float("nan")) == ()  # non-finite outputs are refused elsewhere, as failed
+
+
+PURPLE, PINK = (150, 60, 170), (225, 175, 185)  # a stained nucleus, a red cell: (R + B) / 2 - G = 100 and 30
+
+
+def test_stain_area_is_the_largest_purple_region_share() -> None:
+    image = np.full((224, 224, 3), 235, np.uint8)
+    image[20:60, 20:60] = PINK  # red cells are not stained
+    assert stain_area(image) == 0.0
+    image[100:156, 100:156] = PURPLE  # a 56x56 nucleus: 1/16 of the image
+    image[8:16, 180:188] = PURPLE  # a smaller stained speck apart from it
+    assert stain_area(image) == pytest.approx(1 / 16)
+    from PIL import Image
+
+    odd = np.asarray(Image.fromarray(image).resize((150, 150)))
+    assert stain_area(odd) == pytest.approx(1 / 16, abs=0.01)  # a side that is not a multiple of 56
+    with pytest.raises(ValueError, match="square RGB image of at least 56 pixels"):
+        stain_area(image[:, :100])
+
+
+def test_bundled_platelets_fall_below_the_floor_of_bundled_cells() -> None:
+    from pathlib import Path
+
+    from dorl.data.images import load_rgb, resize_square
+
+    assets = Path(__file__).resolve().parents[2] / "dorl" / "assets"
+    areas = [stain_area(resize_square(load_rgb(p), 224)) for p in sorted((assets / "sample" / "pbc").rglob("*.jpg"))]
+    platelets = [stain_area(resize_square(load_rgb(p), 224)) for p in sorted((assets / "non_cell").rglob("*.jpg"))]
+    floor = stain_floor(np.array(areas))
+    assert floor == pytest.approx(np.quantile(areas, 0.01)) and 0.025 < floor < 0.035
+    assert max(platelets) < floor < np.median(areas) / 2  # a granulomere is a fraction of a nucleus
+    with pytest.raises(ValueError, match="at least 10 source cells"):
+        stain_floor(np.array(areas[:9]))
+    with pytest.raises(ValueError, match="show no stained"):
+        stain_floor(np.zeros(40))
+
+
+def test_cell_check_reads_and_applies_the_recorded_stain_floor() -> None:
+    check = CellCheck.of_source({"mean": np.zeros(2), "std": np.ones(2), "noncell_min_stain": np.array([0.03])})
+    assert check.min_stain == pytest.approx(0.03) and CellCheck.of_source(None).min_stain is None
+    cell = square(20, 18, 18)
+    assert check.reasons(cell, None, None, 0.05) == () and check.reasons(cell, None, None, None) == ()
+    (why,) = check.reasons(cell, None, None, 0.012)
+    assert "largest stained (purple) region covers 1.2% of the image, below the 3.0% of the source lab's" in why
+    with pytest.raises(ValueError, match="stain floor 0.0 is not a share"):
+        CellCheck.of_source({"noncell_min_stain": np.array([0.0])})

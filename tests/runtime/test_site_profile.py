@@ -8,41 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from headed_artifact import SAMPLE, tiny_features, with_head
 
 from dorl.artifacts import read_manifest, write_manifest
-from dorl.data.images import load_rgb, resize_square
 from dorl.errors import ArtifactError
 from dorl.runtime.adapt import adapt_site
 from dorl.runtime.analyzer import Analyzer
-from dorl.runtime.head import HEAD_FILE
 from dorl.runtime.postprocess import softmax
 from dorl.runtime.site_profile import RunningStats, SiteProfileError, describe, load_profile, save_profile
-
-
-def _features(tiny, paths):
-    return tiny.reference(np.stack([resize_square(load_rgb(p), 224) for p in paths]))["feature"]
-
-
-def _with_head(tiny_artifact, folder: Path, source_images: list[Path]) -> Path:
-    """A copy of the tiny artifact at `folder` with head.safetensors and the feature statistics of `source_images`."""
-    from safetensors.numpy import save_file
-
-    shutil.copytree(tiny_artifact.folder, folder)
-    source = _features(tiny_artifact, source_images)
-    save_file({"head.fc.weight": np.ascontiguousarray(tiny_artifact.w_head.T), "head.fc.bias": tiny_artifact.b_head,
-               "source.mean": source.mean(0).astype(np.float32), "source.std": source.std(0, ddof=1).astype(np.float32),
-               "source.cov": np.cov(source, rowvar=False).astype(np.float32)}, str(folder / HEAD_FILE))
-    manifest = read_manifest(folder)
-    fields = {k: v for k, v in manifest.items() if k not in ("files", "folder", "format_version", "kind", "created")}
-    write_manifest(folder, "onnx", ["model.onnx", HEAD_FILE], **{**fields, "head": {"kind": "linear"}})
-    return folder
 
 
 @pytest.fixture(scope="module")
 def adapted_artifact(tiny_artifact, wbc_root, tmp_path_factory) -> Path:
     """A copy of the tiny artifact with head.safetensors and pbc feature statistics."""
     folder = tmp_path_factory.mktemp("site") / "tiny"
-    return _with_head(tiny_artifact, folder, sorted((wbc_root / "pbc" / "neutrophil").glob("*.jpg"))[:40])
+    return with_head(tiny_artifact, folder, sorted((wbc_root / "pbc" / "neutrophil").glob("*.jpg"))[:40])
 
 
 def test_running_stats_match_numpy_in_any_chunking():
@@ -73,7 +53,7 @@ def test_analyzer_applies_the_profile_before_the_head(adapted_artifact, tiny_art
     save_profile(profile, tmp_path / "profile")
     with Analyzer(adapted_artifact, site=tmp_path / "profile") as analyzer:
         results = analyzer.analyze(cells[:4])
-    features = _features(tiny_artifact, cells[:4])
+    features = tiny_features(tiny_artifact, cells[:4])
     expected = softmax((features @ profile.a.T + profile.b) @ tiny_artifact.w_head + tiny_artifact.b_head)
     got = np.array([[r.probs[c] for c in tiny_artifact.class_names] for r in results])
     assert np.allclose(got, expected, atol=1e-4)
@@ -141,14 +121,13 @@ def test_the_command_line_defaults_are_the_library_default() -> None:
 
 
 # -- guard rails, made from the attacks seen in the field ----------------------------------------------
-SAMPLE = Path(__file__).resolve().parents[2] / "dorl" / "assets" / "sample"
 
 
 @pytest.fixture(scope="module")
 def sample_artifact(tiny_artifact, tmp_path_factory) -> Path:
     """The tiny artifact with a host-side head and the bundled pbc sample's feature statistics."""
     folder = tmp_path_factory.mktemp("guard") / "tiny"
-    return _with_head(tiny_artifact, folder, sorted((SAMPLE / "pbc").rglob("*.jpg")))
+    return with_head(tiny_artifact, folder, sorted((SAMPLE / "pbc").rglob("*.jpg")))
 
 
 @pytest.fixture(scope="module")
