@@ -21,7 +21,7 @@ def non_cells(
         "--non-cells", help="Images that hold no white cell, of the source lab (e.g. its platelet images; repeat the "
                             "option): the linear discriminant between them and the source cells is recorded.")] = None,
     quantile: Annotated[float, typer.Option(
-        min=0.5, max=0.9999, help="Share of source cells each check lets through.")] = 0.99,
+        min=0.5, max=0.9999, help="Share of source cells each check lets through.")] = 0.995,  # cell_check.QUANTILE
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing artifact at --output.")] = False,
 ) -> None:
     """Record the "no cell" checks set from images in a derived artifact (10 or more images of each kind given).

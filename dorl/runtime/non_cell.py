@@ -93,8 +93,8 @@ def fit_non_cells(artifact: str | Path, output: str | Path, *, non_cells: Sequen
         cells: white cells of the artifact's source lab (its training cells serve); at least
             `MIN_NON_CELLS`, or none (no stain floor).
         overwrite: replace an existing artifact of the same kind at `output`.
-        quantile: the share of source cells each check lets through (0.99: about 1 % of source
-            cells fall below the stain floor, about 1 % beyond the discriminant's normal model).
+        quantile: the share of source cells each check lets through (0.995: about 0.5 % of source
+            cells fall below the stain floor, about 0.5 % beyond the discriminant's normal model).
         inputs: further inputs (the folders the images came from) `output` must not touch.
 
     Returns:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from dorl.artifacts import read_manifest
 from dorl.cli import app
+from dorl.runtime.cell_check import QUANTILE
 
 
 def invoke(*args: object) -> tuple[int, str, str]:
@@ -29,9 +30,10 @@ def test_writes_a_derived_artifact_that_predict_uses(headed: Path, tmp_path: Pat
     out = tmp_path / "taught"
     code, stdout, stderr = invoke(headed, "--non-cells", PLATELETS, "--cells", SAMPLE / "pbc", "-o", out)
     assert code == 0, stderr
-    assert f"wrote {out}; stain floor 3.02% of the image, from 80 source cells (0 unreadable); non-cell discriminant " \
-           "fitted on 12 images (0 unusable), threshold 2.33" in stdout
+    assert f"wrote {out}; stain floor 2.77% of the image, from 80 source cells (0 unreadable); non-cell discriminant " \
+           "fitted on 12 images (0 unusable), threshold 2.58" in stdout
     assert read_manifest(out)["non_cell"]["discriminant"]["images"] == 12
+    assert read_manifest(out)["non_cell"]["quantile"] == QUANTILE  # the command's default is the library's
     result = CliRunner().invoke(app, ["predict", str(out), str(PLATELETS), "--json"])
     records = [json.loads(line) for line in result.stdout.splitlines()]
     refused = [r for r in records if r["status"] == "no_cell"]

@@ -13,6 +13,7 @@ from dorl.artifacts import read_manifest, write_manifest
 from dorl.errors import ArtifactError, ConfigError
 from dorl.runtime.analyzer import Analyzer
 from dorl.runtime.cell_check import MIN_STAIN_KEY, NonCellDiscriminant
+from dorl.runtime.cell_check import QUANTILE as DEFAULT_QUANTILE
 from dorl.runtime.head import load_head
 from dorl.runtime.non_cell import fit_non_cells
 from dorl.runtime.site_profile import artifact_id
@@ -54,7 +55,7 @@ def test_the_stain_floor_refuses_platelets_and_keeps_both_labs_cells(headed, flo
     before, after = read_manifest(headed), read_manifest(floored)
     floor = after["non_cell"]["stain_floor"]
     assert floor["cells"] == 80 and floor["unreadable"] == 0 and 0.025 < floor["min_share"] < 0.035
-    assert "discriminant" not in after["non_cell"] and after["non_cell"]["quantile"] == 0.99
+    assert "discriminant" not in after["non_cell"] and after["non_cell"]["quantile"] == DEFAULT_QUANTILE
     _, source = load_head(after)
     assert float(source[MIN_STAIN_KEY][0]) == pytest.approx(floor["min_share"], rel=1e-6)
     assert artifact_id(after) == artifact_id(before)  # site profiles of the original still apply
@@ -65,7 +66,7 @@ def test_the_stain_floor_refuses_platelets_and_keeps_both_labs_cells(headed, flo
     assert all(r.status == "no_cell" and r.label is None for r in platelets)  # 12 of 12, none of them fitted on
     (why,) = platelets[0].no_cell
     assert REASON_STAIN in why and f"below the {floor['min_share']:.1%} of the source lab's smallest" in why
-    assert sum(REASON_STAIN in " ".join(r.no_cell) for r in cells) == 1  # the 1 % quantile of 80: the smallest one
+    assert sum(REASON_STAIN in " ".join(r.no_cell) for r in cells) == 1  # the 0.5 % quantile of 80: the smallest one
     # another lab's cells (refused by distance here, without a site profile) stay above the floor: tighter crops
     assert sum(REASON_STAIN in " ".join(r.no_cell) for r in bccd) <= 1
     assert all(r.stain_area is not None and 0 < r.stain_area < 1 for r in cells)
