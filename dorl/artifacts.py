@@ -17,15 +17,11 @@ digest is kept per path, size, inode and modification time). Torch-free: the run
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -272,16 +268,3 @@ def _safetensors_values(path: Path) -> list[str]:
     except Exception as exc:  # safetensors raises its own untyped errors
         raise ArtifactError(f"{path} is not a readable safetensors file ({exc}): re-create the artifact.") from exc
     return [metadata[CLASS_NAMES_KEY]] if CLASS_NAMES_KEY in metadata else []
-
-
-@contextlib.contextmanager
-def staged(out_dir: str | Path) -> Iterator[Path]:
-    """A scratch folder beside `out_dir` whose files move into `out_dir` only if the block succeeds,
-    so a failed check leaves no half-written artifact behind."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
-        yield Path(tmp)
-        out.mkdir(exist_ok=True)
-        for path in Path(tmp).iterdir():
-            shutil.move(str(path), str(out / path.name))

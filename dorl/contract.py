@@ -92,9 +92,18 @@ def top2_margin(probs: np.ndarray) -> np.ndarray:
     return ranked[:, -1] - (ranked[:, -2] if ranked.shape[1] > 1 else 0.0)
 
 
+def top1(table: np.ndarray) -> np.ndarray:
+    """The top-1 class of each row of an [N, C] probability (or logit) table; -1 where a row is not
+    all finite (an overflowed graph's NaN row names no class, it does not silently become class 0)."""
+    x = np.asarray(table)
+    return np.where(np.isfinite(x).all(axis=1), x.argmax(axis=1), -1)
+
+
 def top1_matches(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """Per row of two [N, C] probability (or logit) tables, whether their top-1 classes agree."""
-    return np.asarray(reference).argmax(axis=1) == np.asarray(candidate).argmax(axis=1)
+    """Per row of two [N, C] probability (or logit) tables, whether their top-1 classes agree (never
+    where either row is not finite)."""
+    ref, cand = top1(reference), top1(candidate)
+    return (ref == cand) & (ref >= 0)
 
 
 def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:

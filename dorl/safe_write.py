@@ -100,8 +100,8 @@ def _check_existing(target: Path, real: Path, kind: str | None, overwrite: bool,
             raise OutputError(f"{target} is a dorl {existing or 'artifact'} folder: refusing to write a "
                               f"{kind or 'different output'} over it; choose another output folder.")
         if not overwrite:
-            raise OutputError(f"{target} already holds a {kind}: pass --overwrite to replace it, or choose another "
-                              "output folder.")
+            raise OutputError(f"{target} already holds a dorl {kind} artifact: pass --overwrite to replace it, or "
+                              "choose another output folder.")
         return
     if any(real.iterdir()):
         if kind is None and overwrite:

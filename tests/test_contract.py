@@ -51,6 +51,14 @@ def test_agreement_and_near_ties() -> None:
     assert contract.top1_agreement(np.zeros((0, 2)), np.zeros((0, 2))) == 1.0
 
 
+def test_a_row_that_is_not_finite_names_no_class_and_never_agrees() -> None:
+    reference = np.array([[0.9, 0.1], [0.3, 0.7], [np.nan, np.nan]])
+    overflowed = np.array([[np.nan, np.nan], [0.2, np.inf], [np.nan, np.nan]])  # argmax would say class 0, 1, 0
+    assert contract.top1(overflowed).tolist() == [-1, -1, -1] and contract.top1(reference).tolist() == [0, 1, -1]
+    assert contract.top1_matches(reference, overflowed).tolist() == [False, False, False]
+    assert contract.top1_agreement(reference, reference) == pytest.approx(2 / 3)
+
+
 def test_mask_iou_counts_every_non_background_channel() -> None:
     ref = np.zeros((2, 3, 4, 4))
     ref[:, 1, :2, :] = 1.0  # top half is cell (channel 1)

@@ -22,6 +22,7 @@ from dorl.artifacts import read_manifest, sha256_file, write_manifest
 from dorl.errors import ArtifactError, ConfigError
 
 CELLS_FILE = "cells.json"
+KIND = "calibration-set"  # the artifact kind of its manifest
 DEFAULT_SIZE = 512
 NOT_CLASSES = ("masks",)
 
@@ -123,22 +124,30 @@ def draw_cells(domains: Mapping[str, str | Path], size: int = DEFAULT_SIZE, seed
 
 
 def write_calibration_set(domains: Mapping[str, str | Path], out_dir: str | Path, size: int = DEFAULT_SIZE,
-                          seed: int = 0) -> dict[str, Any]:
-    """Draw a calibration set and save it as an artifact folder.
+                          seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+    """Draw a calibration set and save it as an artifact folder, atomically.
+
+    Args:
+        overwrite: replace an existing calibration set at `out_dir` (never anything else).
 
     Returns:
         The manifest written (with per-domain and per-class counts).
+
+    Raises:
+        OutputError: `out_dir` may not be written (checked before any image is read).
     """
+    from dorl.safe_write import atomic_folder, check_output
+
+    check_output(out_dir, kind=KIND, overwrite=overwrite, inputs=list(domains.values()))
     cells = draw_cells(domains, size, seed)
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CELLS_FILE).write_text(json.dumps([asdict(c) for c in cells], indent=1) + "\n")
     counts: dict[str, dict[str, int]] = {}
     for c in cells:
         counts.setdefault(c.domain, {}).setdefault(c.label, 0)
         counts[c.domain][c.label] += 1
-    return write_manifest(folder, "calibration-set", [CELLS_FILE], size=len(cells), requested_size=size, seed=seed,
-                          domains={k: str(Path(v).resolve()) for k, v in domains.items()}, counts=counts)
+    with atomic_folder(out_dir, kind=KIND, overwrite=overwrite, inputs=list(domains.values())) as folder:
+        (folder / CELLS_FILE).write_text(json.dumps([asdict(c) for c in cells], indent=1) + "\n")
+        return write_manifest(folder, KIND, [CELLS_FILE], size=len(cells), requested_size=size, seed=seed,
+                              domains={k: str(Path(v).resolve()) for k, v in domains.items()}, counts=counts)
 
 
 def read_calibration_set(folder: str | Path, verify_images: bool = True) -> CalibrationSet:
@@ -151,7 +160,7 @@ def read_calibration_set(folder: str | Path, verify_images: bool = True) -> Cali
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         raise ArtifactError(f"calibration set {path} is missing or empty: create one with "
                             "`dorl calibrate --domain NAME=PATH ... -o DIR`.")
-    manifest = read_manifest(path, "calibration-set")
+    manifest = read_manifest(path, KIND)
     root = Path(manifest["folder"])
     cells = tuple(Cell(**entry) for entry in json.loads((root / CELLS_FILE).read_text()))
     if not cells:

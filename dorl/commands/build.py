@@ -32,6 +32,8 @@ def build(
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", "--out", help="Engine artifact folder (default: beside the ONNX artifact).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Print TensorRT's verbose build log.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing engine artifact at the output.")
+                         ] = False,
 ) -> None:
     from dorl.tensorrt.builder import BuildSettings, build_engine
     from dorl.tensorrt.plan import default_engine_dir
@@ -39,5 +41,6 @@ def build(
     settings = BuildSettings(precision=precision, max_batch=max_batch, opt_batch=opt_batch, workspace_mb=workspace,
                              opt_level=opt_level, timing_cache=timing_cache, calibration_cache=calibration_cache,
                              verify_cells=verify, verify_images=tuple(verify_images or ()), verbose=verbose)
-    folder = build_engine(onnx, output if output is not None else default_engine_dir(onnx, precision), settings)
+    folder = build_engine(onnx, output if output is not None else default_engine_dir(onnx, precision), settings,
+                          overwrite=overwrite)
     typer.echo(f"wrote {folder}")

@@ -31,11 +31,13 @@ def calibrate(
     output: Annotated[Path, typer.Option("-o", "--output", "--out", help="The calibration-set folder to write.")],
     size: Annotated[int, typer.Option(min=1, help="How many cells to draw (stratified by domain and class).")] = 512,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed and folders give the same set.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing calibration set at --output.")
+                         ] = False,
 ) -> None:
     """Draw a reproducible INT8 calibration set and write it as a manifest of paths and sha256."""
     from dorl.calibration.calibration_set import write_calibration_set
 
-    manifest = write_calibration_set(parse_domains(domain), output, size=size, seed=seed)
+    manifest = write_calibration_set(parse_domains(domain), output, size=size, seed=seed, overwrite=overwrite)
     for name, classes in manifest["counts"].items():
         typer.echo(f"{name}: " + ", ".join(f"{label} {n}" for label, n in classes.items()), err=True)
     typer.echo(f"wrote a calibration set of {manifest['size']} cells (seed {seed}) to {output}")

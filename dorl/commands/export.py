@@ -54,6 +54,9 @@ def export(
     sweep_cells: Annotated[int, typer.Option(
         min=1, help="INT8: gate cells the sensitivity sweep scores each node group on (fewer: faster, noisier).")
     ] = 64,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace existing ONNX artifacts at the output folders (once the new ones are verified).")
+    ] = False,
 ) -> None:
     """Export, check and verify an ONNX graph; a drift beyond the thresholds is an error."""
     from dorl.data.images import find_images
@@ -73,7 +76,7 @@ def export(
                           "folders (the parity check runs on real cells), or leave it out to use the default cells.")
     manifest = export_onnx(bundle, output, precision=precision, opset=opset, images=sources, calibration=calibration,
                            fp32_artifact=fp32, int8=int8, parity_cells=parity_cells, tolerances=tolerances,
-                           reporter=lambda message: typer.echo(message, err=True))
+                           overwrite=overwrite, reporter=lambda message: typer.echo(message, err=True))
     typer.echo(_summary(manifest, output))
 
 

@@ -1,5 +1,5 @@
 """What every artifact derived from the verified FP32 graph shares: file names, the manifest
-fields inherited from FP32, and the host-side head (the staged write is `dorl.artifacts.staged`).
+fields inherited from FP32, and the host-side head (each artifact is written with `dorl.safe_write.atomic_folder`).
 
 The FP16 and INT8 exports import these from here, and `onnx_export` imports those exports, so
 the shared pieces live apart from all three.

@@ -196,7 +196,8 @@ def save_model(model: Any, path: str | Path) -> None:
 
 def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
                 reporter: Any = None, fp32_ops: Iterable[str] = FP32_OPS,
-                names: Sequence[str] | None = None) -> dict[str, Any]:
+                names: Sequence[str] | None = None, overwrite: bool = False,
+                inputs: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Derive the FP16 artifact from a verified FP32 one and check it on real cells.
 
     The FP16 graph must run in ONNX Runtime, and its FP16 emulation (see `emulate_fp16`) must
@@ -205,10 +206,12 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
 
     Args:
         fp32_artifact: an FP32 "onnx" artifact folder.
-        out_dir: the FP16 artifact folder (created).
+        out_dir: the FP16 artifact folder (written atomically; an existing ONNX artifact only with `overwrite`).
         images: real cells (paths or arrays, or uint8 [N,S,S,3]).
         reporter: called with progress sentences.
         names: a name per cell (its path) for the report.
+        overwrite: replace an existing ONNX artifact at `out_dir`.
+        inputs: the export's inputs, which the output may not touch (the FP32 artifact always).
 
     Returns:
         The manifest written.
@@ -217,7 +220,6 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
         ParityError: the check fails.
     """
     onnx = require("onnx", "the FP16 conversion")
-    from dorl.artifacts import staged
     from dorl.export.derived import MODEL_FILE, copy_head, derived_fields
     from dorl.export.parity import (
         FP16_MIN_AGREEMENT,
@@ -237,7 +239,9 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
     (reporter or (lambda m: None))(f"converting to FP16 with {', '.join(blocked)} kept in FP32")
     fp32_model = onnx.load(str(source))
     reference = run_onnx(source, cells)
-    with staged(out_dir) as stage:
+    from dorl.safe_write import atomic_folder
+
+    with atomic_folder(out_dir, kind="onnx", overwrite=overwrite, inputs=[fp32_artifact, *inputs]) as stage:
         save_model(convert_to_fp16(fp32_model, blocked), stage / MODEL_FILE)
         onnx.checker.check_model(str(stage / MODEL_FILE))
         from dorl.export.trt_compat import require_compatible
@@ -250,8 +254,8 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
         check_reduced(emulated, "fp16 (emulated)", FP16_MIN_AGREEMENT)
         check_reduced(runtime, "fp16", FP16_MIN_AGREEMENT)
         files = sorted(p.name for p in stage.iterdir())
-    parity = {"reference": "onnx fp32", "method": "fp16 emulation (every FP16 tensor rounded, FP32 compute)",
-              **emulated.to_dict(), "onnxruntime_cpu": runtime.to_dict()}
-    files = [f for f in files if f != HEAD_FILE] + copy_head(manifest, Path(out_dir))
-    return write_manifest(out_dir, "onnx", files, **derived_fields(manifest, "fp16"), fp32_ops=list(blocked),
-                          parity=parity, tensorrt_compatibility=compat)
+        parity = {"reference": "onnx fp32", "method": "fp16 emulation (every FP16 tensor rounded, FP32 compute)",
+                  **emulated.to_dict(), "onnxruntime_cpu": runtime.to_dict()}
+        files = [f for f in files if f != HEAD_FILE] + copy_head(manifest, stage)
+        return write_manifest(stage, "onnx", files, **derived_fields(manifest, "fp16"), fp32_ops=list(blocked),
+                              parity=parity, tensorrt_compatibility=compat)

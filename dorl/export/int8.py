@@ -84,22 +84,36 @@ class _Scorer:
         return evaluate(reference, outputs, self.labels[rows], self.thresholds), outputs
 
 
+def variant_folders(out_dir: str | Path) -> dict[str, Path]:
+    """Where each INT8 variant is written: `out_dir` and its `-fp16` and `-cpu` siblings."""
+    out = Path(out_dir)
+    return {name: out.with_name(out.name + suffix) for name, suffix in SUFFIXES.items()}
+
+
 def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibration_set: CalibrationSet, gate: GateSet,
-                      settings: Int8Settings = Int8Settings(), reporter: Reporter | None = None) -> dict[str, Any]:
+                      settings: Int8Settings = Int8Settings(), reporter: Reporter | None = None,
+                      overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Write the Q/DQ artifact to `out_dir`, its FP16-remainder twin to `<out_dir>-fp16` and the CPU
-    one to `<out_dir>-cpu`, each passing the gate.
+    one to `<out_dir>-cpu`, each that passes the gate.
+
+    The Q/DQ graph is the export: when it fails the gate nothing is written. A twin or CPU graph
+    that fails on its own is not written either (an older one at its place is removed with
+    `overwrite`, so that no stale variant sits beside the new graph); the Q/DQ manifest's
+    `refused_variants` says which and why.
 
     Args:
         fp32_artifact: the verified FP32 "onnx" artifact folder.
         calibration_set: the cells the Q/DQ activation ranges are calibrated on.
         gate: labelled held-out cells (see `int8_gate.gate_set`).
+        overwrite: replace existing INT8 artifacts at those folders.
+        inputs: the export's inputs, which no output may touch.
 
     Returns:
         The Q/DQ artifact's manifest.
 
     Raises:
-        GateError: a variant fails the gate even with every damaging group in float; the message
-            names the groups.
+        GateError: the Q/DQ graph fails the gate even with every damaging group in float; the
+            message names the groups.
     """
     onnx = require("onnx", "INT8 quantization")
     from dorl.export.parity import prepare_images, run_onnx
@@ -122,23 +136,41 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
             f"{len(base)} nodes always float")
         job.quantize(calibration_set, manifest)
         tensorrt = job.tensorrt()
-        results = {QDQ: tensorrt, CPU: job.cpu(ranking=tensorrt.selection.sweep)}
-        results[FP16] = job.fp16_remainder(results[QDQ])
-        check({name: r.report for name, r in results.items()},
-              " ".join(dict.fromkeys(r.selection.advice() for r in results.values() if not r.report.passed)))
+        check({QDQ: tensorrt.report}, tensorrt.selection.advice())
+        results = {QDQ: tensorrt, CPU: job.cpu(ranking=tensorrt.selection.sweep), FP16: job.fp16_remainder(tensorrt)}
+        refused = {name: {"gate": r.report.to_dict(), "reason": r.report.describe(), "advice": r.selection.advice()}
+                   for name, r in results.items() if not r.report.passed}
+        for name, why in refused.items():
+            say(f"the INT8 {name} graph fails the gate on its own and is not written: {why['reason']}")
+            del results[name]
         for name in (QDQ, FP16):  # the CPU variant is for ONNX Runtime, not TensorRT
-            results[name].compat = require_compatible(results[name].path, f"the INT8 {name} graph")
+            if name in results:
+                results[name].compat = require_compatible(results[name].path, f"the INT8 {name} graph")
         latency = {"fp32": latency_ms(job.fp32_path, cells)} | {name: latency_ms(r.path, cells)
                                                                   for name, r in results.items()}
         common = {**derived_fields(manifest, "int8"), "calibration": calibration_set.describe(),
                   "quantizer": settings.quantizer, "excluded_nodes": base, "exclude_patterns": list(settings.exclude),
                   "kept_float_ops": list(FLOAT_OPS),
-                  "latency_ms_per_image": {"onnxruntime_cpu": latency, "batch": LATENCY_BATCH}}
-        out = Path(out_dir)
-        written = {name: _write_variant(name, r, out.with_name(out.name + SUFFIXES[name]), common, scorer, manifest)
+                  "latency_ms_per_image": {"onnxruntime_cpu": latency, "batch": LATENCY_BATCH},
+                  "refused_variants": refused}
+        folders = variant_folders(out_dir)
+        written = {name: _write_variant(name, r, folders[name], common, scorer, manifest, overwrite, inputs)
                    for name, r in results.items()}
+        for name in refused:
+            _remove_stale(folders[name], overwrite)
     say("INT8 gate passed: " + "; ".join(f"{name} {r.report.describe()}" for name, r in results.items()))
     return written[QDQ]
+
+
+def _remove_stale(folder: Path, overwrite: bool) -> None:
+    """Remove an INT8 artifact left at a refused variant's folder by an earlier export (with `overwrite`)."""
+    from dorl.safe_write import MANIFEST_NAME, output_lock
+
+    if not overwrite or not (folder / MANIFEST_NAME).is_file():
+        return
+    with output_lock(folder):
+        if read_manifest(folder, verify=False).get("precision") == "int8":
+            shutil.rmtree(folder)
 
 
 @dataclass
@@ -319,10 +351,17 @@ def latency_ms(path: Path, images: np.ndarray, batch: int = LATENCY_BATCH, repea
 
 
 def _write_variant(name: str, result: _Result, folder: Path, common: dict[str, Any], scorer: _Scorer,
-                   fp32_manifest: dict[str, Any]) -> dict[str, Any]:
+                   fp32_manifest: dict[str, Any], overwrite: bool, inputs: Sequence[str | Path]) -> dict[str, Any]:
+    from dorl.safe_write import atomic_folder
+
+    with atomic_folder(folder, kind="onnx", overwrite=overwrite, inputs=inputs) as stage:
+        return _write_variant_files(name, result, stage, common, scorer, fp32_manifest)
+
+
+def _write_variant_files(name: str, result: _Result, folder: Path, common: dict[str, Any], scorer: _Scorer,
+                         fp32_manifest: dict[str, Any]) -> dict[str, Any]:
     from dorl.export.parity import compare
 
-    folder.mkdir(parents=True, exist_ok=True)
     files = []
     for path in result.path.parent.iterdir():
         shutil.copy2(path, folder / path.name)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dorl.artifacts import sha256_file
-from dorl.contract import MASK_LOGITS, PROBS, mask_iou, top1_agreement
+from dorl.contract import MASK_LOGITS, PROBS, mask_iou, top1, top1_agreement
 from dorl.errors import ConfigError, DorlError, ImageError
 
 MIN_AGREEMENT = 0.99
@@ -127,8 +127,8 @@ def evaluate(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
              thresholds: GateThresholds = GateThresholds()) -> GateReport:
     """Compare an INT8 graph's outputs (probs, and mask_logits when present) with FP32's and the labels."""
     ref, cand = reference[PROBS], candidate[PROBS]
-    acc_ref = float((ref.argmax(axis=1) == labels).mean())
-    acc_cand = float((cand.argmax(axis=1) == labels).mean())
+    acc_ref = float((top1(ref) == labels).mean())
+    acc_cand = float((top1(cand) == labels).mean())
     masks = MASK_LOGITS in reference and MASK_LOGITS in candidate
     iou = float(mask_iou(reference[MASK_LOGITS], candidate[MASK_LOGITS]).mean()) if masks else None
     drift = float(0.5 * np.abs(ref - cand).sum(axis=1).mean())

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dorl.artifacts import staged, write_manifest
+from dorl.artifacts import write_manifest
 from dorl.config import to_dict
 from dorl.contract import DATA_FILE, EXTERNAL_DATA_BYTES, HEAD_FILE, MODEL_FILE
 from dorl.deps import require, versions
@@ -25,6 +25,7 @@ from dorl.export.derived import EXPORT_VERSIONS
 from dorl.export.parity import Tolerance
 from dorl.export.parity_cells import DEFAULT_PARITY_CELLS, default_cells, sample_cells
 from dorl.export.source import ExportSource, ParityCells
+from dorl.safe_write import atomic_folder, check_output, output_lock
 
 if TYPE_CHECKING:
     from dorl.export.int8 import Int8Settings
@@ -134,14 +135,17 @@ def base_fields(model: Any, inputs: list[dict[str, Any]], outputs: list[dict[str
 
 
 def export_fp32(source: ExportSource, out_dir: str | Path, cells: ParityCells, opset: int = DEFAULT_OPSET,
-                reporter: Reporter | None = None, tolerances: Mapping[str, Tolerance] | None = None) -> dict[str, Any]:
-    """Export, check and verify the FP32 graph; write its manifest.
+                reporter: Reporter | None = None, tolerances: Mapping[str, Tolerance] | None = None,
+                overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """Export, check and verify the FP32 graph; write the artifact atomically.
 
     Args:
         source: the bundle (read once) or model to export.
-        out_dir: the artifact folder (created).
+        out_dir: the artifact folder (a new or empty folder, or an ONNX artifact with `overwrite`).
         cells: the real cells of the parity check.
         tolerances: per output (see `parity.Tolerance`); default `parity.FP32_TOLERANCES`.
+        overwrite: replace an existing ONNX artifact at `out_dir` (only once the new one is verified).
+        inputs: the export's inputs, which the output may not touch.
 
     Returns:
         The manifest written.
@@ -154,25 +158,25 @@ def export_fp32(source: ExportSource, out_dir: str | Path, cells: ParityCells, o
 
     say = reporter or (lambda message: None)
     model = source.load()
-    inputs, outputs = io_specs(model)
-    with staged(out_dir) as stage:
+    inputs_spec, outputs_spec = io_specs(model)
+    with atomic_folder(out_dir, kind="onnx", overwrite=overwrite, inputs=inputs) as stage:
         say(f"exporting the {model.config.encoder} model to ONNX (opset {opset})")
         files = export_graph(model, stage, opset)
-        graph = check_graph(stage / MODEL_FILE, inputs, outputs)
+        graph = check_graph(stage / MODEL_FILE, inputs_spec, outputs_spec)
         from dorl.export.trt_compat import require_compatible
         compat = require_compatible(stage / MODEL_FILE, "the exported FP32 graph")
         say(f"checking parity with PyTorch on {len(cells)} real cells")
         report = compare(run_torch(model, cells.pixels), run_onnx(stage / MODEL_FILE, cells.pixels),
                          tolerances=FP32_TOLERANCES if tolerances is None else tolerances, cells=cells.names)
         check_fp32(report)
-    fields = base_fields(model, inputs, outputs, graph, source.sha256)
-    if "framing" in source.metadata:  # the runtime frames each image as the model was trained (dorl.data.framing)
-        fields["framing"] = dict(source.metadata["framing"])
-    head = write_head(model, source.feature_stats(), Path(out_dir))
-    if head:
-        fields["head"] = {"kind": model.config.head, "file": HEAD_FILE}
-    return write_manifest(out_dir, "onnx", list(files) + head, **fields, parity={"reference": "pytorch", **report.to_dict()},
-                          tensorrt_compatibility=compat)
+        fields = base_fields(model, inputs_spec, outputs_spec, graph, source.sha256)
+        if "framing" in source.metadata:  # the runtime frames each image as the model was trained (dorl.data.framing)
+            fields["framing"] = dict(source.metadata["framing"])
+        head = write_head(model, source.feature_stats(), stage)
+        if head:
+            fields["head"] = {"kind": model.config.head, "file": HEAD_FILE}
+        return write_manifest(stage, "onnx", list(files) + head, **fields,
+                              parity={"reference": "pytorch", **report.to_dict()}, tensorrt_compatibility=compat)
 
 
 def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
@@ -180,10 +184,12 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
                 gate_images: Sequence[Any] | None = None, fp32_artifact: str | Path | None = None,
                 reporter: Reporter | None = None, int8: Int8Settings | None = None,
                 parity_cells: int = DEFAULT_PARITY_CELLS,
-                tolerances: Mapping[str, Tolerance] | None = None) -> dict[str, Any]:
+                tolerances: Mapping[str, Tolerance] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Export a bundle (or model) to a verified ONNX artifact of `precision`.
 
-    Every input is checked (precision, bundle, calibration set, images) before the slow export.
+    Every input and output is checked (precision, bundle, calibration set, images, the output
+    folders) before the slow export. The output folders are locked for the whole run and each is
+    written atomically: a failed or killed export leaves what was there before.
 
     Args:
         source: a bundle folder or a DoRLModel.
@@ -202,12 +208,38 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
         parity_cells: the parity checks run on at most this many of the images, drawn stratified by
             lab and class (0: all of them).
         tolerances: the FP32 check's per-output tolerances (default `parity.FP32_TOLERANCES`).
+        overwrite: replace existing ONNX artifacts at the output folders (never anything else).
 
     Returns:
         The manifest of the artifact in `out_dir`.
+
+    Raises:
+        OutputError: an output folder may not be written (an input, another kind of artifact, an
+            existing artifact without `overwrite`, a folder of other files).
     """
     check_precision(precision, opset)
     what = ExportSource.of(source)
+    outputs = [Path(out_dir)]
+    if precision == "int8":
+        from dorl.export.int8 import variant_folders
+
+        outputs = list(variant_folders(out_dir).values())
+    inputs = [p for p in (source, calibration, fp32_artifact) if isinstance(p, (str, Path))]
+    inputs += [p for p in [*(images or []), *(gate_images or [])] if isinstance(p, (str, Path))]
+    for folder in outputs:
+        check_output(folder, kind="onnx", overwrite=overwrite, inputs=inputs)
+    with contextlib.ExitStack() as locks:
+        for folder in outputs:
+            locks.enter_context(output_lock(folder))
+        return _export_checked(what, out_dir, precision, opset, images, calibration, gate_images, fp32_artifact,
+                               reporter, int8, parity_cells, tolerances, overwrite, inputs)
+
+
+def _export_checked(what: ExportSource, out_dir: str | Path, precision: str, opset: int, images: Sequence[Any] | None,
+                    calibration: str | Path | None, gate_images: Sequence[Any] | None,
+                    fp32_artifact: str | Path | None, reporter: Reporter | None, int8: Int8Settings | None,
+                    parity_cells: int, tolerances: Mapping[str, Tolerance] | None, overwrite: bool,
+                    inputs: list[str | Path]) -> dict[str, Any]:
     settings = _int8_settings(int8) if precision == "int8" else None
     calibration_set = _calibration_set(calibration) if precision == "int8" else None
     held = frozenset(c.sha256 for c in calibration_set.cells) if calibration_set else frozenset()
@@ -220,15 +252,16 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
                               what.class_names, settings) if calibration_set is not None and settings else None
     cells = ParityCells.load(sample_cells(images, parity_cells), what.image_size)
     if precision == "fp32":
-        return export_fp32(what, out_dir, cells, opset, reporter, tolerances)
+        return export_fp32(what, out_dir, cells, opset, reporter, tolerances, overwrite, inputs)
     with _verified_fp32(what, fp32_artifact, cells, opset, reporter, tolerances) as fp32_dir:
         if quantizing is None:
             from dorl.export.fp16 import export_fp16
 
-            return export_fp16(fp32_dir, out_dir, cells.pixels, reporter, names=cells.names)
+            return export_fp16(fp32_dir, out_dir, cells.pixels, reporter, names=cells.names, overwrite=overwrite,
+                               inputs=inputs)
         from dorl.export.int8 import quantize_artifact
 
-        return quantize_artifact(fp32_dir, out_dir, *quantizing, reporter=reporter)
+        return quantize_artifact(fp32_dir, out_dir, *quantizing, reporter=reporter, overwrite=overwrite, inputs=inputs)
 
 
 def _int8_settings(settings: Int8Settings | None) -> Int8Settings:

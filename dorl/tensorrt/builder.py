@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dorl.artifacts import read_manifest, staged, write_manifest
+from dorl.artifacts import read_manifest, write_manifest
 from dorl.deps import require, versions
 from dorl.errors import ArtifactError, ConfigError
 from dorl.tensorrt.plan import (
@@ -123,22 +123,38 @@ def engine_manifest_fields(onnx_manifest: Mapping[str, Any], system: SystemDescr
 
 # -- the build (TensorRT) -----------------------------------------------------------------
 def build_engine(onnx_artifact: str | Path, output_dir: str | Path, settings: BuildSettings | None = None,
-                 calibration_set: Iterable[dict[str, np.ndarray]] | None = None) -> Path:
+                 calibration_set: Iterable[dict[str, np.ndarray]] | None = None, overwrite: bool = False) -> Path:
     """Build, verify and write `model.engine` + manifest from an ONNX artifact.
 
     Args:
         onnx_artifact: the "onnx" artifact folder (checked against its manifest first).
-        output_dir: the engine artifact folder to write (only once the engine passed verification).
+        output_dir: the engine artifact folder to write, atomically and only once the engine passed
+            verification (locked for the whole build).
         settings: precision, batch profile, workspace, optimization level, caches and verification.
         calibration_set: batches keyed by input name for legacy INT8 calibration (TensorRT 10 only).
+        overwrite: replace an existing engine artifact at `output_dir` (never anything else).
 
     Returns:
         The engine artifact folder.
 
     Raises:
+        OutputError: `output_dir` may not be written (checked before anything is built).
         VerificationError: the engine drifts from its ONNX graph past its precision's thresholds.
     """
+    from dorl.safe_write import check_output, output_lock
+
     settings = settings or BuildSettings()
+    inputs = [onnx_artifact, *settings.verify_images]
+    check_output(output_dir, kind="engine", overwrite=overwrite, inputs=inputs)
+    with output_lock(output_dir):
+        return _build_checked(onnx_artifact, Path(output_dir), settings, calibration_set, overwrite, inputs)
+
+
+def _build_checked(onnx_artifact: str | Path, output_dir: Path, settings: BuildSettings,
+                   calibration_set: Iterable[dict[str, np.ndarray]] | None, overwrite: bool,
+                   inputs: list[Any]) -> Path:
+    from dorl.safe_write import atomic_folder
+
     onnx_manifest = read_manifest(onnx_artifact, kinds="onnx")
     input_name, item_shape = batch_input_spec(onnx_manifest)
     cells = None
@@ -154,17 +170,16 @@ def build_engine(onnx_artifact: str | Path, output_dir: str | Path, settings: Bu
     plan = plan_build(tensorrt_features(trt.__version__), settings.precision,
                       str(onnx_manifest.get("precision", "fp32")), calibration_set is not None or has_cache, FP32_OPS)
     system = describe_system()  # before the build: fail fast when the GPU cannot be queried
-    output_dir = Path(output_dir)
     calibration_cache = settings.calibration_cache
-    if plan.calibrate and calibration_cache is None:
-        calibration_cache = output_dir / "calibration.cache"
+    if plan.calibrate and calibration_cache is None:  # beside the engine folder, which is replaced as a whole
+        calibration_cache = output_dir.with_name(output_dir.name + ".calibration.cache")
     onnx_path = Path(onnx_manifest["folder"]) / onnx_model_entry(onnx_manifest)[0]
     serialized, pinned = _build_serialized(onnx_path, plan, settings, input_name, item_shape,
                                            (calibration_set, calibration_cache, has_cache) if plan.calibrate else None)
     commands = _commands(onnx_manifest, onnx_path, output_dir, settings, plan, input_name, item_shape, pinned,
                          calibration_cache if plan.calibrate else None)
     fields = engine_manifest_fields(onnx_manifest, system, settings, plan, commands, pinned)
-    with staged(output_dir) as stage:
+    with atomic_folder(output_dir, kind="engine", overwrite=overwrite, inputs=inputs) as stage:
         files = _write_files(stage, serialized, onnx_manifest)
         write_manifest(stage, "engine", files, **fields)
         if cells is not None:

@@ -78,6 +78,35 @@ def test_export_fp16_from_the_fp32_artifact_without_images(app: typer.Typer, tin
     assert json.loads((tmp_path / "fp16" / "manifest.json").read_text())["precision"] == "fp16"
 
 
+def test_an_export_replaces_only_its_own_kind_and_only_when_told(app: typer.Typer, tmp_path: Path,
+                                                                 tinyvit_bundle: tuple[Path, list[str]],
+                                                                 tinyvit_fp32: Path) -> None:
+    bundle, fp16 = tinyvit_bundle[0], tmp_path / "fp16"
+    args = ("--precision", "fp16", "--fp32", tinyvit_fp32, "--parity-cells", "4")
+    assert _run(app, "export", bundle, "-o", fp16, *args).exit_code == 0
+    before = (fp16 / "manifest.json").read_bytes()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    refused = {
+        fp16: "already holds a dorl onnx artifact: pass --overwrite to replace it",
+        bundle: "is, holds or lies inside the input",
+        bundle / "onnx": "is, holds or lies inside the input",
+        tinyvit_fp32: "is, holds or lies inside the input",
+        tmp_path / "notes": "holding other files",
+    }
+    for output, message in refused.items():  # each refused before any graph is loaded or written
+        result = _run(app, "export", bundle, "-o", output, *args)
+        assert result.exit_code == 1 and message in result.output, (output, result.output)
+    assert (fp16 / "manifest.json").read_bytes() == before and not (bundle / "onnx").exists()
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    replaced = _run(app, "export", bundle, "-o", fp16, *args, "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert (fp16 / "manifest.json").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp16", "notes"]  # no temporary sibling or lock left
+    calibrated = _run(app, "calibrate", "--domain", f"pbc={bundle.parent}", "-o", fp16, "--size", "4")
+    assert calibrated.exit_code == 1 and "is a dorl onnx folder: refusing to write a calibration-set" in calibrated.output
+
+
 def test_tolerance_options_are_checked_before_any_work(app: typer.Typer, tinyvit_bundle: tuple[Path, list[str]],
                                                        tmp_path: Path) -> None:
     for args, message in ((("--atol", "scores=1e-3"), "names no output"), (("--rtol", "probs=x"), "not a number")):

@@ -13,6 +13,7 @@ from dorl.calibration.calibration_set import read_calibration_set, write_calibra
 from dorl.export.int8 import FP16, QDQ, Int8Settings, quantize_artifact
 from dorl.export.int8_gate import GateError, GateReport, GateThresholds, gate_set
 from dorl.export.int8_select import GroupSensitivity, damage_score, float_order, select_float_groups, sweep
+from dorl.safe_write import OutputError
 
 # The small graph's labels pass 99 % only just when fully quantized (98-100 % by seed); 95 % keeps
 # these tests about the fragile part, which drops agreement to a few percent.
@@ -139,6 +140,24 @@ def test_drifting_masks_are_refused_or_kept_in_float(tmp_path: Path, calibration
     assert manifest["float_selection"]["kept_groups"] == ["mask_decoder"]
     assert manifest["gate"]["mask_iou_mean"] >= 0.9 and manifest["gate"]["top1_agreement"] >= 0.95
     assert read_manifest(tmp_path / "on" / "int8-fp16", "onnx")["variant"] == FP16
+
+
+def test_a_variant_that_fails_on_its_own_is_left_out_and_its_old_folder_removed(tmp_path: Path,
+                                                                                  calibration: Path) -> None:
+    settings = Int8Settings(gate=RELAXED, auto_float=False)
+    first = _export(tmp_path / "a", calibration, settings)  # every variant passes and is written
+    assert first["refused_variants"] == {} and (tmp_path / "a" / "int8-fp16" / "manifest.json").is_file()
+    fp32 = write_fp32_artifact(mini_dorl(fitted=fitted_biases(), fp16_hazard=2.0**15), tmp_path / "b" / "fp32")
+    cells = read_calibration_set(calibration)
+    gate = gate_set(gate_cells(), CLASSES, frozenset(c.sha256 for c in cells.cells), RELAXED.min_cells)
+    with pytest.raises(OutputError, match="pass --overwrite to replace it"):
+        quantize_artifact(fp32, tmp_path / "a" / "int8", cells, gate, settings)
+    manifest = quantize_artifact(fp32, tmp_path / "a" / "int8", cells, gate, settings, overwrite=True)
+    refused = manifest["refused_variants"]
+    assert list(refused) == [FP16] and refused[FP16]["gate"]["top1_agreement"] < 0.5  # its FP16 remainder overflows
+    assert manifest["gate"]["passed"] and manifest["gate"]["top1_agreement"] >= RELAXED.min_agreement
+    assert not (tmp_path / "a" / "int8-fp16").exists()  # no stale twin of the previous graph beside the new one
+    assert read_manifest(tmp_path / "a" / "int8-cpu", "onnx")["refused_variants"] == refused
 
 
 def _quantized(folder: Path) -> set[str]:

@@ -119,7 +119,7 @@ def test_an_existing_artifact_is_replaced_only_with_overwrite(headed, tmp_path) 
     out = tmp_path / "derived"
     fit_non_cells(headed, out, non_cells=FIT)
     first = (out / "head.safetensors").read_bytes()
-    with pytest.raises(OutputError, match="already holds a onnx"):
+    with pytest.raises(OutputError, match="already holds a dorl onnx artifact"):
         fit_non_cells(headed, out, non_cells=FIT)
     assert (out / "head.safetensors").read_bytes() == first
     fit_non_cells(headed, out, non_cells=FIT + HELD, cells=CELLS, overwrite=True)

@@ -8,6 +8,9 @@ graph fragile on purpose:
   of that activation is set by the outlier, and the other channels round to a few levels.
 - `mask_outlier`: the same trap in the mask decoder's two matmuls, which only the mask reads: its
   masks drift while the labels stay.
+- `fp16_hazard`: the CAE block's output is multiplied by it and divided by it again (a power of
+  two: exact in FP32 and in the Q/DQ graph, whose Muls stay FP32); in an FP16 remainder the
+  product overflows to infinity, so only the INT8 + FP16 twin breaks.
 """
 
 from __future__ import annotations
@@ -60,9 +63,11 @@ def _weights(outlier: float, mask_outlier: float, fitted: dict[str, np.ndarray])
 
 
 def mini_dorl(outlier: float = 1.0, mask_outlier: float = 1.0,
-              fitted: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+              fitted: dict[str, np.ndarray] | None = None, fp16_hazard: float = 1.0) -> onnx.ModelProto:
     """The graph (opset 18, dynamic batch); see the module docstring for the knobs and `fit`."""
     weights = _weights(outlier, mask_outlier, fitted or {})
+    if fp16_hazard != 1.0:
+        weights |= {"hazard_up": np.array(fp16_hazard), "hazard_down": np.array(1.0 / fp16_hazard)}
     inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
     inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
               {"tok_shape": [0, 8, 196], "mask_shape": [0, 2, 14, 14], "axes": [1]}.items()]
@@ -86,7 +91,9 @@ def mini_dorl(outlier: float = 1.0, mask_outlier: float = 1.0,
         _node("MatMul", ["wide", "w4"], ["narrow"], f"{b1}.mlp.fc2"),
         _node("Add", ["mixed", "narrow"], ["block1"], b1),
         _node("MatMul", ["block1", "cae_w"], ["cae_mlp"], "cae.blocks.0.mlp"),
-        _node("Add", ["block1", "cae_mlp"], ["cae_tokens"], "cae.blocks.0"),
+        *([_node("Mul", ["cae_mlp", "hazard_up"], ["cae_up"], "cae.blocks.0.scale"),
+           _node("Mul", ["cae_up", "hazard_down"], ["cae_back"], "cae.blocks.0.scale")] if fp16_hazard != 1.0 else []),
+        _node("Add", ["block1", "cae_back" if fp16_hazard != 1.0 else "cae_mlp"], ["cae_tokens"], "cae.blocks.0"),
         _node("ReduceMean", ["cae_tokens", "axes"], ["feature"], "cae", keepdims=0),
         _node("Gemm", ["feature", "head_w", "head_b"], ["logits"], "head.fc"),
         _node("Softmax", ["logits"], ["probs"], "", axis=-1),
