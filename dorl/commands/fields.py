@@ -32,9 +32,11 @@ def fields(
     Exit codes as `dorl predict`'s: 0 all labelled, 3 some frames unreadable or cells unlabelled, 4 none labelled.
     """
     from dorl.fields.run import FieldRequest, run_fields
+    from dorl.runtime.options import AnalyzerOptions
     from dorl.runtime.stream import stop_on_signals
 
-    request = FieldRequest(artifact, tuple(frames), batch_size, threshold, backend, site, not no_cell_check)
+    request = FieldRequest(AnalyzerOptions(artifact, batch_size, threshold, backend, site, not no_cell_check),
+                           tuple(frames))
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:

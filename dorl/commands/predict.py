@@ -52,6 +52,7 @@ def predict(
     cell: the label is withheld and the reasons given) or failed (with its error). Ctrl-C or SIGTERM
     finishes the current batch, prints its results and the summary, then stops.
     """
+    from dorl.runtime.options import AnalyzerOptions
     from dorl.runtime.predict import PredictRequest, prepare_predict, run_predict
     from dorl.runtime.stream import stop_on_signals
 
@@ -60,8 +61,8 @@ def predict(
     if fields:
         _predict_fields(artifact, images, json_out, csv_out or save_masks is not None, batch_size, threshold, backend,
                         site, not no_cell_check)
-    request = PredictRequest(artifact, tuple(images), save_masks, overwrite, batch_size, threshold, backend, site,
-                             not no_cell_check)
+    options = AnalyzerOptions(artifact, batch_size, threshold, backend, site, not no_cell_check)
+    request = PredictRequest(options, tuple(images), save_masks, overwrite)
     plan = prepare_predict(request)
     for note in plan.notes:
         _warn(note)
@@ -86,6 +87,7 @@ def _predict_fields(artifact: Path, frames: list[Path], json_out: bool, refused:
     """Whole frames: the field analysis's records (JSON Lines, or one text line per cell), same exit codes."""
     from dorl.fields.records import text_line
     from dorl.fields.run import FieldRequest, run_fields
+    from dorl.runtime.options import AnalyzerOptions
     from dorl.runtime.stream import stop_on_signals
 
     if refused:
@@ -96,7 +98,7 @@ def _predict_fields(artifact: Path, frames: list[Path], json_out: bool, refused:
         sys.stdout.write((json.dumps(record, allow_nan=False) if json_out else text_line(record)) + "\n")
         sys.stdout.flush()
 
-    request = FieldRequest(artifact, tuple(frames), batch_size, threshold, backend, site, check_cells)
+    request = FieldRequest(AnalyzerOptions(artifact, batch_size, threshold, backend, site, check_cells), tuple(frames))
     with stop_on_signals() as stop:
         tally = run_fields(request, write, stop, warn=_warn)
     typer.echo(tally.summary(), err=True)

@@ -43,10 +43,14 @@ def report(
     elif artifact is None:
         fail("analysing frames needs --artifact (an exported ONNX or engine folder); or give one cells.jsonl.")
     else:
-        from dorl.runtime.analyzer import Analyzer
+        from dorl.runtime.options import AnalyzerOptions
 
-        with Analyzer(artifact, backend=backend, batch_size=batch_size, threshold=threshold, site=site) as analyzer, \
-                _progress() as advance:
+        options = AnalyzerOptions(artifact, batch_size, threshold, backend, site)
+        options.check_values()  # every option before the model is loaded, as predict does
+        checked = options.check_artifact()
+        for note in checked.notes:
+            typer.secho(f"warning: {note}", fg="yellow", err=True)
+        with options.open(checked.batch_size) as analyzer, _progress() as advance:
             files = field_report(output, frames=sources, analyzer=analyzer, min_cells=min_cells, gallery=gallery,
                                  on_frame=lambda _: advance())
     typer.echo(files.markdown.read_text(encoding="utf-8"))

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dorl.errors import ConfigError
 from dorl.fields.analysis import FieldConfig, analyze_fields
 from dorl.fields.records import FrameResult, frame_records
+from dorl.runtime.options import AnalyzerOptions
 from dorl.runtime.records import EXIT_INTERRUPTED, EXIT_NOTHING, EXIT_OK, EXIT_PARTIAL
 
 
@@ -24,13 +24,8 @@ from dorl.runtime.records import EXIT_INTERRUPTED, EXIT_NOTHING, EXIT_OK, EXIT_P
 class FieldRequest:
     """What a field run was asked to do."""
 
-    artifact: Path
+    analyzer: AnalyzerOptions
     frames: tuple[Path, ...]
-    batch_size: int = 8
-    threshold: float = 0.5
-    backend: str = "auto"
-    site: Path | None = None
-    check_cells: bool = True
 
 
 @dataclass
@@ -97,19 +92,18 @@ def run_fields(request: FieldRequest, emit: Callable[[dict[str, Any]], None], st
 
     Raises:
         ConfigError: a bad option, a missing path, or no frame file found.
+        ArtifactError: the artifact or site profile is missing, malformed or cannot be run.
     """
     from dorl.fields.report import collect_frames
-    from dorl.runtime.analyzer import Analyzer
 
-    if request.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {request.batch_size}.")
-    if not 0.0 <= request.threshold <= 1.0:
-        raise ConfigError(f"--threshold must be within [0, 1], got {request.threshold}.")
+    request.analyzer.check_values()
     files = collect_frames(request.frames)
+    checked = request.analyzer.check_artifact()
+    for note in checked.notes:
+        if warn is not None:
+            warn(note)
     tally = FieldTally()
-    with Analyzer(request.artifact, backend=request.backend, batch_size=request.batch_size,
-                  threshold=request.threshold, site=request.site, check_cells=request.check_cells,
-                  warn=warn) as analyzer:
+    with request.analyzer.open(checked.batch_size, warn) as analyzer:
         for frame in analyze_fields(_until_stopped(files, stop), analyzer, config):
             for record in frame_records(frame):
                 emit(record)

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from dorl.errors import ConfigError
+from dorl.errors import ArtifactError, ConfigError
 from dorl.fields.run import FieldRequest, FieldTally, run_fields
+from dorl.runtime.options import AnalyzerOptions
 from dorl.runtime.stream import StopFlag
 
 
@@ -31,7 +32,7 @@ def frames(frame_paths: list[Path], tmp_path: Path) -> Path:
 
 def test_records_and_tally(tiny, frames: Path) -> None:
     records: list[dict[str, Any]] = []
-    tally = run_fields(FieldRequest(tiny.folder, (frames,), batch_size=3), records.append)
+    tally = run_fields(FieldRequest(AnalyzerOptions(tiny.folder, batch_size=3), (frames,)), records.append)
     names = [Path(r["frame"]).name for r in records]
     assert names == sorted(names)  # frame order, each frame's cells together
     assert [r["status"] for r in records].count("cell") == tally.cells == 8
@@ -49,7 +50,7 @@ def test_records_and_tally(tiny, frames: Path) -> None:
 
 def test_no_cell_check_off_labels_every_cell(tiny, frame_paths: list[Path]) -> None:
     records: list[dict[str, Any]] = []
-    tally = run_fields(FieldRequest(tiny.folder, tuple(frame_paths), check_cells=False), records.append)
+    tally = run_fields(FieldRequest(AnalyzerOptions(tiny.folder, check_cells=False), tuple(frame_paths)), records.append)
     assert tally.cells == tally.labelled == 8 and tally.exit_code() == 0
     assert all(r["label"] in r["probs"] and not r["no_cell"] for r in records)
 
@@ -63,7 +64,8 @@ def test_a_stop_ends_reading_but_finishes_the_frames_read(tiny, frame_paths: lis
         stop.signal = signal.SIGTERM  # as the handler does on the first SIGTERM
 
     records: list[dict[str, Any]] = []
-    tally = run_fields(FieldRequest(tiny.folder, tuple(frame_paths), batch_size=1), records.append, stop, progress)
+    tally = run_fields(FieldRequest(AnalyzerOptions(tiny.folder, batch_size=1), tuple(frame_paths)), records.append, stop,
+                       progress)
     assert 1 <= tally.frames < len(frame_paths) and len(seen) == tally.frames
     assert {r["frame"] for r in records} == set(seen)  # every frame read was emitted whole
     assert tally.exit_code() == 128 + signal.SIGTERM and "stopped early by signal" in tally.summary()
@@ -77,12 +79,15 @@ def test_exit_codes() -> None:
     assert FieldTally(frames=2, cells=3, labelled=3).exit_code() == 0
 
 
-@pytest.mark.parametrize(("request_args", "message"), [
-    ({"batch_size": 0}, "--batch-size must be at least 1"),
-    ({"threshold": 1.5}, "--threshold must be within [0, 1]"),
-    ({"frames": (Path("no-such-folder"),)}, "does not exist"),
+@pytest.mark.parametrize(("options", "frames", "error", "message"), [
+    ({"batch_size": 0}, None, ConfigError, "--batch-size must be at least 1"),
+    ({"threshold": 1.5}, None, ConfigError, "--threshold must be within [0, 1]"),
+    ({"backend": "cuda"}, None, ConfigError, "unknown backend 'cuda'"),
+    ({}, (Path("no-such-folder"),), ConfigError, "does not exist"),
+    ({}, None, ArtifactError, "not-an-artifact"),
 ])
-def test_bad_requests_fail_before_any_model_is_loaded(tmp_path: Path, request_args: dict, message: str) -> None:
-    args = {"artifact": tmp_path / "not-an-artifact", "frames": (tmp_path,), **request_args}
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        run_fields(FieldRequest(**args), lambda record: None)
+def test_bad_requests_fail_before_any_model_is_loaded(tmp_path: Path, frame_paths: list[Path], options: dict,
+                                                      frames: tuple | None, error: type, message: str) -> None:
+    request = FieldRequest(AnalyzerOptions(tmp_path / "not-an-artifact", **options), frames or (frame_paths[0],))
+    with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")):
+        run_fields(request, lambda record: None)
