@@ -155,6 +155,7 @@ def test_a_variant_that_fails_on_its_own_is_left_out_and_its_old_folder_removed(
     manifest = quantize_artifact(fp32, tmp_path / "a" / "int8", cells, gate, settings, overwrite=True)
     refused = manifest["refused_variants"]
     assert list(refused) == [FP16] and refused[FP16]["gate"]["top1_agreement"] < 0.5  # its FP16 remainder overflows
+    assert refused[FP16]["gate"]["probs_drift"] > 0.9  # overflowed cells count as far as probabilities can be, not NaN
     assert manifest["gate"]["passed"] and manifest["gate"]["top1_agreement"] >= RELAXED.min_agreement
     assert not (tmp_path / "a" / "int8-fp16").exists()  # no stale twin of the previous graph beside the new one
     assert read_manifest(tmp_path / "a" / "int8-cpu", "onnx")["refused_variants"] == refused
