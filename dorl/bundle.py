@@ -89,7 +89,7 @@ def feature_statistics(features: Any) -> dict[str, torch.Tensor]:
     cov = centred.T @ centred / (x.shape[0] - 1)
     stats = {"mean": x.mean(0).float(), "std": x.std(0).float(), "cov": cov.float(),
              "n": torch.tensor([float(x.shape[0])])}
-    if x.shape[0] >= 10:  # the analyzer's "no cell" threshold: 99 % of held-out source cells' distances
+    if x.shape[0] >= 10:  # the analyzer's "no cell" threshold: cell_check.QUANTILE of held-out cells' distances
         from dorl.runtime.cell_check import calibrate_threshold
 
         stats["distance_threshold"] = torch.tensor([calibrate_threshold(x.numpy())], dtype=torch.float32)

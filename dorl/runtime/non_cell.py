@@ -6,7 +6,7 @@ distance check alone labels them. `fit_non_cells` records two further checks in 
 artifact's head file, each set from images rather than by hand:
 
 - the stain floor (from the source lab's white cells): the share of the image that their largest
-  stained (purple) region covers, at its 1 % quantile (`cell_check.stain_area`, `stain_floor`).
+  stained (purple) region covers, at its 0.5 % quantile (`cell_check.stain_area`, `stain_floor`).
   A platelet's granulomere is a fraction of a nucleus's size, so its images fall below;
 - the non-cell discriminant (from images without a white cell): the linear direction between the
   source cells' recorded statistics and those images' features (`cell_check.fit_non_cell`).
