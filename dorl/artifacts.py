@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -70,6 +71,10 @@ def write_manifest(folder: str | Path, kind: str, files: list[str], **fields: An
     """
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}; expected one of {KINDS}")
+    where = _non_finite(fields)
+    if where is not None:  # json.dumps would write NaN/Infinity, which is not JSON and no reader accepts
+        raise ValueError(f"the {kind} manifest's field {where} is not a finite number: a manifest records only "
+                         "finite values (record a missing measurement as null).")
     folder = Path(folder)
     for name in files:
         check_name(folder, name)
@@ -91,10 +96,27 @@ def write_manifest(folder: str | Path, kind: str, files: list[str], **fields: An
         **fields,
         "files": entries,
     }
-    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    text = json.dumps(manifest, indent=2, sort_keys=False, allow_nan=False) + "\n"
     _write_readable(folder / MANIFEST_FILE, text)
     _write_readable(folder / MANIFEST_DIGEST_FILE, f"{hashlib.sha256(text.encode()).hexdigest()}  {MANIFEST_FILE}\n")
     return manifest
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The path (e.g. `gate.probs_drift`, `losses[3]`) of the first NaN or infinite float in `value`, else None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    if isinstance(value, dict):
+        items = [(f"{where}.{k}" if where else str(k), v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return None
+    for path, item in items:
+        found = _non_finite(item, path)
+        if found is not None:
+            return found
+    return None
 
 
 def _write_readable(path: Path, text: str) -> None:

@@ -19,3 +19,7 @@ class MissingDependencyError(DorlError):
 
 class ConfigError(DorlError):
     """A configuration value is out of range or inconsistent."""
+
+
+class TrainingError(DorlError):
+    """Training cannot go on (its loss is no longer a number)."""

@@ -190,3 +190,13 @@ def test_renamed_bundle_classes_are_refused_by_the_weights(tmp_path: Path) -> No
     edit_manifest(tmp_path / "b", rename)
     with pytest.raises(ArtifactError, match="the manifest was edited"):
         load_bundle(tmp_path / "b")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_manifest_never_records_a_non_finite_number(tmp_path: Path, value: float) -> None:
+    (tmp_path / "a.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"field gate\.runs\[1\]\.drift is not a finite number"):
+        write_manifest(tmp_path, "onnx", ["a.bin"], gate={"runs": [{"drift": 0.5}, {"drift": value}]})
+    assert not (tmp_path / "manifest.json").exists()  # refused before anything is written
+    write_manifest(tmp_path, "onnx", ["a.bin"], gate={"runs": [{"drift": 0.5}, {"drift": None}]})
+    assert read_manifest(tmp_path)["gate"]["runs"][1]["drift"] is None

@@ -28,6 +28,7 @@ from dorl.training.config import CaeTrainConfig
 from dorl.training.datasets import DomainBatches
 from dorl.training.device import autocast
 from dorl.training.distributed import data_parallel, leading_rows, rows_parallel
+from dorl.training.diverged import check_loss
 from dorl.training.progress import NullReporter, Reporter
 from dorl.training.schedule import warmup_cosine_scheduler
 from dorl.training.ssim import ssim_loss, target_tensor
@@ -183,13 +184,15 @@ def train_cae(cae: CAE, token_sets: Sequence[TokenSet], config: CaeTrainConfig, 
             rows = torch.from_numpy(index).to(device)
             with autocast(device):
                 parts = step(cae_losses, tokens[rows].float(), target_tensor(targets[rows]), domain_ids[rows], config)
+            loss = check_loss("cae", float(parts["loss"].detach()), scheduler.last_epoch + 1, total,
+                              optimizer.param_groups[0]["lr"])
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()
             scheduler.step()
             for name in LOSS_NAMES:
                 sums[name] += float(parts[name].detach()) / len(batches)
-            reporter.advance("cae", loss=float(parts["loss"].detach()))
+            reporter.advance("cae", loss=loss)
         for name in LOSS_NAMES:
             history[name].append(sums[name])
     reporter.finish("cae")

@@ -31,6 +31,7 @@ from dorl.training.config import SegTrainConfig, TrainConfig
 from dorl.training.datasets import Augment, SegDataset, cell_masks, load_images, spread
 from dorl.training.device import autocast
 from dorl.training.distributed import RowShard, data_parallel, gather_rows
+from dorl.training.diverged import check_loss
 from dorl.training.progress import NullReporter, Reporter
 from dorl.training.schedule import warmup_cosine_scheduler
 
@@ -137,12 +138,14 @@ def train_segmentation(model: DoRLModel, images: np.ndarray, masks: np.ndarray, 
                 logits = step(mask_logits, batch)
             logits, target = gather_rows(logits, target)
             loss = seg_loss(logits, target, config.ce_weight, config.dice_weight, config.dice_per_image)
+            value = check_loss("seg", float(loss.detach()), scheduler.last_epoch + 1, total,
+                               optimizer.param_groups[0]["lr"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            running.append(float(loss.detach()))
-            reporter.advance("seg", loss=running[-1])
+            running.append(value)
+            reporter.advance("seg", loss=value)
         losses.append(float(np.mean(running)))
     reporter.finish("seg")
     model.eval()

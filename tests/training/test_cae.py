@@ -5,7 +5,7 @@ import torch
 
 from dorl.config import ModelConfig
 from dorl.data.domains import Domain
-from dorl.errors import ConfigError
+from dorl.errors import ConfigError, TrainingError
 from dorl.models.cae import CAE
 from dorl.models.registry import build_model
 from dorl.training.cae import (
@@ -130,3 +130,16 @@ def test_every_domain_needs_cells(token_sets: list[TokenSet]) -> None:
                                 targets=token_sets[1].targets[:0])
     with pytest.raises(ConfigError, match="every domain"):
         pooled([token_sets[0], empty])
+
+
+def test_cae_training_on_a_corrupt_token_stops_at_its_first_step(token_sets: list[TokenSet]) -> None:
+    torch.manual_seed(0)
+    cae = CAE(96, 14, depth=1, decoder_depth=1)
+    tokens = token_sets[1].tokens.clone()
+    tokens[0, 0, 0] = float("nan")  # one value of one cell, as a damaged cache would hold
+    sets = [token_sets[0], dataclasses.replace(token_sets[1], tokens=tokens)]
+    before = [p.detach().clone() for p in cae.parameters()]
+    config = CaeTrainConfig(epochs=2, batch_size=8, warmup_iters=0, lr=1e-3, ssim_fraction=0.5)
+    with pytest.raises(TrainingError, match=r"the cae loss became nan at step 1 of 2"):
+        train_cae(cae, sets, config, CPU, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(before, cae.parameters()))  # no step was taken with it
