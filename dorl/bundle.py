@@ -39,6 +39,7 @@ def save_bundle(
     folder: str | Path,
     metadata: dict[str, Any] | None = None,
     source_features: Any | None = None,
+    stain_floor: float | None = None,
 ) -> dict[str, Any]:
     """Write `model` as a bundle folder.
 
@@ -49,6 +50,8 @@ def save_bundle(
         source_features: the source (anchor) domain's classification features [N, D] (array or
             tensor); their mean, std and covariance are stored so that site profiles (`dorl adapt`)
             can map a new lab's features onto the source's.
+        stain_floor: the source cells' stain floor (`cell_check.stain_floor`), stored with those
+            statistics: every artifact exported from the bundle answers "no cell" below it.
 
     Returns:
         The manifest written.
@@ -64,7 +67,12 @@ def save_bundle(
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "dorl_kind": "bundle", CLASS_NAMES_KEY: names})
     files = [WEIGHTS_FILE]
     if source_features is not None:
-        save_file(feature_statistics(source_features), str(folder / FEATURE_STATS_FILE))
+        stats = feature_statistics(source_features)
+        if stain_floor is not None:
+            from dorl.runtime.cell_check import MIN_STAIN_KEY
+
+            stats[MIN_STAIN_KEY] = torch.tensor([stain_floor], dtype=torch.float32)
+        save_file(stats, str(folder / FEATURE_STATS_FILE))
         files.append(FEATURE_STATS_FILE)
     config = model.config
     return write_manifest(

@@ -9,6 +9,7 @@ from dorl.contract import WEIGHTS_FILE
 from dorl.errors import ArtifactError
 from dorl.models.lora import apply_lora
 from dorl.models.registry import build_model
+from dorl.runtime.cell_check import MIN_STAIN_KEY, CellCheck
 
 CONFIG = ModelConfig(encoder="sam_vit_test", cae_depth=1, cae_decoder_depth=1, class_names=("a", "b", "c"))
 
@@ -78,5 +79,10 @@ def test_source_feature_statistics_travel_with_the_bundle(tmp_path, lora_model):
     assert torch.allclose(stats["mean"], features.mean(0), atol=1e-5)
     assert torch.allclose(stats["std"], features.std(0), atol=1e-5)
     assert torch.allclose(stats["cov"], torch.cov(features.T), atol=1e-4)
+    assert MIN_STAIN_KEY not in stats  # no floor given: the analyzer has no stain check
+    save_bundle(lora_model, tmp_path / "floored", source_features=features, stain_floor=0.031)
+    floored = load_feature_stats(tmp_path / "floored")
+    assert float(floored[MIN_STAIN_KEY][0]) == pytest.approx(0.031)
+    assert CellCheck.of_source({k: v.numpy() for k, v in floored.items()}).min_stain == pytest.approx(0.031)
     save_bundle(lora_model, tmp_path / "plain")
     assert load_feature_stats(tmp_path / "plain") is None

@@ -57,7 +57,7 @@ def non_cell_features(artifact: str | Path, images: Iterable[ImageSource], threa
     return (np.stack(features) if features else np.zeros((0, width), np.float32)), skipped
 
 
-def source_stain_areas(artifact: str | Path, images: Iterable[ImageSource], image_size: int) -> tuple[np.ndarray, int]:
+def source_stain_areas(images: Iterable[ImageSource], image_size: int) -> tuple[np.ndarray, int]:
     """`stain_area` of each image as the analyzer frames it (decoded, resized to the graph's input).
 
     Returns:
@@ -132,7 +132,7 @@ def fit_non_cells(artifact: str | Path, output: str | Path, *, non_cells: Sequen
     fitted: dict[str, np.ndarray] = {}
     record: dict[str, Any] = {"quantile": quantile}
     if cells:
-        areas, unreadable = source_stain_areas(artifact, cells, int(manifest["image_size"]))
+        areas, unreadable = source_stain_areas(cells, int(manifest["image_size"]))
         try:
             floor = stain_floor(areas, quantile)
         except ValueError as exc:

@@ -156,7 +156,9 @@ def train(domains: Sequence[Domain], out_dir: str | Path, config: TrainConfig | 
                                               "settings": {d.name: json.loads(settings.key(d.name))
                                                            for d in run.domains}}
     source = _source_features(run, model, tokens)
-    main_writes(lambda: save_bundle(model, run.result.bundle, run.result.metadata, source_features=source))
+    floor, run.result.metadata["stain_floor"] = source_stain_floor(run.domains[0], model.config.image_size)
+    main_writes(lambda: save_bundle(model, run.result.bundle, run.result.metadata, source_features=source,
+                                    stain_floor=floor))
     return run.result
 
 
@@ -167,6 +169,31 @@ def _source_features(run: _Run, model: DoRLModel, tokens: list[TokenSet]) -> Any
     if not tokens:  # every stage reused: the anchor's tokens come from the on-disk cache
         tokens = run.tokens(model, run.domains[:1])
     return cae_features(model.cae, tokens[0].tokens, 64)
+
+
+def source_stain_floor(anchor: Domain, image_size: int) -> tuple[float | None, dict[str, Any]]:
+    """The stain floor of the anchor's cells (`cell_check.stain_floor`), and what the manifest records of it.
+
+    Recorded at training beside the source feature statistics, so every exported artifact answers
+    "no cell" for images whose stained region is smaller than a source white cell's (platelets,
+    debris) without a separate `dorl non-cells` step. None, with the reason, where no floor can be
+    set: too few cells, an input side below the stain map's, cells that are not stained.
+    """
+    from dorl.runtime.cell_check import MIN_NON_CELLS, QUANTILE, STAIN_SIDE, stain_floor
+    from dorl.runtime.non_cell import source_stain_areas
+
+    record: dict[str, Any] = {"domain": anchor.name, "quantile": QUANTILE}
+    if image_size < STAIN_SIDE:
+        return None, {**record, "skipped": f"the input side {image_size} is below the stain map's {STAIN_SIDE}"}
+    if len(anchor.samples) < MIN_NON_CELLS:
+        return None, {**record, "skipped": f"{len(anchor.samples)} cells; the floor needs at least {MIN_NON_CELLS}"}
+    areas, unreadable = source_stain_areas([s.path for s in anchor.samples], image_size)
+    record.update(cells=int(areas.shape[0]), unreadable=unreadable)
+    try:
+        floor = stain_floor(areas)
+    except ValueError as exc:
+        return None, {**record, "skipped": str(exc)}
+    return floor, {**record, "min_share": floor}
 
 
 def trusted_domains(seg_metrics: dict[str, Any] | None, min_iou: float) -> tuple[str, ...]:

@@ -7,12 +7,14 @@ import pytest
 import torch
 from sample_data import MASKED
 
-from dorl.bundle import load_bundle, read_bundle_manifest
+from dorl.bundle import load_bundle, load_feature_stats, read_bundle_manifest
 from dorl.config import ModelConfig
 from dorl.data.domains import Domain
+from dorl.data.images import decode_image, resize_square
 from dorl.errors import ArtifactError, ConfigError
+from dorl.runtime.cell_check import MIN_STAIN_KEY, QUANTILE, stain_area, stain_floor
 from dorl.training.config import CaeTrainConfig, SegTrainConfig, TrainConfig
-from dorl.training.pipeline import train, trusted_domains
+from dorl.training.pipeline import source_stain_floor, train, trusted_domains
 from dorl.training.progress import RecordingReporter
 from dorl.training.token_cache import model_fingerprint
 
@@ -71,6 +73,9 @@ def test_the_bundle_loads_and_records_the_run(trained, cell_batch: np.ndarray) -
     assert meta["framing"]["input"] == TINY.framing.input and meta["ssim_targets"]["segmenter_min_iou"] == 0.85
     assert meta["inputs"]["pbc"]["target_masks"] == {"pseudo": 6} and meta["inputs"][MASKED]["target_masks"] == {
         "expert": 3}
+    # 6 anchor cells are too few to set the stain floor: the bundle says so and records none
+    assert meta["stain_floor"]["skipped"] == "6 cells; the floor needs at least 10"
+    assert MIN_STAIN_KEY not in load_feature_stats(out / "bundle")
     pixel_mean = read_bundle_manifest(out / "bundle")["normalisation"]["pixel_mean"]
     assert pixel_mean != list(ModelConfig().pixel_mean)  # computed on the training cells
 
@@ -111,6 +116,16 @@ def test_bad_requests_are_config_errors(domains: list[Domain], tmp_path: Path) -
             TINY.model, class_names=("lymphocyte", "neutrophil"))))
     with pytest.raises(ConfigError, match="no domains"):
         train([], tmp_path, TINY)
+
+
+def test_the_stain_floor_is_the_anchor_cells_own(tiny_domains: list[Domain]) -> None:
+    pbc = tiny_domains[0]
+    floor, record = source_stain_floor(pbc, 224)
+    areas = [stain_area(resize_square(decode_image(s.path, reduce_for=224).rgb, 224)) for s in pbc.samples]  # as predict
+    assert floor == pytest.approx(stain_floor(np.array(areas))) and 0.0 < floor <= sorted(areas)[1]
+    assert record == {"domain": "pbc", "quantile": QUANTILE, "cells": len(areas), "unreadable": 0, "min_share": floor}
+    assert sum(a < floor for a in areas) <= 1  # the floor lets 99.5 % of the anchor's cells through
+    assert source_stain_floor(pbc, 48)[1]["skipped"] == "the input side 48 is below the stain map's 56"
 
 
 def test_the_segmenter_is_trusted_where_its_held_out_iou_clears_the_threshold() -> None:
