@@ -166,6 +166,23 @@ def predict_masks(model: DoRLModel, images: np.ndarray, device: torch.device, ba
     return np.concatenate(out) if out else np.zeros((0, size, size), bool)
 
 
+COLLAPSED_IOU = 0.05  # held-out IoU below this on every domain: the segmenter draws (almost) nothing
+
+
+def collapse_warning(scores: dict[str, dict[str, float]]) -> str | None:
+    """A warning when the trained segmenter's held-out masks are (almost) empty everywhere, else None.
+
+    Its masks are the analyzer's record masks, and an empty mask is answered "no cell", so such a
+    bundle would refuse nearly every image.
+    """
+    if not scores or any(value["iou"] >= COLLAPSED_IOU for value in scores.values()):
+        return None
+    worst = ", ".join(f"{name} {value['iou']:.3f}" for name, value in scores.items())
+    return (f"WARNING: the segmenter's held-out masks are (almost) empty on every domain (IoU {worst}): its training "
+            "collapsed, and an artifact exported from this bundle would answer \"no cell\" for nearly every image; "
+            "train again with a lower segmentation learning rate (SegTrainConfig.lr) or more images.")
+
+
 def mask_scores(predicted: np.ndarray, reference: np.ndarray, kinds: list[str]) -> dict[str, dict[str, float]]:
     """Mean IoU and Dice of predicted masks against reference masks, per reference kind ("expert", "pseudo")."""
     scores: dict[str, dict[str, float]] = {}
@@ -233,5 +250,8 @@ def run_segmentation(domains: Sequence[Domain], config: TrainConfig, checkpoint:
         reporter.note(f"pseudo masks vs expert masks on {name}: mean IoU {value['mean']:.3f} (n={value['n']})")
     for name, value in scores.items():
         reporter.note(f"held-out masks {name}: IoU {value['iou']:.3f}, Dice {value['dice']:.3f} (n={value['n']})")
+    collapsed = collapse_warning(scores)
+    if collapsed:
+        reporter.note(collapsed)
     return model, {"losses": losses, "holdout": scores, "pseudo_mask_vs_expert": pseudo, "loaded": loaded,
                    "train_images": len(train_cells), "train_masks": dict(Counter(kinds))}

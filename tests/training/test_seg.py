@@ -105,3 +105,13 @@ def test_training_lowers_the_loss_on_real_cells_and_changes_only_lora_and_decode
     assert predicted.shape == (4, 224, 224) and predicted.dtype == bool
     scores = mask_scores(predicted, masks, ["a"] * 3 + ["b"])
     assert set(scores) == {"a", "b"} and scores["a"]["n"] == 3 and 0 <= scores["a"]["iou"] <= scores["a"]["dice"] <= 1
+
+
+def test_a_segmenter_that_draws_nothing_anywhere_is_named() -> None:
+    from dorl.training.seg import collapse_warning
+
+    empty = {"pbc/pseudo": {"n": 15, "iou": 0.0, "dice": 0.0}, "bccd/pseudo": {"n": 9, "iou": 4e-5, "dice": 8e-5}}
+    warning = collapse_warning(empty)
+    assert warning is not None and "pbc/pseudo 0.000, bccd/pseudo 0.000" in warning and '"no cell"' in warning
+    assert collapse_warning({**empty, "jtsc/expert": {"n": 13, "iou": 0.93, "dice": 0.96}}) is None  # one domain works
+    assert collapse_warning({}) is None
