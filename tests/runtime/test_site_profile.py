@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from headed_artifact import SAMPLE, tiny_features, with_head
+from manifests import edit_manifest
 
 from dorl.artifacts import read_manifest, write_manifest
 from dorl.errors import ArtifactError
@@ -149,7 +151,10 @@ def tamper(profile: Path, folder: Path, arrays: dict | None = None, fields: dict
     manifest = json.loads((folder / "manifest.json").read_text())
     kept = {k: v for k, v in manifest.items() if k not in ("files", "format_version", "kind", "created")}
     kept.update(fields or {})
-    write_manifest(folder, "site-profile", ["profile.npz"], **{k: v for k, v in kept.items() if v is not None})
+    finite = {k: v for k, v in kept.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))}
+    write_manifest(folder, "site-profile", ["profile.npz"], **finite)
+    # write_manifest never records NaN/Infinity: such a field is put in by hand, as a forger would
+    edit_manifest(folder, lambda m: m.update({k: v for k, v in kept.items() if v is not None and k not in finite}))
     return folder
 
 
