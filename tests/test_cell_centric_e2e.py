@@ -1,15 +1,20 @@
-"""A cell-centric bundle end to end: the export records its framing, and the ONNX FP32 analyzer
-(two passes, the crop on the host) gives the labels of the PyTorch model run the same way."""
+"""A cell-centric bundle end to end: the export records its framing, the ONNX FP32 analyzer (two
+passes, the crop on the host) gives the labels of the PyTorch model run the same way, and the INT8
+export is calibrated and gated on the cells the analyzer classifies, not on the whole images."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from dorl.artifacts import read_manifest
 from dorl.bundle import load_bundle, save_bundle
 from dorl.data.framing import FramingConfig, crop_cell
 from dorl.data.images import load_rgb, resize_square
+from dorl.export.int8 import Int8Settings
+from dorl.export.int8_gate import GateThresholds
 from dorl.export.onnx_export import export_onnx
 from dorl.export.parity import run_torch
 from dorl.manifests import read_artifact
@@ -19,6 +24,7 @@ from dorl.runtime.analyzer import Analyzer
 
 FRAMING = {"input": "cell", "mask": "segmenter", "margin": 0.1}
 AGREEMENT = 0.99
+CELLS = sorted((ASSETS_DIR / "sample").rglob("*.jpg"))[::4][:30]  # pbc and bccd, every class
 
 
 def torch_two_pass(model, images: list[np.ndarray]) -> tuple[np.ndarray, list]:  # type: ignore[no-untyped-def]
@@ -29,14 +35,23 @@ def torch_two_pass(model, images: list[np.ndarray]) -> tuple[np.ndarray, list]: 
     return run_torch(model, np.stack([c.image for c in crops]))["probs"], crops
 
 
-def test_cell_centric_onnx_agrees_with_pytorch(tinyvit_bundle: tuple[Path, list[str]], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def framed(tinyvit_bundle: tuple[Path, list[str]], tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+    """The TinyViT model saved as a cell-centric bundle (segmenter's mask) and its verified FP32 export."""
     model = load_bundle(tinyvit_bundle[0])
-    save_bundle(model, tmp_path / "bundle", metadata={"framing": FRAMING})
-    cells = sorted((ASSETS_DIR / "sample").rglob("*.jpg"))[::4][:30]  # pbc and bccd, every class
-    export_onnx(tmp_path / "bundle", tmp_path / "onnx", "fp32", images=cells[:4])
-    assert read_artifact(tmp_path / "onnx").framing == FramingConfig(**FRAMING)
+    folder = tmp_path_factory.mktemp("framed")
+    save_bundle(model, folder / "bundle", metadata={"framing": FRAMING})
+    export_onnx(folder / "bundle", folder / "onnx", "fp32", images=CELLS[:4])
+    return model, folder
 
-    with Analyzer(tmp_path / "onnx", batch_size=8, check_cells=False) as analyzer:
+
+def test_cell_centric_onnx_agrees_with_pytorch(framed: tuple[object, Path]) -> None:
+    model, folder = framed
+    cells = CELLS
+    assert read_artifact(folder / "onnx").framing == FramingConfig(**FRAMING)
+    assert read_manifest(folder / "onnx")["parity"]["images"] == 4
+
+    with Analyzer(folder / "onnx", batch_size=8, check_cells=False) as analyzer:
         results = analyzer.analyze(cells)
     probs, crops = torch_two_pass(model, [load_rgb(p) for p in cells])
     onnx_probs = np.array([[r.probs[n] for n in analyzer.class_names] for r in results])
@@ -46,3 +61,24 @@ def test_cell_centric_onnx_agrees_with_pytorch(tinyvit_bundle: tuple[Path, list[
     assert np.abs(onnx_probs - probs).max() < 1e-3
     labelled = [r for r in results if r.label is not None]
     assert len(labelled) >= len(cells) - sum(c.empty for c in crops)
+
+
+def test_int8_of_a_cell_centric_bundle_is_calibrated_and_gated_on_its_cells(
+        framed: tuple[object, Path], calibration_dir: Path, held_out_cells: list[str]) -> None:
+    _, folder = framed
+    anything = GateThresholds(min_agreement=0.0, max_accuracy_drop=1.0, min_mask_iou=0.0, min_cells=len(held_out_cells))
+    manifest = export_onnx(folder / "bundle", folder / "int8", "int8", images=held_out_cells, calibration=calibration_dir,
+                           fp32_artifact=folder / "onnx", int8=Int8Settings(gate=anything, auto_float=False))
+    calibration = manifest["calibration"]
+    assert calibration["inputs"] == "whole images and their cells" and calibration["images"] == 2 * calibration["cells"]
+    assert manifest["framing"] == FRAMING
+
+    # the gate's FP32 accuracy is the FP32 analyzer's, on the cells it cut out (not on the whole images)
+    with Analyzer(folder / "onnx", batch_size=8, check_cells=False) as analyzer:
+        results = analyzer.analyze(held_out_cells)
+    labels = [Path(p).parent.name for p in held_out_cells]
+    top1 = [max(r.probs, key=r.probs.__getitem__) for r in results]  # also where the record says "no cell"
+    analyzer_accuracy = np.mean([name == label for name, label in zip(top1, labels)])
+    gate = manifest["gate"]
+    assert gate["images"] == len(held_out_cells)
+    assert gate["accuracy_fp32"] == pytest.approx(analyzer_accuracy)

@@ -21,6 +21,8 @@ from dorl.artifacts import read_manifest, write_manifest
 from dorl.contract import EXTERNAL_DATA_BYTES, HEAD_FILE
 from dorl.deps import require
 from dorl.errors import ArtifactError
+from dorl.export.check_cells import CheckCells
+from dorl.manifests import parse_framing
 
 # Pow and Sqrt are the halves of a decomposed LayerNorm (segment-anything's LayerNorm2d in the
 # SAM neck); Sin/Cos build the decoder's positional encoding from arguments up to ~20 rad.
@@ -195,8 +197,7 @@ def save_model(model: Any, path: str | Path) -> None:
 
 
 def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
-                reporter: Any = None, fp32_ops: Iterable[str] = FP32_OPS,
-                names: Sequence[str] | None = None, overwrite: bool = False,
+                reporter: Any = None, fp32_ops: Iterable[str] = FP32_OPS, overwrite: bool = False,
                 inputs: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Derive the FP16 artifact from a verified FP32 one and check it on real cells.
 
@@ -207,9 +208,9 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
     Args:
         fp32_artifact: an FP32 "onnx" artifact folder.
         out_dir: the FP16 artifact folder (written atomically; an existing ONNX artifact only with `overwrite`).
-        images: real cells (paths or arrays, or uint8 [N,S,S,3]).
+        images: real cells (paths, encoded bytes or arrays), or `CheckCells` already loaded; a
+            cell-centric artifact is checked through both of the analyzer's passes.
         reporter: called with progress sentences.
-        names: a name per cell (its path) for the report.
         overwrite: replace an existing ONNX artifact at `out_dir`.
         inputs: the export's inputs, which the output may not touch (the FP32 artifact always).
 
@@ -226,19 +227,19 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
         FP16_TIE_MARGIN,
         check_reduced,
         compare,
-        prepare_images,
-        run_onnx,
+        onnx_infer,
     )
 
     manifest = read_manifest(fp32_artifact, "onnx")
     if manifest.get("precision") != "fp32":
         raise ArtifactError(f"{manifest['folder']} is a {manifest.get('precision')} graph: derive FP16 from the FP32 export.")
-    cells = prepare_images(images, int(manifest["image_size"]))
+    cells = images if isinstance(images, CheckCells) else \
+        CheckCells.load(images, int(manifest["image_size"]), parse_framing(manifest))
     source = Path(manifest["folder"]) / MODEL_FILE
     blocked = tuple(fp32_ops)
     (reporter or (lambda m: None))(f"converting to FP16 with {', '.join(blocked)} kept in FP32")
     fp32_model = onnx.load(str(source))
-    reference = run_onnx(source, cells)
+    reference = cells.run(onnx_infer(source))
     from dorl.safe_write import atomic_folder
 
     with atomic_folder(out_dir, kind="onnx", overwrite=overwrite, inputs=[fp32_artifact, *inputs]) as stage:
@@ -246,10 +247,12 @@ def export_fp16(fp32_artifact: str | Path, out_dir: str | Path, images: Any,
         onnx.checker.check_model(str(stage / MODEL_FILE))
         from dorl.export.trt_compat import require_compatible
         compat = require_compatible(stage / MODEL_FILE, "the FP16 graph")
-        runtime = compare(reference, run_onnx(stage / MODEL_FILE, cells), FP16_TIE_MARGIN, cells=names)
+        runtime = compare(reference, cells.run(onnx_infer(stage / MODEL_FILE)), FP16_TIE_MARGIN,
+                          cells=cells.names)
         save_model(emulate_fp16(fp32_model, blocked), stage / "emulated.onnx")
         del fp32_model
-        emulated = compare(reference, run_onnx(stage / "emulated.onnx", cells), FP16_TIE_MARGIN, cells=names)
+        emulated = compare(reference, cells.run(onnx_infer(stage / "emulated.onnx")),
+                           FP16_TIE_MARGIN, cells=cells.names)
         (stage / "emulated.onnx").unlink()
         check_reduced(emulated, "fp16 (emulated)", FP16_MIN_AGREEMENT)
         check_reduced(runtime, "fp16", FP16_MIN_AGREEMENT)

@@ -30,6 +30,7 @@ from dorl.artifacts import read_manifest, write_manifest
 from dorl.calibration.calibration_set import CalibrationSet
 from dorl.deps import require
 from dorl.errors import ArtifactError, ConfigError
+from dorl.export.check_cells import CheckCells, Infer
 from dorl.export.derived import MODEL_FILE, copy_head, derived_fields
 from dorl.export.int8_gate import GateReport, GateSet, GateThresholds, check, evaluate
 from dorl.export.int8_groups import FLOAT_OPS, excluded_nodes, group_assignment, head_nodes, node_macs
@@ -47,7 +48,7 @@ LATENCY_BATCH = 8
 _BUILDS = {QDQ: "qdq", CPU: "cpu"}  # scratch folder of each variant's candidate graphs
 
 Reporter = Callable[[str], None]
-Runner = Callable[[Path, np.ndarray], dict[str, np.ndarray]]
+Runner = Callable[[Path], Infer]  # a graph's file -> one session of it, as a function of uint8 images
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,22 @@ class Int8Settings:
 
 @dataclass
 class _Scorer:
-    """Runs candidate graphs on the gate's cells and scores them against the FP32 outputs."""
+    """Runs candidate graphs on the gate's cells as the analyzer runs them (both passes of a
+    cell-centric artifact) and scores them against the FP32 outputs."""
 
     reference: dict[str, np.ndarray]
-    cells: np.ndarray
+    cells: CheckCells
     labels: np.ndarray
     thresholds: GateThresholds
     sweep_rows: np.ndarray
+    sweep_cells: CheckCells = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sweep_cells = self.cells.rows(self.sweep_rows)
 
     def score(self, path: Path, run: Runner, sweep: bool = False) -> tuple[GateReport, dict[str, np.ndarray]]:
         rows = self.sweep_rows if sweep else slice(None)
-        outputs = run(path, self.cells[rows])
+        outputs = (self.sweep_cells if sweep else self.cells).run(run(path))
         reference = {name: value[rows] for name, value in self.reference.items()}
         return evaluate(reference, outputs, self.labels[rows], self.thresholds), outputs
 
@@ -116,7 +122,8 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
             message names the groups.
     """
     onnx = require("onnx", "INT8 quantization")
-    from dorl.export.parity import prepare_images, run_onnx
+    from dorl.export.parity import onnx_infer
+    from dorl.manifests import parse_framing
 
     say = reporter or (lambda message: None)
     manifest = read_manifest(fp32_artifact, "onnx")
@@ -125,16 +132,20 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
     fp32_file = Path(manifest["folder"]) / MODEL_FILE
     fp32_model = onnx.load(str(fp32_file))
     base = excluded_nodes(fp32_model, settings.exclude)
-    cells = prepare_images(list(gate.sources), int(manifest["image_size"]))
-    say(f"scoring FP32 on {len(cells)} held-out cells")
+    framing = parse_framing(manifest)
+    cells = CheckCells.load(list(gate.sources), int(manifest["image_size"]), framing)
+    say(f"scoring FP32 on {len(cells)} held-out cells" + (" (both passes: the whole image, then the cell)"
+                                                          if cells.two_pass else ""))
     rows = np.unique(np.linspace(0, len(cells) - 1, min(settings.sweep_cells, len(cells))).astype(int))
-    scorer = _Scorer(run_onnx(fp32_file, cells), cells, gate.labels, settings.gate, rows)
+    scorer = _Scorer(cells.run(onnx_infer(fp32_file)), cells, gate.labels, settings.gate, rows)
     with tempfile.TemporaryDirectory(prefix="dorl-int8-") as tmp:
         job = _Job(Path(tmp), fp32_model, _link_beside(fp32_file, Path(tmp, "fp32")), base, scorer, settings, say)
-        job.macs = node_macs(fp32_model, cells[:1], job.tmp / "exposed.onnx")
-        say(f"calibrating the {settings.quantizer} quantizer on {len(calibration_set.cells)} cells; "
-            f"{len(base)} nodes always float")
-        job.quantize(calibration_set, manifest)
+        job.macs = node_macs(fp32_model, cells.pixels[:1], job.tmp / "exposed.onnx")
+        calibration = CheckCells.load(calibration_set.paths, int(manifest["image_size"]), framing)
+        say(f"calibrating the {settings.quantizer} quantizer on {len(calibration)} cells"
+            + (" (the whole images and their cells)" if calibration.two_pass else "") + f"; {len(base)} nodes always float")
+        calibration_inputs = calibration.inputs(onnx_infer(fp32_file))
+        job.quantize(calibration_inputs, manifest)
         tensorrt = job.tensorrt()
         check({QDQ: tensorrt.report}, tensorrt.selection.advice())
         results = {QDQ: tensorrt, CPU: job.cpu(ranking=tensorrt.selection.sweep), FP16: job.fp16_remainder(tensorrt)}
@@ -146,9 +157,11 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
         for name in (QDQ, FP16):  # the CPU variant is for ONNX Runtime, not TensorRT
             if name in results:
                 results[name].compat = require_compatible(results[name].path, f"the INT8 {name} graph")
-        latency = {"fp32": latency_ms(job.fp32_path, cells)} | {name: latency_ms(r.path, cells)
-                                                                  for name, r in results.items()}
-        common = {**derived_fields(manifest, "int8"), "calibration": calibration_set.describe(),
+        latency = {"fp32": latency_ms(job.fp32_path, cells.pixels)} | {name: latency_ms(r.path, cells.pixels)
+                                                                         for name, r in results.items()}
+        common = {**derived_fields(manifest, "int8"), "calibration": {**calibration_set.describe(), "images": len(calibration_inputs),
+                                                          "inputs": "whole images and their cells" if calibration.two_pass
+                                                          else "whole images"},
                   "quantizer": settings.quantizer, "excluded_nodes": base, "exclude_patterns": list(settings.exclude),
                   "kept_float_ops": list(FLOAT_OPS),
                   "latency_ms_per_image": {"onnxruntime_cpu": latency, "batch": LATENCY_BATCH},
@@ -200,24 +213,25 @@ class _Job:
     macs: dict[str, float] = field(default_factory=dict)
     qdq_model: Any = None
 
-    def quantize(self, calibration_set: CalibrationSet, manifest: dict[str, Any]) -> None:
-        """Quantize every quantizable node but the base exclusions, once."""
+    def quantize(self, calibration: np.ndarray, manifest: dict[str, Any]) -> None:
+        """Quantize every quantizable node but the base exclusions, once, calibrated on uint8 images
+        [N,S,S,3] (every image the graph meets: for a cell-centric artifact the whole images and the cells)."""
         import onnx
 
         from dorl.export.int8_qdq import keep_float
 
         full = self.tmp / "full" / MODEL_FILE
         full.parent.mkdir()
-        size, input_name = int(manifest["image_size"]), manifest["inputs"][0]["name"]
+        input_name = manifest["inputs"][0]["name"]
         if self.settings.quantizer == "modelopt":
             from dorl.export.int8_modelopt import quantize_modelopt
 
-            quantize_modelopt(self.fp32_path, full, calibration_set.paths, size, input_name, self.base)
+            quantize_modelopt(self.fp32_path, full, calibration, input_name, self.base)
             floated = list(self.base)
         else:
             from dorl.export.int8_ort import cell_reader, quantize_qdq
 
-            quantize_qdq(self.fp32_path, full, cell_reader(calibration_set.paths, size, input_name), self.base)
+            quantize_qdq(self.fp32_path, full, cell_reader(calibration, input_name), self.base)
             floated = _beyond(self.fp32_model, self.base)
         # A quantized activation's DequantizeLinear feeds every reader of the tensor, excluded ones
         # (an attention matmul beside the q/k/v projections) and Transposes included: put them back.
@@ -260,12 +274,12 @@ class _Job:
         return _Result(path, selection.report, outputs, selection)
 
     def tensorrt(self) -> _Result:
-        from dorl.export.int8_qdq import keep_float, qdq_facts, quantized_nodes, run_as_tensorrt
+        from dorl.export.int8_qdq import keep_float, qdq_facts, quantized_nodes, tensorrt_infer
 
         def build(floated: list[str]) -> Path:
             return self._save(keep_float(self.qdq_model, self.fp32_model, floated), _BUILDS[QDQ])
 
-        result = self._select(_grouped(self.fp32_model, quantized_nodes(self.qdq_model)), build, run_as_tensorrt, QDQ)
+        result = self._select(_grouped(self.fp32_model, quantized_nodes(self.qdq_model)), build, tensorrt_infer, QDQ)
         import onnx
 
         result.facts = qdq_facts(onnx.load(str(result.path)))
@@ -276,15 +290,15 @@ class _Job:
         import onnx
 
         from dorl.export.int8_fp16 import emulate_fp16_remainder, with_fp16_remainder
-        from dorl.export.int8_qdq import qdq_facts, run_as_tensorrt
-        from dorl.export.parity import compare, run_onnx
+        from dorl.export.int8_qdq import qdq_facts, tensorrt_infer
+        from dorl.export.parity import compare, onnx_infer
 
         chosen = onnx.load(str(qdq.path))
         head = head_nodes(self.fp32_model)
         path = self._save(with_fp16_remainder(chosen, head), "fp16")
         emulated = self._save(emulate_fp16_remainder(chosen, head), "fp16-emulated")
-        report, outputs = self.scorer.score(emulated, run_as_tensorrt)
-        runtime = compare(self.scorer.reference, run_onnx(path, self.scorer.cells)).to_dict()
+        report, outputs = self.scorer.score(emulated, tensorrt_infer)
+        runtime = compare(self.scorer.reference, self.scorer.cells.run(onnx_infer(path))).to_dict()
         facts = qdq_facts(onnx.load(str(path), load_external_data=False))
         return _Result(path, report, outputs, qdq.selection, facts,
                        {"method": "fp16 emulation (every FP16 tensor rounded, Q/DQ unfused)",
@@ -293,7 +307,7 @@ class _Job:
     def cpu(self, ranking: Sequence[GroupSensitivity] = ()) -> _Result:
         from dorl.export.int8_groups import quantizable_nodes
         from dorl.export.int8_ort import CPU_OPS, quantize_cpu
-        from dorl.export.parity import run_onnx
+        from dorl.export.parity import onnx_infer
 
         def build(floated: list[str]) -> Path:
             path = self.tmp / _BUILDS[CPU] / MODEL_FILE
@@ -305,7 +319,7 @@ class _Job:
 
         kinds = {n.name: n.op_type for n in self.fp32_model.graph.node}
         nodes = [n for n in quantizable_nodes(self.fp32_model) if kinds[n] in CPU_OPS and n not in set(self.base)]
-        return self._select(_grouped(self.fp32_model, nodes), build, lambda p, x: run_onnx(p, x), CPU, ranking)
+        return self._select(_grouped(self.fp32_model, nodes), build, onnx_infer, CPU, ranking)
 
 
 def _beyond(model: Any, excluded: Sequence[str]) -> list[str]:

@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from dorl.deps import is_available
 from dorl.errors import MissingDependencyError
 
@@ -90,24 +92,22 @@ def _restore(state: list[tuple[object, str, object]]) -> None:
             setattr(owner, key, value)
 
 
-def quantize_modelopt(fp32_path: Path, out_path: Path, calibration_paths: Sequence[str], size: int, input_name: str,
+def quantize_modelopt(fp32_path: Path, out_path: Path, calibration: np.ndarray, input_name: str,
                       excluded: Sequence[str], method: str = CALIBRATION_METHOD) -> None:
     """Model Optimizer's INT8 Q/DQ graph of `fp32_path` (float remainder kept FP32), calibrated on the CPU.
 
     Args:
-        calibration_paths: the calibration cells (decoded and resized as at run time).
+        calibration: the calibration images, uint8 [N,S,S,3], as the graph meets them.
         excluded: node names kept out of quantization (matched exactly).
         method: "max" (MinMax, as the ORT quantizer) or "entropy" (Model Optimizer's default).
     """
     require_modelopt()
-    from dorl.export.parity import prepare_images
-
-    data = prepare_images(list(calibration_paths), size)
+    size = int(calibration.shape[1])
     with _modelopt_on_cpu():
         from modelopt.onnx.quantization import quantize
 
         quantize(
-            str(fp32_path), quantize_mode="int8", calibration_data={input_name: data}, calibration_method=method,
+            str(fp32_path), quantize_mode="int8", calibration_data={input_name: calibration}, calibration_method=method,
             calibration_eps=["cpu"], calibration_shapes=f"{input_name}:{CALIBRATION_BATCH}x{size}x{size}x3",
             nodes_to_exclude=[f"^{re.escape(name)}$" for name in excluded], high_precision_dtype="fp32",
             use_external_data_format=Path(f"{fp32_path}.data").exists(), output_path=str(out_path),

@@ -53,26 +53,24 @@ def quiet_quantizer() -> Iterator[None]:
         root.removeFilter(advice)
 
 
-def cell_reader(paths: Sequence[str], size: int, input_name: str, batch: int = CALIBRATION_BATCH) -> Any:
-    """An onnxruntime CalibrationDataReader feeding `paths` (decoded and resized as at run time) in batches."""
+def cell_reader(images: np.ndarray, input_name: str, batch: int = CALIBRATION_BATCH) -> Any:
+    """An onnxruntime CalibrationDataReader feeding uint8 images [N,S,S,3] (as the graph meets them) in batches."""
     require("onnxruntime", "INT8 calibration")
     from onnxruntime import quantization
-
-    from dorl.export.parity import prepare_images
 
     class CellReader(quantization.CalibrationDataReader):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             self.start = 0
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.start >= len(paths):
+            if self.start >= len(images):
                 return None
-            chunk = paths[self.start:self.start + batch]
+            chunk = images[self.start:self.start + batch]
             self.start += batch
-            return {input_name: prepare_images(chunk, size)}
+            return {input_name: chunk}
 
         def __len__(self) -> int:
-            return (len(paths) + batch - 1) // batch
+            return (len(images) + batch - 1) // batch
 
         def rewind(self) -> None:
             self.start = 0

@@ -9,7 +9,8 @@ from: an activation's Q input, or the FP32 graph's weight where the quantizer st
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -131,8 +132,20 @@ def _elem_type(name: str, inits: dict[str, Any], producer: dict[str, Any]) -> in
     return int(onnx.TensorProto.UINT8)  # QuantizeLinear's default output without a zero point
 
 
-def run_as_tensorrt(path: Any, images: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:
-    """Run a Q/DQ graph in ONNX Runtime (CPU) computing what TensorRT computes: every Q/DQ pair
+def run_as_tensorrt(path: Any, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Run a Q/DQ graph in ONNX Runtime (CPU) computing what TensorRT computes (see `tensorrt_session`)."""
+    return tensorrt_infer(path)(images)
+
+
+def tensorrt_infer(path: Any) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """One `tensorrt_session` of a Q/DQ graph, as a function of uint8 images."""
+    from dorl.export.parity import run_session
+
+    return partial(run_session, tensorrt_session(path))
+
+
+def tensorrt_session(path: Any) -> Any:
+    """An ONNX Runtime CPU session of a Q/DQ graph computing what TensorRT computes: every Q/DQ pair
     rounds its tensor to int8, and the products are exact.
 
     ONNX Runtime's default CPU session fuses Q/DQ into integer kernels that, on x86 CPUs without
@@ -146,8 +159,4 @@ def run_as_tensorrt(path: Any, images: np.ndarray, batch: int = 8) -> dict[str, 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.disable_quant_qdq", "1")
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    input_name = session.get_inputs()[0].name
-    chunks = [session.run(names, {input_name: images[i:i + batch]}) for i in range(0, len(images), batch)]
-    return {name: np.concatenate([c[k] for c in chunks]) for k, name in enumerate(names)}
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

@@ -21,10 +21,11 @@ from dorl.config import to_dict
 from dorl.contract import DATA_FILE, EXTERNAL_DATA_BYTES, HEAD_FILE, MODEL_FILE
 from dorl.deps import require, versions
 from dorl.errors import ArtifactError, ConfigError
+from dorl.export.check_cells import CheckCells
 from dorl.export.derived import EXPORT_VERSIONS
 from dorl.export.parity import Tolerance
 from dorl.export.parity_cells import DEFAULT_PARITY_CELLS, default_cells, sample_cells
-from dorl.export.source import ExportSource, ParityCells
+from dorl.export.source import ExportSource
 from dorl.safe_write import atomic_folder, check_output, output_lock
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def base_fields(model: Any, inputs: list[dict[str, Any]], outputs: list[dict[str
     }
 
 
-def export_fp32(source: ExportSource, out_dir: str | Path, cells: ParityCells, opset: int = DEFAULT_OPSET,
+def export_fp32(source: ExportSource, out_dir: str | Path, cells: CheckCells, opset: int = DEFAULT_OPSET,
                 reporter: Reporter | None = None, tolerances: Mapping[str, Tolerance] | None = None,
                 overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Export, check and verify the FP32 graph; write the artifact atomically.
@@ -153,7 +154,7 @@ def export_fp32(source: ExportSource, out_dir: str | Path, cells: ParityCells, o
     Raises:
         ParityError: ONNX Runtime and PyTorch disagree beyond the FP32 tolerances.
     """
-    from dorl.export.parity import FP32_TOLERANCES, check_fp32, compare, run_onnx, run_torch
+    from dorl.export.parity import FP32_TOLERANCES, check_fp32, compare, onnx_infer, run_torch
     from dorl.export.wrapper import io_specs
 
     say = reporter or (lambda message: None)
@@ -165,8 +166,8 @@ def export_fp32(source: ExportSource, out_dir: str | Path, cells: ParityCells, o
         graph = check_graph(stage / MODEL_FILE, inputs_spec, outputs_spec)
         from dorl.export.trt_compat import require_compatible
         compat = require_compatible(stage / MODEL_FILE, "the exported FP32 graph")
-        say(f"checking parity with PyTorch on {len(cells)} real cells")
-        report = compare(run_torch(model, cells.pixels), run_onnx(stage / MODEL_FILE, cells.pixels),
+        say(f"checking parity with PyTorch on {len(cells)} real cells" + (" (both passes)" if cells.two_pass else ""))
+        report = compare(cells.run(lambda x: run_torch(model, x)), cells.run(onnx_infer(stage / MODEL_FILE)),
                          tolerances=FP32_TOLERANCES if tolerances is None else tolerances, cells=cells.names)
         check_fp32(report)
         fields = base_fields(model, inputs_spec, outputs_spec, graph, source.sha256)
@@ -250,18 +251,24 @@ def _export_checked(what: ExportSource, out_dir: str | Path, precision: str, ops
     images = list(images)
     quantizing = _int8_inputs(calibration_set, images if gate_images is None else list(gate_images),
                               what.class_names, settings) if calibration_set is not None and settings else None
-    cells = ParityCells.load(sample_cells(images, parity_cells), what.image_size)
+    cells = CheckCells.load(sample_cells(images, parity_cells), what.image_size, _framing(what))
     if precision == "fp32":
         return export_fp32(what, out_dir, cells, opset, reporter, tolerances, overwrite, inputs)
     with _verified_fp32(what, fp32_artifact, cells, opset, reporter, tolerances) as fp32_dir:
         if quantizing is None:
             from dorl.export.fp16 import export_fp16
 
-            return export_fp16(fp32_dir, out_dir, cells.pixels, reporter, names=cells.names, overwrite=overwrite,
-                               inputs=inputs)
+            return export_fp16(fp32_dir, out_dir, cells, reporter, overwrite=overwrite, inputs=inputs)
         from dorl.export.int8 import quantize_artifact
 
         return quantize_artifact(fp32_dir, out_dir, *quantizing, reporter=reporter, overwrite=overwrite, inputs=inputs)
+
+
+def _framing(source: ExportSource) -> Any:
+    """The framing the bundle was trained with (None: whole images)."""
+    from dorl.manifests import parse_framing
+
+    return parse_framing(source.metadata)
 
 
 def _int8_settings(settings: Int8Settings | None) -> Int8Settings:
@@ -296,7 +303,7 @@ def _int8_inputs(calibration_set: Any, gate_images: list[Any], class_names: list
 
 
 @contextlib.contextmanager
-def _verified_fp32(source: ExportSource, fp32_artifact: str | Path | None, cells: ParityCells, opset: int,
+def _verified_fp32(source: ExportSource, fp32_artifact: str | Path | None, cells: CheckCells, opset: int,
                    reporter: Reporter | None, tolerances: Mapping[str, Tolerance] | None) -> Iterator[Path]:
     """The given FP32 artifact of this bundle, or a fresh export in a temporary folder."""
     if fp32_artifact is not None:

@@ -12,8 +12,9 @@ output, the cell and the values that failed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,16 @@ def prepare_images(sources: Sequence[Any], size: int) -> np.ndarray:
 
 def run_onnx(path: str | Path, images: np.ndarray, batch: int = BATCH, threads: int | None = None) -> dict[str, np.ndarray]:
     """Run an ONNX graph in ONNX Runtime (CPU) on uint8 images, in batches; all outputs by name."""
-    session = cpu_session(path, threads)
+    return run_session(cpu_session(path, threads), images, batch)
+
+
+def onnx_infer(path: str | Path, threads: int | None = None) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """One ONNX Runtime CPU session of a graph, as a function of uint8 images (see `run_session`)."""
+    return partial(run_session, cpu_session(path, threads))
+
+
+def run_session(session: Any, images: np.ndarray, batch: int = BATCH) -> dict[str, np.ndarray]:
+    """Run an ONNX Runtime session (one image input) on uint8 images, in batches; all outputs by name."""
     names = [o.name for o in session.get_outputs()]
     input_name = session.get_inputs()[0].name
     chunks = [session.run(names, {input_name: images[i:i + batch]}) for i in range(0, len(images), batch)]

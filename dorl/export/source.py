@@ -1,12 +1,10 @@
-"""What an export starts from: a bundle read once, or a model in memory, and the cells it is checked on."""
+"""What an export starts from: a bundle read once, or a model in memory."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from dorl.errors import ArtifactError
 from dorl.manifests import BundleManifest
@@ -65,21 +63,3 @@ class ExportSource:
 
         return load_feature_stats(self.bundle) if self.bundle else None
 
-
-@dataclass(frozen=True)
-class ParityCells:
-    """The cells a parity check runs on: uint8 [N,S,S,3] and a name per cell (its path) for reports."""
-
-    pixels: np.ndarray
-    names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    @classmethod
-    def load(cls, sources: list[Any], size: int) -> ParityCells:
-        """Decode and resize `sources` (see `parity.prepare_images`)."""
-        from dorl.data.images import describe_source
-        from dorl.export.parity import prepare_images
-
-        return cls(prepare_images(sources, size), tuple(describe_source(s) for s in sources))

@@ -26,7 +26,7 @@ from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.runtime import postprocess
 from dorl.runtime.base import BaseRunner
 from dorl.runtime.cell_check import CellCheck, FeatureDistance, stain_area
-from dorl.runtime.cell_framing import BORDER_NOTE, EMPTY_CROP, Framed, frame_cell
+from dorl.runtime.cell_framing import BORDER_NOTE, EMPTY_CROP, Framed, frame_batch
 from dorl.runtime.cell_result import CellResult
 from dorl.runtime.loader import load_runner
 from dorl.runtime.site_profile import DriftWatch, SiteProfile
@@ -266,19 +266,9 @@ class Analyzer:
             whole image's), each row's crop, and the rows whose crop could not be made (row -> why).
         """
         assert self.framing is not None
-        crops, framed, failures = [], [], {}
         masks = whole.get(MASK_LOGITS)
-        for row, rgb in enumerate(images):
-            mask = postprocess.low_res_mask(masks[row]) if masks is not None else None
-            try:
-                crop = frame_cell(rgb, mask, self.framing, self.image_size)
-            except (ImageError, ValueError) as exc:
-                failures[row] = f"the cell could not be cut out of the image: {exc}"
-                crop = None
-            crops.append(crop.image if crop is not None else np.full((self.image_size, self.image_size, 3), 128,
-                                                                     np.uint8))
-            framed.append(Framed.of(crop) if crop is not None else None)
-        outputs = dict(self.runner.infer({self.input_name: np.stack(crops)}))
+        crops, framed, failures = frame_batch(images, masks, self.framing, self.image_size)
+        outputs = dict(self.runner.infer({self.input_name: crops}))
         if masks is not None:
             outputs[MASK_LOGITS] = masks
         return outputs, framed, failures

@@ -11,11 +11,14 @@ segmenter's own (`framing.mask == "segmenter"`, pass 1's mask) or the stain-base
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from dorl.data.framing import CellCrop, FramingConfig, crop_cell
+from dorl.data.framing import GREY, CellCrop, FramingConfig, crop_cell
+from dorl.errors import ImageError
+from dorl.runtime import postprocess
 
 EMPTY_CROP = "the cell mask the crop is cut from is empty: no cell to frame"
 BORDER_NOTE = "the cell's mask touches the image's border: the cell may be cut off"
@@ -57,3 +60,36 @@ def frame_cell(rgb: np.ndarray, segmenter_mask: np.ndarray | None, framing: Fram
                size: int) -> CellCrop:
     """Pass 2's input for one image: its cell framed as in training (see `dorl.data.framing.crop_cell`)."""
     return crop_cell(rgb, crop_mask(rgb, segmenter_mask, framing, size), size, framing.margin)
+
+
+def frame_batch(images: Sequence[np.ndarray], mask_logits: np.ndarray | None, framing: FramingConfig,
+                size: int) -> tuple[np.ndarray, list[Framed | None], dict[int, str]]:
+    """Pass 2's input for a batch: each image's cell framed from pass 1's mask logits (or its pseudo mask).
+
+    One image whose crop cannot be made never costs the batch: its row is a grey square, listed
+    in the failures.
+
+    Args:
+        images: the images as decoded, HxWx3 uint8 each.
+        mask_logits: pass 1's `mask_logits` [N, ...] (None when the graph has none).
+        framing: the artifact's framing.
+        size: the model's input side.
+
+    Returns:
+        (crops uint8 [N,size,size,3], each row's `Framed` (None where it failed), row -> why it failed).
+    """
+    crops: list[np.ndarray] = []
+    framed: list[Framed | None] = []
+    failures: dict[int, str] = {}
+    for row, rgb in enumerate(images):
+        mask = postprocess.low_res_mask(mask_logits[row]) if mask_logits is not None else None
+        try:
+            crop = frame_cell(rgb, mask, framing, size)
+        except (ImageError, ValueError) as exc:
+            failures[row] = f"the cell could not be cut out of the image: {exc}"
+            crops.append(np.full((size, size, 3), GREY, np.uint8))
+            framed.append(None)
+            continue
+        crops.append(crop.image)
+        framed.append(Framed.of(crop))
+    return (np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)), framed, failures

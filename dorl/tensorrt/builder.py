@@ -160,7 +160,10 @@ def _build_checked(onnx_artifact: str | Path, output_dir: Path, settings: BuildS
     cells = None
     if settings.verify_cells:  # before the slow build: a bad image folder or no onnxruntime fails fast
         require("onnxruntime", "verifying the engine against its ONNX graph (--verify 0 skips it)")
-        cells = verification_cells(settings.verify_cells, int(item_shape[0]), settings.verify_images)
+        from dorl.manifests import parse_framing
+
+        cells = verification_cells(settings.verify_cells, int(item_shape[0]), settings.verify_images,
+                                   parse_framing(onnx_manifest))
     require_tensorrt("building a TensorRT engine")
     import tensorrt as trt
 

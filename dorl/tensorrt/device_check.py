@@ -141,7 +141,7 @@ def benchmark_engine(engine_dir: Path, settings: DeviceCheckSettings) -> dict[st
     timings: dict[str, Any] = {}
     for graph in (None, settings.max_batch):
         with TensorRTRunner(engine_dir, cuda_graph_batch=graph) as runner:
-            cells = verification_cells(settings.max_batch, int(runner.manifest["image_size"]))[0]
+            cells = verification_cells(settings.max_batch, int(runner.manifest["image_size"]))[0].pixels
             for batch in [graph] if graph is not None else sorted({1, settings.max_batch}):
                 feed = {next(iter(runner.input_specs)): cells[:batch]}
                 times = time_calls(functools.partial(runner.infer, feed), settings.iterations, settings.warmup)

@@ -1,7 +1,8 @@
 """Does a built engine compute what its ONNX graph computes? Checked on real cells before it is kept.
 
 `dorl build` runs N real cells (the bundled sample, or images the user gives) through the new
-engine and through the ONNX graph it was built from (ONNX Runtime, CPU), and compares them the
+engine and through the ONNX graph it was built from (ONNX Runtime, CPU), as the analyzer runs
+them (both passes of a cell-centric artifact, see `dorl.export.check_cells`), and compares them the
 way the export's parity checks do (`dorl.export.parity.compare`): probs max abs diff, top-1
 agreement (near ties counted as agreeing) and mask IoU. An engine past its precision's thresholds
 is refused; the numbers go into its manifest either way they are kept. The comparison is numpy;
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dorl.errors import ConfigError, DorlError
+from dorl.export.check_cells import CheckCells
 
 DEFAULT_VERIFY_CELLS = 64
 BATCH = 8
@@ -111,16 +113,21 @@ def check_verification(result: EngineVerification) -> None:
             "with --verbose, or build the FP16 engine from the FP16 graph.")
 
 
-def verification_cells(count: int, size: int, images: Sequence[str | Path] = ()) -> tuple[np.ndarray, str]:
+def verification_cells(count: int, size: int, images: Sequence[str | Path] = (),
+                       framing: Any = None) -> tuple[CheckCells, str]:
     """`count` real cells, evenly spread over the given images (or the bundled sample), decoded and resized.
 
+    Args:
+        framing: the artifact's `FramingConfig` (None: whole images); a cell-centric one is checked
+            through both of the analyzer's passes.
+
     Returns:
-        uint8 [count, size, size, 3] and a description of where they came from.
+        The cells (`pixels`: uint8 [count, size, size, 3]) and a description of where they came from.
 
     Raises:
         ConfigError: fewer images than `count`.
     """
-    from dorl.data.images import find_images, load_rgb, resize_square
+    from dorl.data.images import find_images
 
     files = find_images(images) if images else find_images([SAMPLE_DIR])
     where = ", ".join(str(p) for p in images) if images else "the bundled sample (dorl/assets/sample)"
@@ -128,7 +135,7 @@ def verification_cells(count: int, size: int, images: Sequence[str | Path] = ())
         raise ConfigError(f"verifying an engine on {count} cells needs at least that many images; {where} holds "
                           f"{len(files)}: give more with --verify-images, or a smaller --verify.")
     picks = [files[i] for i in np.linspace(0, len(files) - 1, count).round().astype(int)]
-    return np.stack([resize_square(load_rgb(p), size) for p in picks]), f"{count} cells from {where}"
+    return CheckCells.load(picks, size, framing), f"{count} cells from {where}"
 
 
 def run_in_batches(runner: Any, input_name: str, cells: np.ndarray, batch: int = BATCH) -> dict[str, np.ndarray]:
@@ -137,7 +144,7 @@ def run_in_batches(runner: Any, input_name: str, cells: np.ndarray, batch: int =
     return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
 
 
-def verify_engine(engine_dir: str | Path, onnx_dir: str | Path, cells: np.ndarray, precision: str,
+def verify_engine(engine_dir: str | Path, onnx_dir: str | Path, cells: CheckCells, precision: str,
                   sources: str = "", device: int = 0) -> EngineVerification:
     """Run `cells` through the engine and its ONNX graph (ONNX Runtime, CPU) and compare them.
 
@@ -149,9 +156,9 @@ def verify_engine(engine_dir: str | Path, onnx_dir: str | Path, cells: np.ndarra
 
     with OnnxRuntimeRunner(onnx_dir, providers=["cpu"]) as onnx_runner:
         input_name = next(iter(onnx_runner.input_specs))
-        reference = run_in_batches(onnx_runner, input_name, cells)
+        reference = cells.run(lambda x: run_in_batches(onnx_runner, input_name, x))
     with TensorRTRunner(engine_dir, device=device) as engine_runner:
-        candidate = run_in_batches(engine_runner, input_name, cells, engine_runner.max_batch)
+        candidate = cells.run(lambda x: run_in_batches(engine_runner, input_name, x, engine_runner.max_batch))
     result = compare_outputs(reference, {k: candidate[k] for k in reference}, precision, sources)
     check_verification(result)
     return result

@@ -11,6 +11,7 @@ import pytest
 from int8_graphs import calibration_cells, fitted_biases, gate_cells, mini_dorl
 from onnx import TensorProto
 
+from dorl.contract import load_cells
 from dorl.export.int8 import _beyond
 from dorl.export.int8_fp16 import emulate_fp16_remainder, with_fp16_remainder
 from dorl.export.int8_groups import excluded_nodes, head_nodes
@@ -26,7 +27,7 @@ def graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths = {name: folder / f"{name}.onnx" for name in ("fp32", "qdq", "fp16", "emulated")}
     fp32 = mini_dorl(fitted=fitted_biases())
     onnx.save(fp32, str(paths["fp32"]))
-    quantize_qdq(paths["fp32"], paths["qdq"], cell_reader(calibration_cells(), 224, "images"), excluded_nodes(fp32))
+    quantize_qdq(paths["fp32"], paths["qdq"], cell_reader(load_cells(calibration_cells(), 224), "images"), excluded_nodes(fp32))
     qdq = keep_float(onnx.load(str(paths["qdq"])), fp32, _beyond(fp32, excluded_nodes(fp32)))
     onnx.save(qdq, str(paths["qdq"]))
     onnx.save(with_fp16_remainder(qdq, head_nodes(fp32)), str(paths["fp16"]))

@@ -10,6 +10,7 @@ import onnx
 from int8_graphs import calibration_cells, gate_cells, mini_dorl
 from onnx import TensorProto, helper, numpy_helper
 
+from dorl.contract import load_cells
 from dorl.export.int8_groups import excluded_nodes
 from dorl.export.int8_ort import cell_reader, quantize_qdq
 from dorl.export.int8_qdq import keep_float, qdq_facts, quantized_nodes, run_as_tensorrt
@@ -19,7 +20,7 @@ from dorl.export.parity import prepare_images, run_onnx
 def test_keep_float_restores_fp32_exactly_and_prunes_what_nothing_reads(tmp_path: Path) -> None:
     fp32 = mini_dorl()
     onnx.save(fp32, str(tmp_path / "fp32.onnx"))
-    quantize_qdq(tmp_path / "fp32.onnx", tmp_path / "q.onnx", cell_reader(calibration_cells()[:4], 224, "images"),
+    quantize_qdq(tmp_path / "fp32.onnx", tmp_path / "q.onnx", cell_reader(load_cells(calibration_cells()[:4], 224), "images"),
                  excluded_nodes(fp32))
     qdq = onnx.load(str(tmp_path / "q.onnx"))
     every = quantized_nodes(qdq)

@@ -13,6 +13,7 @@ import pytest
 from int8_graphs import calibration_cells, fitted_biases, gate_cells, mini_dorl
 from onnx import numpy_helper
 
+from dorl.contract import load_cells
 from dorl.errors import MissingDependencyError
 from dorl.export.int8 import _beyond
 from dorl.export.int8_groups import attention_matmuls, excluded_nodes
@@ -38,7 +39,7 @@ def cells() -> np.ndarray:
 def ort_qdq(mini: Path) -> onnx.ModelProto:
     """ONNX Runtime's raw Q/DQ graph of the small graph (before dorl puts the float nodes back)."""
     out = mini.with_name("ort.onnx")
-    quantize_qdq(mini, out, cell_reader(calibration_cells(), 224, "images"), excluded_nodes(onnx.load(str(mini))))
+    quantize_qdq(mini, out, cell_reader(load_cells(calibration_cells(), 224), "images"), excluded_nodes(onnx.load(str(mini))))
     return onnx.load(str(out))
 
 
@@ -108,7 +109,7 @@ def test_quantizer_advice_is_not_printed(mini: Path, tmp_path: Path, caplog: pyt
 def test_modelopt_qdq_is_what_tensorrt_takes(mini: Path, cells: np.ndarray, tmp_path: Path) -> None:
     fp32 = onnx.load(str(mini))
     out = tmp_path / "modelopt.onnx"
-    quantize_modelopt(mini, out, calibration_cells(), 224, "images", excluded_nodes(fp32))
+    quantize_modelopt(mini, out, load_cells(calibration_cells(), 224), "images", excluded_nodes(fp32))
     q = onnx.load(str(out))
     facts = qdq_facts(q)
     assert facts["qdq_nodes"] > 0 and facts["int32_dequantize_inputs"] == 0 and facts["nonzero_zero_points"] == 0

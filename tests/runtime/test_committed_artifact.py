@@ -42,4 +42,4 @@ def cell_batch_from_sample() -> np.ndarray:
     """Four bundled real cells (dorl/assets/sample), resized as the runtime does."""
     from dorl.tensorrt.verify import verification_cells
 
-    return verification_cells(4, 224)[0]
+    return verification_cells(4, 224)[0].pixels

@@ -107,7 +107,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     model = contract_graph()
     folders = {"fp32": write_onnx_artifact(model, root / "fp32"),
                "fp16": write_onnx_artifact(convert_to_fp16(model), root / "fp16", "fp16")}
-    cells = verification_cells(16, 224)[0]
+    cells = verification_cells(16, 224)[0].pixels
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:

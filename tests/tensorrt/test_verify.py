@@ -20,8 +20,9 @@ from dorl.tensorrt.verify import (
 
 
 def test_cells_come_from_the_bundled_sample_spread_over_labs_and_classes() -> None:
-    cells, where = verification_cells(64, 224)
-    assert cells.shape == (64, 224, 224, 3) and cells.dtype == np.uint8
+    checked, where = verification_cells(64, 224)
+    cells = checked.pixels
+    assert not checked.two_pass and cells.shape == (64, 224, 224, 3) and cells.dtype == np.uint8
     assert where == "64 cells from the bundled sample (dorl/assets/sample)"
     assert len({cell.tobytes() for cell in cells}) == 64  # 64 different images
     with pytest.raises(ConfigError, match="needs at least that many images; the bundled sample .* holds"):
@@ -31,10 +32,18 @@ def test_cells_come_from_the_bundled_sample_spread_over_labs_and_classes() -> No
 def test_cells_from_the_users_images(tmp_path: Path) -> None:
     sample = Path(__file__).resolve().parents[2] / "dorl" / "assets" / "sample" / "pbc" / "monocyte"
     cells, where = verification_cells(3, 64, [sample])
-    assert cells.shape == (3, 64, 64, 3) and str(sample) in where
+    assert cells.pixels.shape == (3, 64, 64, 3) and str(sample) in where
     with pytest.raises(ConfigError, match="give more with --verify-images"):
         verification_cells(3, 64, [tmp_path])
 
+
+
+def test_a_cell_centric_engine_is_checked_on_its_cells_too() -> None:
+    from dorl.data.framing import FramingConfig
+
+    checked, _ = verification_cells(4, 224, framing=FramingConfig(input="cell", mask="pseudo"))
+    assert checked.two_pass and checked.crops is not None and checked.crops.shape == (4, 224, 224, 3)
+    assert not np.array_equal(checked.crops, checked.pixels)  # pass 2 sees the cells cut out, not the fields
 
 @pytest.fixture(scope="module")
 def fp32_and_fp16(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -49,7 +58,7 @@ def fp32_and_fp16(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, n
     folder = build_tiny_artifact(tmp_path_factory.mktemp("verify") / "tiny").folder
     fp16_path = folder.parent / "fp16.onnx"
     onnx.save(convert_to_fp16(onnx.load(str(folder / "model.onnx"))), str(fp16_path))
-    cells = verification_cells(32, 224)[0]
+    cells = verification_cells(32, 224)[0].pixels
     with OnnxRuntimeRunner(folder, providers=["cpu"]) as runner:
         fp32 = run_in_batches(runner, "images", cells)
     session = ort.InferenceSession(str(fp16_path), providers=["CPUExecutionProvider"])
