@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -67,6 +68,23 @@ def test_cpu_variant_uses_integer_matmuls(int8_dirs: dict[str, Path]) -> None:
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops and "QuantizeLinear" not in ops
     assert read_manifest(int8_dirs[CPU], "onnx")["quantization"]["weight_bits"] == 7
 
+
+
+def test_onnx_runtime_on_the_cpu_runs_the_qdq_graph_as_tensorrt_computes_it(int8_dirs: dict[str, Path],
+                                                                            held_out_cells: list[str]) -> None:
+    from dorl.export.int8_qdq import run_as_tensorrt
+    from dorl.export.parity import prepare_images
+    from dorl.runtime.onnxrt import OnnxRuntimeRunner
+
+    cells = prepare_images(held_out_cells[:8], 224)
+    with OnnxRuntimeRunner(int8_dirs[QDQ], providers=["cpu"]) as runner:
+        assert runner.qdq_graph and runner.qdq_unfused
+        outputs = runner.infer({"images": cells})
+    expected = run_as_tensorrt(int8_dirs[QDQ] / "model.onnx", cells)
+    for name, value in outputs.items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-5)
+    with OnnxRuntimeRunner(int8_dirs[CPU], providers=["cpu"]) as runner:
+        assert not runner.qdq_graph and not runner.qdq_unfused  # the dynamic CPU variant keeps its integer kernels
 
 def test_gate_never_sees_calibration_cells(calibration_dir: Path) -> None:
     calibration = read_calibration_set(calibration_dir)
