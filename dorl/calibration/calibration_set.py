@@ -11,7 +11,7 @@ a `masks/` folder beside the classes is not a class.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,7 @@ def allocate(counts: Mapping[Stratum, int], size: int, rng: np.random.Generator)
 
 
 def draw_cells(domains: Mapping[str, str | Path], size: int = DEFAULT_SIZE, seed: int = 0,
-               exclude: frozenset[str] = frozenset()) -> list[Cell]:
+               exclude: frozenset[str] = frozenset(), classes: Collection[str] | None = None) -> list[Cell]:
     """Draw up to `size` cells stratified by domain × class, reproducibly.
 
     Args:
@@ -103,6 +103,7 @@ def draw_cells(domains: Mapping[str, str | Path], size: int = DEFAULT_SIZE, seed
         size: how many cells (all of them where fewer exist).
         seed: the random seed; the same seed and files give the same list.
         exclude: sha256 of cells to leave out (e.g. a calibration set when drawing held-out cells).
+        classes: draw only from these class folders (None: every class folder).
 
     Returns:
         The cells, sorted by domain, class and path.
@@ -110,6 +111,8 @@ def draw_cells(domains: Mapping[str, str | Path], size: int = DEFAULT_SIZE, seed
     if size < 1:
         raise ConfigError(f"the calibration set needs at least one cell, got --size {size}.")
     strata = list_strata(domains)
+    if classes is not None:
+        strata = {key: files for key, files in strata.items() if key[1] in set(classes)}
     hashed = {key: [(p, sha256_file(p)) for p in files] for key, files in strata.items()} if exclude else None
     if hashed is not None:
         strata = {key: [p for p, h in pairs if h not in exclude] for key, pairs in hashed.items()}

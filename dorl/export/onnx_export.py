@@ -245,7 +245,10 @@ def _export_checked(what: ExportSource, out_dir: str | Path, precision: str, ops
     calibration_set = _calibration_set(calibration) if precision == "int8" else None
     held = frozenset(c.sha256 for c in calibration_set.cells) if calibration_set else frozenset()
     if images is None:
-        images, where = default_cells(what.metadata, parity_cells, held)
+        # an INT8 export's gate scores these cells too: the model's own classes, at least the gate's count
+        gating = settings is not None and gate_images is None
+        count = max(parity_cells, settings.gate.min_cells) if gating and parity_cells > 0 and settings else parity_cells
+        images, where = default_cells(what.metadata, count, held, what.class_names if gating else None)
         if reporter:
             reporter(f"no --images given: {len(images)} cells from {where}")
     images = list(images)

@@ -54,13 +54,14 @@ def training_domains(metadata: dict[str, Any]) -> dict[str, Path]:
 
 
 def default_cells(metadata: dict[str, Any], count: int = DEFAULT_PARITY_CELLS,
-                  exclude: frozenset[str] = frozenset()) -> tuple[list[str], str]:
+                  exclude: frozenset[str] = frozenset(), classes: Sequence[str] | None = None) -> tuple[list[str], str]:
     """Cells for an export given no images: from the bundle's training domains, else the bundled sample.
 
     Args:
         metadata: the bundle manifest's `metadata` (what `dorl train` recorded).
         count: how many (0: every cell of those folders).
         exclude: sha256 of cells to leave out (an INT8 calibration set).
+        classes: only cells of these classes (the INT8 gate scores the model's own classes); None: all.
 
     Returns:
         (image paths, where they came from, in words).
@@ -75,5 +76,5 @@ def default_cells(metadata: dict[str, Any], count: int = DEFAULT_PARITY_CELLS,
         where = "the sample bundled with dorl (pbc, bccd)"
     if not domains:
         raise ConfigError("no cell images to check the export on: pass --images with image files or folders.")
-    cells = draw_cells(domains, count if count > 0 else 10**9, SEED, exclude=exclude)
+    cells = draw_cells(domains, count if count > 0 else 10**9, SEED, exclude=exclude, classes=classes)
     return [c.path for c in cells], where

@@ -107,3 +107,6 @@ def test_default_cells_come_from_the_training_domains_or_the_bundled_sample(wbc_
     cells, where = default_cells({"domains": [{"name": "x", "root": "/no/such/lab"}]}, 0)
     assert where == "the sample bundled with dorl (pbc, bccd)" and len(cells) == 131
     assert cells[0] not in default_cells({}, 0, exclude=frozenset([sha256_file(cells[0])]))[0]
+    # the INT8 gate's default cells: the model's classes only (a lab's other classes cannot be scored)
+    cells, _ = default_cells(recorded, 30, classes=["lymphocyte", "monocyte"])
+    assert len(cells) == 30 and {Path(c).parent.name for c in cells} == {"lymphocyte", "monocyte"}
