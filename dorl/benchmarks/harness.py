@@ -194,10 +194,13 @@ def _measure(target: Target, cells: accuracy.Cells, settings: BenchSettings) -> 
         pipeline = accuracy.analyzer_pass(session.runner, session.class_names, session.image_size, cells, largest,
                                           inference, framing=target.framing)
         flops = session.flops()
+        from dorl.runtime.onnxrt import OnnxRuntimeRunner
+
+        unfused = isinstance(session.runner, OnnxRuntimeRunner) and session.runner.qdq_unfused  # while active
     finally:
         session.close()
     return {"load_s": load_s, "size_bytes": session.size_bytes, "class_names": session.class_names,
-            "flops": flops, "threads_used": session.threads, "batches": batches, **pipeline}
+            "flops": flops, "threads_used": session.threads, "batches": batches, "qdq_unfused": unfused, **pipeline}
 
 
 def _time_batch(session: Any, pixels: np.ndarray, batch: int, settings: BenchSettings) -> dict[str, Any]:

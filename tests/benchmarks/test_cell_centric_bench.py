@@ -24,6 +24,7 @@ def test_bench_reports_the_second_pass(wbc_dir: Path, tmp_path: Path) -> None:
     cell, whole = report["configurations"]
     assert cell["status"] == "ok" and cell["framing"] == {"input": "cell", "mask": "segmenter", "margin": 0.1}
     assert cell["second_pass_ms_per_cell"] > 0 and whole["second_pass_ms_per_cell"] is None
+    assert cell["qdq_unfused"] is False and whole["qdq_unfused"] is False  # FP32 graphs
     assert cell["stages_ms_per_cell"]["inference"] == pytest.approx(
         2 * next(b["latency_ms"]["p50"] / b["batch"] for b in cell["batches"] if b["batch"] == 4))
     assert any("second (the cell cut out on the host" in note for note in notes(report))

@@ -86,6 +86,21 @@ def test_onnx_runtime_on_the_cpu_runs_the_qdq_graph_as_tensorrt_computes_it(int8
     with OnnxRuntimeRunner(int8_dirs[CPU], providers=["cpu"]) as runner:
         assert not runner.qdq_graph and not runner.qdq_unfused  # the dynamic CPU variant keeps its integer kernels
 
+
+
+def test_bench_says_the_qdq_graph_ran_unfused(int8_dirs: dict[str, Path], held_out_cells: list[str]) -> None:
+    from dorl.benchmarks import accuracy, harness
+    from dorl.benchmarks.report import notes
+
+    cells = accuracy.Cells(tuple(held_out_cells[:4]), (None,) * 4)
+    settings = harness.BenchSettings(batch_sizes=(1,), iterations=1, warmup=1, threads=1, peak_size=64, isolate=False)
+    report = harness.bench([int8_dirs[QDQ], int8_dirs[CPU]], cells, settings)
+    qdq, cpu = report["configurations"]
+    assert qdq["status"] == "ok" and qdq["qdq_unfused"] and not cpu["qdq_unfused"]
+    expected = (f"{qdq['name']}: a Q/DQ graph made for TensorRT, run by ONNX Runtime on the CPU with its Q/DQ pairs "
+                "unfused (as TensorRT computes it, at float speed); the -cpu INT8 variant is the one made for CPU speed.")
+    assert [n for n in notes(report) if "unfused" in n] == [expected]
+
 def test_gate_never_sees_calibration_cells(calibration_dir: Path) -> None:
     calibration = read_calibration_set(calibration_dir)
     cells = [c.path for c in calibration.cells if c.label in CLASSES]
