@@ -181,6 +181,7 @@ def _skip_reason(target: Target) -> str | None:
 
 def _measure(target: Target, cells: accuracy.Cells, settings: BenchSettings) -> dict[str, Any]:
     from dorl.benchmarks.sessions import open_session
+    from dorl.runtime.onnxrt import OnnxRuntimeRunner
 
     start = time.perf_counter()
     session = open_session(target, settings)
@@ -194,8 +195,6 @@ def _measure(target: Target, cells: accuracy.Cells, settings: BenchSettings) -> 
         pipeline = accuracy.analyzer_pass(session.runner, session.class_names, session.image_size, cells, largest,
                                           inference, framing=target.framing)
         flops = session.flops()
-        from dorl.runtime.onnxrt import OnnxRuntimeRunner
-
         unfused = isinstance(session.runner, OnnxRuntimeRunner) and session.runner.qdq_unfused  # while active
     finally:
         session.close()

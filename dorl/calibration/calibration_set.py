@@ -112,7 +112,8 @@ def draw_cells(domains: Mapping[str, str | Path], size: int = DEFAULT_SIZE, seed
         raise ConfigError(f"the calibration set needs at least one cell, got --size {size}.")
     strata = list_strata(domains)
     if classes is not None:
-        strata = {key: files for key, files in strata.items() if key[1] in set(classes)}
+        wanted = set(classes)
+        strata = {key: files for key, files in strata.items() if key[1] in wanted}
     hashed = {key: [(p, sha256_file(p)) for p in files] for key, files in strata.items()} if exclude else None
     if hashed is not None:
         strata = {key: [p for p, h in pairs if h not in exclude] for key, pairs in hashed.items()}

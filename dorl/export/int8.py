@@ -137,14 +137,16 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
     say(f"scoring FP32 on {len(cells)} held-out cells" + (" (both passes: the whole image, then the cell)"
                                                           if cells.two_pass else ""))
     rows = np.unique(np.linspace(0, len(cells) - 1, min(settings.sweep_cells, len(cells))).astype(int))
-    scorer = _Scorer(cells.run(onnx_infer(fp32_file)), cells, gate.labels, settings.gate, rows)
+    fp32 = onnx_infer(fp32_file)  # one session: the gate's reference, then the calibration crops' masks
+    scorer = _Scorer(cells.run(fp32), cells, gate.labels, settings.gate, rows)
     with tempfile.TemporaryDirectory(prefix="dorl-int8-") as tmp:
         job = _Job(Path(tmp), fp32_model, _link_beside(fp32_file, Path(tmp, "fp32")), base, scorer, settings, say)
         job.macs = node_macs(fp32_model, cells.pixels[:1], job.tmp / "exposed.onnx")
         calibration = CheckCells.load(calibration_set.paths, int(manifest["image_size"]), framing)
         say(f"calibrating the {settings.quantizer} quantizer on {len(calibration)} cells"
             + (" (the whole images and their cells)" if calibration.two_pass else "") + f"; {len(base)} nodes always float")
-        calibration_inputs = calibration.inputs(onnx_infer(fp32_file))
+        calibration_inputs = calibration.inputs(fp32)
+        del fp32
         job.quantize(calibration_inputs, manifest)
         tensorrt = job.tensorrt()
         check({QDQ: tensorrt.report}, tensorrt.selection.advice())
@@ -159,9 +161,9 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
                 results[name].compat = require_compatible(results[name].path, f"the INT8 {name} graph")
         latency = {"fp32": latency_ms(job.fp32_path, cells.pixels)} | {name: latency_ms(r.path, cells.pixels)
                                                                          for name, r in results.items()}
-        common = {**derived_fields(manifest, "int8"), "calibration": {**calibration_set.describe(), "images": len(calibration_inputs),
-                                                          "inputs": "whole images and their cells" if calibration.two_pass
-                                                          else "whole images"},
+        calibrated_on = {"images": len(calibration_inputs),
+                         "inputs": "whole images and their cells" if calibration.two_pass else "whole images"}
+        common = {**derived_fields(manifest, "int8"), "calibration": {**calibration_set.describe(), **calibrated_on},
                   "quantizer": settings.quantizer, "excluded_nodes": base, "exclude_patterns": list(settings.exclude),
                   "kept_float_ops": list(FLOAT_OPS),
                   "latency_ms_per_image": {"onnxruntime_cpu": latency, "batch": LATENCY_BATCH},

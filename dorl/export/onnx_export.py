@@ -246,9 +246,9 @@ def _export_checked(what: ExportSource, out_dir: str | Path, precision: str, ops
     held = frozenset(c.sha256 for c in calibration_set.cells) if calibration_set else frozenset()
     if images is None:
         # an INT8 export's gate scores these cells too: the model's own classes, at least the gate's count
-        gating = settings is not None and gate_images is None
-        count = max(parity_cells, settings.gate.min_cells) if gating and parity_cells > 0 and settings else parity_cells
-        images, where = default_cells(what.metadata, count, held, what.class_names if gating else None)
+        gate = settings.gate if settings is not None and gate_images is None else None
+        count = max(parity_cells, gate.min_cells) if gate is not None and parity_cells > 0 else parity_cells
+        images, where = default_cells(what.metadata, count, held, what.class_names if gate is not None else None)
         if reporter:
             reporter(f"no --images given: {len(images)} cells from {where}")
     images = list(images)
