@@ -173,6 +173,22 @@ def tinyvit_fp16(tmp_path_factory: pytest.TempPathFactory, tinyvit_bundle: tuple
     return folder
 
 
+@pytest.fixture(scope="session")
+def tinyvit_int8(tmp_path_factory: pytest.TempPathFactory, tinyvit_bundle: tuple[Path, list[str]],
+                 tinyvit_fp32: Path, calibration_dir: Path, held_out_cells: list[str]) -> Path:
+    """The default INT8 export of the FP32 artifact (automatic float selection, every variant), gated on
+    the held-out cells: the Q/DQ folder, its `-fp16` and `-cpu` siblings beside it (exported once per session)."""
+    from dorl.export.int8 import Int8Settings
+    from dorl.export.int8_gate import GateThresholds
+    from dorl.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "int8"
+    settings = Int8Settings(gate=GateThresholds(min_cells=len(held_out_cells)))
+    export_onnx(tinyvit_bundle[0], out, "int8", images=held_out_cells, calibration=calibration_dir,
+                fp32_artifact=tinyvit_fp32, int8=settings)
+    return out
+
+
 def _bundled_weights(name: str) -> Path:
     path = find_weights(name)
     assert path is not None, f"{name} is bundled in dorl/assets/weights: the checkout is incomplete"

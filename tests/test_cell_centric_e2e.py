@@ -68,7 +68,7 @@ def test_int8_of_a_cell_centric_bundle_is_calibrated_and_gated_on_its_cells(
     _, folder = framed
     anything = GateThresholds(min_agreement=0.0, max_accuracy_drop=1.0, min_mask_iou=0.0, min_cells=len(held_out_cells))
     manifest = export_onnx(folder / "bundle", folder / "int8", "int8", images=held_out_cells, calibration=calibration_dir,
-                           fp32_artifact=folder / "onnx", int8=Int8Settings(gate=anything, auto_float=False))
+                           fp32_artifact=folder / "onnx", int8=Int8Settings(gate=anything, auto_float=False, cpu_variant=False))
     calibration = manifest["calibration"]
     assert calibration["inputs"] == "whole images and their cells" and calibration["images"] == 2 * calibration["cells"]
     assert manifest["framing"] == FRAMING

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from dorl.demo_report import MASK_IOU_WARNING, _export_lines, _manifests, _mask_warning, _training_lines
 from dorl.evaluation.domain_maps import standardise_per_domain
@@ -15,25 +14,11 @@ from dorl.evaluation.report import SAME_TITLE, SETTING_TITLES, markdown
 from dorl.manifests import read_onnx
 
 
-@pytest.fixture(scope="module")
-def tinyvit_int8(tinyvit_bundle: tuple[Path, list[str]], tinyvit_fp32: Path, calibration_dir: Path,
-                 held_out_cells: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The CPU INT8 variant with only the mask decoder quantized (the gate then holds on this test model)."""
-    from dorl.export.int8 import Int8Settings
-    from dorl.export.int8_gate import GateThresholds
-    from dorl.export.onnx_export import export_onnx
-
-    out = tmp_path_factory.mktemp("onnx") / "int8"
-    settings = Int8Settings(gate=GateThresholds(min_cells=len(held_out_cells)), exclude=("encoder*", "cae*"))
-    export_onnx(tinyvit_bundle[0], out, "int8", images=held_out_cells, calibration=calibration_dir,
-                int8=settings, fp32_artifact=tinyvit_fp32)
-    return out.with_name("int8-cpu")
-
-
 def test_export_rows_from_the_real_manifests(tinyvit_fp32: Path, tinyvit_fp16: Path, tinyvit_int8: Path) -> None:
-    manifests = _manifests({"fp32": tinyvit_fp32, "fp16": tinyvit_fp16, "int8-cpu": tinyvit_int8})
+    cpu = tinyvit_int8.with_name("int8-cpu")  # the CPU variant of the default INT8 export
+    manifests = _manifests({"fp32": tinyvit_fp32, "fp16": tinyvit_fp16, "int8-cpu": cpu})
     rows = _export_lines(manifests)
-    fp32, fp16, int8 = (read_onnx(folder) for folder in (tinyvit_fp32, tinyvit_fp16, tinyvit_int8))
+    fp32, fp16, int8 = (read_onnx(folder) for folder in (tinyvit_fp32, tinyvit_fp16, cpu))
     assert rows[2] == (f"| `fp32` | fp32  | pytorch | 12 | {fp32.parity['max_abs_diff']['probs']:.2e} | 100.0 % "
                        f"| {fp32.parity['mask_iou_mean']:.3f} / {fp32.parity['mask_iou_min']:.3f} | - |")
     assert rows[3].startswith(f"| `fp16` | fp16  | onnx fp32 | 24 | {fp16.parity['max_abs_diff']['probs']:.2e} |")

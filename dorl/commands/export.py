@@ -54,6 +54,9 @@ def export(
     sweep_cells: Annotated[int, typer.Option(
         min=1, help="INT8: gate cells the sensitivity sweep scores each node group on (fewer: faster, noisier).")
     ] = 64,
+    cpu_variant: Annotated[bool, typer.Option(
+        help="INT8: also make the dynamic CPU graph <DIR>-cpu (its own float selection; off saves that time).")
+    ] = True,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace existing ONNX artifacts at the output folders (once the new ones are verified).")
     ] = False,
@@ -69,7 +72,7 @@ def export(
     check_precision(precision)
     tolerances = tolerances_from(atol or [], rtol or [])
     int8 = Int8Settings(quantizer, GateThresholds(min_agreement, max_accuracy_drop, min_mask_iou, gate_cells),
-                        tuple(exclude or ()), auto_float, sweep_cells)
+                        tuple(exclude or ()), auto_float, sweep_cells, cpu_variant)
     sources = [str(p) for p in find_images(images)] if images else None
     if images and not sources:
         raise ConfigError(f"no cell images found in {', '.join(map(str, images))}: pass --images with image files or "
@@ -87,8 +90,12 @@ def _summary(manifest: dict[str, Any], output: Path) -> str:
              f"{parity['max_abs_diff']['probs']:.2e}, top-1 agreement {parity['top1_agreement']:.2%}, "
              f"mask IoU min {parity['mask_iou_min']:.4f}")]
     if manifest["precision"] == "int8":
-        lines.append(f"TensorRT strongly typed (INT8 + FP16) variant: {output.with_name(output.name + '-fp16')}; "
-                     f"CPU variant: {output.with_name(output.name + '-cpu')}")
+        from dorl.export.int8 import CPU, FP16, variant_folders
+
+        refused, folders = manifest["refused_variants"], variant_folders(output)
+        made = {FP16: True, CPU: manifest.get("cpu_variant", True)}
+        lines.extend(f"{name} variant: {folders[name]}" if name not in refused else f"{name} variant: refused by the gate"
+                     for name in (FP16, CPU) if made[name])
         kept = manifest["float_selection"]["kept_groups"]
         lines.append(f"kept in float automatically: {', '.join(kept) if kept else 'nothing'}")
         lines.append("latency (ms/image, ONNX Runtime CPU): " + ", ".join(

@@ -60,6 +60,7 @@ class Int8Settings:
     exclude: tuple[str, ...] = field(default=(), metadata={"help": "node/module/group patterns kept in float"})
     auto_float: bool = field(default=True, metadata={"help": "keep damaging groups in float until the gate holds"})
     sweep_cells: int = field(default=SWEEP_CELLS, metadata={"help": "gate cells the sensitivity sweep scores"})
+    cpu_variant: bool = field(default=True, metadata={"help": "also make the dynamic CPU graph (<DIR>-cpu)"})
 
     def __post_init__(self) -> None:
         if self.quantizer not in QUANTIZERS:
@@ -100,7 +101,7 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
                       settings: Int8Settings = Int8Settings(), reporter: Reporter | None = None,
                       overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Write the Q/DQ artifact to `out_dir`, its FP16-remainder twin to `<out_dir>-fp16` and the CPU
-    one to `<out_dir>-cpu`, each that passes the gate.
+    one to `<out_dir>-cpu` (unless `settings.cpu_variant` is off), each that passes the gate.
 
     The Q/DQ graph is the export: when it fails the gate nothing is written. A twin or CPU graph
     that fails on its own is not written either (an older one at its place is removed with
@@ -150,7 +151,9 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
         job.quantize(calibration_inputs, manifest)
         tensorrt = job.tensorrt()
         check({QDQ: tensorrt.report}, tensorrt.selection.advice())
-        results = {QDQ: tensorrt, CPU: job.cpu(ranking=tensorrt.selection.sweep), FP16: job.fp16_remainder(tensorrt)}
+        results = {QDQ: tensorrt, FP16: job.fp16_remainder(tensorrt)}
+        if settings.cpu_variant:
+            results[CPU] = job.cpu(ranking=tensorrt.selection.sweep)
         refused = {name: {"gate": r.report.to_dict(), "reason": r.report.describe(), "advice": r.selection.advice()}
                    for name, r in results.items() if not r.report.passed}
         for name, why in refused.items():
@@ -167,11 +170,11 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
                   "quantizer": settings.quantizer, "excluded_nodes": base, "exclude_patterns": list(settings.exclude),
                   "kept_float_ops": list(FLOAT_OPS),
                   "latency_ms_per_image": {"onnxruntime_cpu": latency, "batch": LATENCY_BATCH},
-                  "refused_variants": refused}
+                  "refused_variants": refused, "cpu_variant": settings.cpu_variant}
         folders = variant_folders(out_dir)
         written = {name: _write_variant(name, r, folders[name], common, scorer, manifest, overwrite, inputs)
                    for name, r in results.items()}
-        for name in refused:
+        for name in set(folders) - set(written):  # refused, or not asked for
             _remove_stale(folders[name], overwrite)
     say("INT8 gate passed: " + "; ".join(f"{name} {r.report.describe()}" for name, r in results.items()))
     return written[QDQ]

@@ -123,9 +123,11 @@ def test_relaxed_gate_thresholds_reach_the_manifest(app: typer.Typer, tinyvit_bu
     images = [a for p in held_out_cells[:10] for a in ("--images", p)]
     result = _run(app, "export", tinyvit_bundle[0], "-o", tmp_path / "int8", "--precision", "int8", "--fp32",
                   tinyvit_fp32, "--calibration", calibration_dir, "--min-agreement", "0", "--max-accuracy-drop", "1",
-                  "--min-mask-iou", "0", "--gate-cells", "10", "--no-auto-float", *images)
+                  "--min-mask-iou", "0", "--gate-cells", "10", "--no-auto-float", "--no-cpu-variant", *images)
     assert result.exit_code == 0, result.output
     assert "kept in float automatically: nothing" in result.output
+    assert f"strongly typed) variant: {tmp_path / 'int8-fp16'}" in result.output and "(CPU) variant" not in result.output
+    assert (tmp_path / "int8-fp16" / "manifest.json").is_file() and not (tmp_path / "int8-cpu").exists()
     manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
     gate = manifest["gate"]
     assert gate["min_agreement"] == 0.0 and gate["max_accuracy_drop"] == 1.0 and gate["min_mask_iou"] == 0.0
@@ -147,6 +149,6 @@ def test_int8_cli_defaults_are_the_library_defaults() -> None:
     gate, settings = GateThresholds(), Int8Settings()
     assert (defaults["min_agreement"], defaults["max_accuracy_drop"], defaults["min_mask_iou"], defaults["gate_cells"]) \
         == (gate.min_agreement, gate.max_accuracy_drop, gate.min_mask_iou, gate.min_cells)
-    assert (defaults["quantizer"], defaults["auto_float"], defaults["sweep_cells"]) \
-        == (settings.quantizer, settings.auto_float, settings.sweep_cells)
+    assert (defaults["quantizer"], defaults["auto_float"], defaults["sweep_cells"], defaults["cpu_variant"]) \
+        == (settings.quantizer, settings.auto_float, settings.sweep_cells, settings.cpu_variant)
 

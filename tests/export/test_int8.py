@@ -13,21 +13,16 @@ import pytest
 from dorl.artifacts import read_manifest, sha256_file
 from dorl.calibration.calibration_set import read_calibration_set
 from dorl.errors import ConfigError
-from dorl.export.int8 import CPU, FP16, QDQ, Int8Settings
-from dorl.export.int8_gate import GateThresholds, gate_set
+from dorl.export.int8 import CPU, FP16, QDQ, variant_folders
+from dorl.export.int8_gate import gate_set
 from dorl.export.onnx_export import export_onnx
 
 CLASSES = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 
 
 @pytest.fixture(scope="module")
-def int8_dirs(tinyvit_fp32: Path, tinyvit_bundle: tuple[Path, list[str]], calibration_dir: Path,
-              held_out_cells: list[str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("onnx") / "int8"
-    settings = Int8Settings(gate=GateThresholds(min_cells=len(held_out_cells)))
-    export_onnx(tinyvit_bundle[0], out, "int8", images=held_out_cells, calibration=calibration_dir,
-                fp32_artifact=tinyvit_fp32, int8=settings)
-    return {QDQ: out, FP16: out.with_name("int8-fp16"), CPU: out.with_name("int8-cpu")}
+def int8_dirs(tinyvit_int8: Path) -> dict[str, Path]:
+    return variant_folders(tinyvit_int8)
 
 
 def test_int8_artifacts_pass_the_gate_and_say_their_target(int8_dirs: dict[str, Path], tinyvit_fp32: Path,

@@ -161,6 +161,19 @@ def test_a_variant_that_fails_on_its_own_is_left_out_and_its_old_folder_removed(
     assert read_manifest(tmp_path / "a" / "int8-cpu", "onnx")["refused_variants"] == refused
 
 
+def test_without_the_cpu_variant_no_cpu_graph_is_made_and_an_old_one_goes(tmp_path: Path, calibration: Path) -> None:
+    first = _export(tmp_path, calibration, Int8Settings(gate=RELAXED, auto_float=False))
+    assert first["cpu_variant"] and (tmp_path / "int8-cpu" / "manifest.json").is_file()
+    fp32 = tmp_path / "fp32"
+    cells = read_calibration_set(calibration)
+    gate = gate_set(gate_cells(), CLASSES, frozenset(c.sha256 for c in cells.cells), RELAXED.min_cells)
+    settings = Int8Settings(gate=RELAXED, auto_float=False, cpu_variant=False)
+    manifest = quantize_artifact(fp32, tmp_path / "int8", cells, gate, settings, overwrite=True)
+    assert manifest["cpu_variant"] is False and manifest["refused_variants"] == {}
+    assert not (tmp_path / "int8-cpu").exists()  # no CPU graph of the previous export beside the new one
+    assert read_manifest(tmp_path / "int8-fp16", "onnx")["cpu_variant"] is False
+
+
 def _quantized(folder: Path) -> set[str]:
     import onnx
 
