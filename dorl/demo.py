@@ -26,7 +26,6 @@ class DemoConfig:
 
     quick: bool = False
     calibration_size: int = 64
-    sweep_cells: int = 32  # the INT8 sensitivity sweep's cells (of the 67 gate cells)
     batch_sizes: tuple[int, ...] = (1, 4)
     iterations: int = 5
 
@@ -131,7 +130,7 @@ def _export(out: Path, bundle: Path, config: DemoConfig) -> dict[str, Path]:
     # variant: its own float selection doubled the INT8 step, and on an x86 CPU without VNNI it ran no
     # faster than FP32 (the README bundle: 249 vs 243 ms per cell)
     int8 = Int8Settings(gate=GateThresholds(min_cells=len(gate) - config.calibration_size), auto_float=not config.quick,
-                        sweep_cells=config.sweep_cells, cpu_variant=False)
+                        cpu_variant=False)
     try:
         export_onnx(bundle, folders["int8"], "int8", images=parity, calibration=out / "calibration",
                     gate_images=gate, int8=int8, fp32_artifact=folders["fp32"], overwrite=True)
