@@ -113,8 +113,9 @@ def parse_framing(raw: Mapping[str, Any]) -> Any:
     try:
         return from_dict(FramingConfig, dict(record))
     except (TypeError, ValueError, ConfigError) as exc:
-        raise ArtifactError(f"the manifest in {raw.get('folder')} records an invalid framing {record!r} ({exc}): "
-                            "re-export the artifact with this dorl.") from exc
+        where = f"the manifest in {raw['folder']}" if raw.get("folder") else "the model's metadata"
+        raise ArtifactError(f"{where} records an invalid framing {record!r} ({exc}): "
+                            "re-train or re-export it with this dorl.") from exc
 
 
 @dataclass(frozen=True)

@@ -162,14 +162,15 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
         for name in (QDQ, FP16):  # the CPU variant is for ONNX Runtime, not TensorRT
             if name in results:
                 results[name].compat = require_compatible(results[name].path, f"the INT8 {name} graph")
-        latency = {"fp32": latency_ms(job.fp32_path, cells.pixels)} | {name: latency_ms(r.path, cells.pixels)
-                                                                         for name, r in results.items()}
+        latency = {"fp32": latency_ms(job.fp32_path, cells.pixels)} | {
+            name: latency_ms(r.path, cells.pixels, unfused=name != CPU) for name, r in results.items()}
         calibrated_on = {"images": len(calibration_inputs),
                          "inputs": "whole images and their cells" if calibration.two_pass else "whole images"}
         common = {**derived_fields(manifest, "int8"), "calibration": {**calibration_set.describe(), **calibrated_on},
                   "quantizer": settings.quantizer, "excluded_nodes": base, "exclude_patterns": list(settings.exclude),
                   "kept_float_ops": list(FLOAT_OPS),
-                  "latency_ms_per_image": {"onnxruntime_cpu": latency, "batch": LATENCY_BATCH},
+                  "latency_ms_per_image": {"onnxruntime_cpu": latency, "batch": LATENCY_BATCH,
+                                           "qdq": "unfused, as dorl's runtime runs Q/DQ graphs on the CPU"},
                   "refused_variants": refused, "cpu_variant": settings.cpu_variant}
         folders = variant_folders(out_dir)
         written = {name: _write_variant(name, r, folders[name], common, scorer, manifest, overwrite, inputs)
@@ -354,11 +355,14 @@ def _link_beside(model: Path, folder: Path) -> Path:
     return folder / model.name
 
 
-def latency_ms(path: Path, images: np.ndarray, batch: int = LATENCY_BATCH, repeats: int = 3) -> float:
-    """Median milliseconds per image of one batch in ONNX Runtime (CPU), after a warm-up run."""
+def latency_ms(path: Path, images: np.ndarray, batch: int = LATENCY_BATCH, repeats: int = 3,
+               unfused: bool = False) -> float:
+    """Median milliseconds per image of one batch in ONNX Runtime (CPU), after a warm-up run; `unfused`
+    (Q/DQ graphs): in the session dorl's runtime runs them in, with the Q/DQ pairs left unfused."""
+    from dorl.export.int8_qdq import tensorrt_session
     from dorl.export.parity import cpu_session
 
-    session = cpu_session(path)
+    session = tensorrt_session(path) if unfused else cpu_session(path)
     feed = {session.get_inputs()[0].name: images[:batch]}
     session.run(None, feed)
     times = []

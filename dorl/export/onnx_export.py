@@ -271,7 +271,8 @@ def _framing(source: ExportSource) -> Any:
     """The framing the bundle was trained with (None: whole images)."""
     from dorl.manifests import parse_framing
 
-    return parse_framing(source.metadata)
+    folder = {"folder": str(source.bundle.folder)} if source.bundle is not None else {}
+    return parse_framing({**source.metadata, **folder})
 
 
 def _int8_settings(settings: Int8Settings | None) -> Int8Settings:

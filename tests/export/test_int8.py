@@ -43,6 +43,22 @@ def test_int8_artifacts_pass_the_gate_and_say_their_target(int8_dirs: dict[str, 
         assert selection["passed"] and len(selection["steps"]) == len(selection["kept_groups"])
         latency = manifest["latency_ms_per_image"]["onnxruntime_cpu"]
         assert set(latency) == {"fp32", QDQ, FP16, CPU} and min(latency.values()) > 0
+        assert manifest["latency_ms_per_image"]["qdq"].startswith("unfused")
+
+
+def test_q_dq_latency_is_timed_in_the_runtimes_unfused_session(int8_dirs: dict[str, Path], held_out_cells: list[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from dorl.data.images import load_rgb, resize_square
+    from dorl.export import int8_qdq
+    from dorl.export.int8 import latency_ms
+
+    opened = []
+    real = int8_qdq.tensorrt_session
+    monkeypatch.setattr(int8_qdq, "tensorrt_session", lambda path: opened.append(path) or real(path))
+    images = np.stack([resize_square(load_rgb(p), 224) for p in held_out_cells[:2]])
+    qdq = int8_dirs[QDQ] / "model.onnx"
+    assert latency_ms(qdq, images, batch=2, repeats=1, unfused=True) > 0 and opened == [qdq]
+    assert latency_ms(qdq, images, batch=2, repeats=1) > 0 and opened == [qdq]  # the default session: fused
 
 
 def test_qdq_graphs_are_what_tensorrt_takes(int8_dirs: dict[str, Path]) -> None:

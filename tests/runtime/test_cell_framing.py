@@ -106,8 +106,12 @@ def test_the_pseudo_mask_framing_cuts_with_the_stain_mask(tiny_artifact: TinyArt
 
 def test_an_invalid_framing_is_refused(tiny_artifact: TinyArtifact, tmp_path: Path) -> None:
     folder = with_framing(tiny_artifact.folder, tmp_path / "bad", {"input": "crop", "mask": "segmenter"})
-    with pytest.raises(ArtifactError, match="invalid framing"):
+    with pytest.raises(ArtifactError, match=f"the manifest in {folder} records an invalid framing"):
         Analyzer(folder)
+    from dorl.manifests import parse_framing
+
+    with pytest.raises(ArtifactError, match="^the model's metadata records an invalid framing .*: re-train or re-export"):
+        parse_framing({"framing": {"input": "crop"}})  # a model's metadata names no folder
 
 
 def test_predict_prints_the_crop(framed: TinyArtifact, tmp_path: Path) -> None:
