@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from dorl.export.int8_gate import GateReport, GateSet, GateThresholds, check, ev
 from dorl.export.int8_groups import FLOAT_OPS, excluded_nodes, group_assignment, head_nodes, node_macs
 from dorl.export.int8_ort import REDUCE_RANGE
 from dorl.export.int8_select import FloatSelection, GroupSensitivity, select_float_groups
+from dorl.export.latency import LATENCY_BATCH, latency_ms
 from dorl.export.trt_compat import require_compatible
 
 QUANTIZERS = ("ort", "modelopt")
@@ -44,7 +44,6 @@ QDQ, FP16, CPU = "Q/DQ (TensorRT)", "Q/DQ + FP16 (TensorRT strongly typed)", "dy
 SUFFIXES = {QDQ: "", FP16: "-fp16", CPU: "-cpu"}
 TARGETS = {QDQ: "tensorrt", FP16: "tensorrt-strongly-typed", CPU: "cpu"}
 SWEEP_CELLS = 64  # the sweep (and the screen before each gate) scores this many of the gate's cells, spread over them
-LATENCY_BATCH = 8
 _BUILDS = {QDQ: "qdq", CPU: "cpu"}  # scratch folder of each variant's candidate graphs
 
 Reporter = Callable[[str], None]
@@ -353,24 +352,6 @@ def _link_beside(model: Path, folder: Path) -> Path:
         if path.exists():
             (folder / path.name).symlink_to(path.resolve())
     return folder / model.name
-
-
-def latency_ms(path: Path, images: np.ndarray, batch: int = LATENCY_BATCH, repeats: int = 3,
-               unfused: bool = False) -> float:
-    """Median milliseconds per image of one batch in ONNX Runtime (CPU), after a warm-up run; `unfused`
-    (Q/DQ graphs): in the session dorl's runtime runs them in, with the Q/DQ pairs left unfused."""
-    from dorl.export.int8_qdq import tensorrt_session
-    from dorl.export.parity import cpu_session
-
-    session = tensorrt_session(path) if unfused else cpu_session(path)
-    feed = {session.get_inputs()[0].name: images[:batch]}
-    session.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000.0 / len(feed[next(iter(feed))]))
 
 
 def _write_variant(name: str, result: _Result, folder: Path, common: dict[str, Any], scorer: _Scorer,

@@ -50,7 +50,7 @@ def test_q_dq_latency_is_timed_in_the_runtimes_unfused_session(int8_dirs: dict[s
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from dorl.data.images import load_rgb, resize_square
     from dorl.export import int8_qdq
-    from dorl.export.int8 import latency_ms
+    from dorl.export.latency import latency_ms
 
     opened = []
     real = int8_qdq.tensorrt_session
