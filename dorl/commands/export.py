@@ -93,9 +93,8 @@ def _summary(manifest: dict[str, Any], output: Path) -> str:
         from dorl.export.int8 import CPU, FP16, variant_folders
 
         refused, folders = manifest["refused_variants"], variant_folders(output)
-        made = {FP16: True, CPU: manifest.get("cpu_variant", True)}
-        lines.extend(f"{name} variant: {folders[name]}" if name not in refused else f"{name} variant: refused by the gate"
-                     for name in (FP16, CPU) if made[name])
+        made = (FP16, CPU) if manifest["cpu_variant"] else (FP16,)  # this export's own manifest: always recorded
+        lines.extend(f"{name} variant: {'refused by the gate' if name in refused else folders[name]}" for name in made)
         kept = manifest["float_selection"]["kept_groups"]
         lines.append(f"kept in float automatically: {', '.join(kept) if kept else 'nothing'}")
         lines.append("latency (ms/image, ONNX Runtime CPU): " + ", ".join(
