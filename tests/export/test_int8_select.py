@@ -111,9 +111,15 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _export(tmp_path: Path, calibration: Path, settings: Int8Settings, **knobs: float) -> dict:  # type: ignore[type-arg]
     fp32 = write_fp32_artifact(mini_dorl(fitted=fitted_biases(), **knobs), tmp_path / "fp32")
+    return _quantize(fp32, tmp_path / "int8", calibration, settings)
+
+
+def _quantize(fp32: Path, out: Path, calibration: Path, settings: Int8Settings,
+              overwrite: bool = False) -> dict:  # type: ignore[type-arg]
+    """The INT8 export of `fp32`, gated on the test cells outside the calibration set."""
     cells = read_calibration_set(calibration)
     gate = gate_set(gate_cells(), CLASSES, frozenset(c.sha256 for c in cells.cells), settings.gate.min_cells)
-    return quantize_artifact(fp32, tmp_path / "int8", cells, gate, settings)
+    return quantize_artifact(fp32, out, cells, gate, settings, overwrite=overwrite)
 
 
 def test_a_fragile_block_goes_back_to_float_and_nothing_more(tmp_path: Path, calibration: Path) -> None:
@@ -148,11 +154,9 @@ def test_a_variant_that_fails_on_its_own_is_left_out_and_its_old_folder_removed(
     first = _export(tmp_path / "a", calibration, settings)  # every variant passes and is written
     assert first["refused_variants"] == {} and (tmp_path / "a" / "int8-fp16" / "manifest.json").is_file()
     fp32 = write_fp32_artifact(mini_dorl(fitted=fitted_biases(), fp16_hazard=2.0**15), tmp_path / "b" / "fp32")
-    cells = read_calibration_set(calibration)
-    gate = gate_set(gate_cells(), CLASSES, frozenset(c.sha256 for c in cells.cells), RELAXED.min_cells)
     with pytest.raises(OutputError, match="pass --overwrite to replace it"):
-        quantize_artifact(fp32, tmp_path / "a" / "int8", cells, gate, settings)
-    manifest = quantize_artifact(fp32, tmp_path / "a" / "int8", cells, gate, settings, overwrite=True)
+        _quantize(fp32, tmp_path / "a" / "int8", calibration, settings)
+    manifest = _quantize(fp32, tmp_path / "a" / "int8", calibration, settings, overwrite=True)
     refused = manifest["refused_variants"]
     assert list(refused) == [FP16] and refused[FP16]["gate"]["top1_agreement"] < 0.5  # its FP16 remainder overflows
     assert refused[FP16]["gate"]["probs_drift"] > 0.9  # overflowed cells count as far as probabilities can be, not NaN
@@ -164,11 +168,8 @@ def test_a_variant_that_fails_on_its_own_is_left_out_and_its_old_folder_removed(
 def test_without_the_cpu_variant_no_cpu_graph_is_made_and_an_old_one_goes(tmp_path: Path, calibration: Path) -> None:
     first = _export(tmp_path, calibration, Int8Settings(gate=RELAXED, auto_float=False))
     assert first["cpu_variant"] and (tmp_path / "int8-cpu" / "manifest.json").is_file()
-    fp32 = tmp_path / "fp32"
-    cells = read_calibration_set(calibration)
-    gate = gate_set(gate_cells(), CLASSES, frozenset(c.sha256 for c in cells.cells), RELAXED.min_cells)
     settings = Int8Settings(gate=RELAXED, auto_float=False, cpu_variant=False)
-    manifest = quantize_artifact(fp32, tmp_path / "int8", cells, gate, settings, overwrite=True)
+    manifest = _quantize(tmp_path / "fp32", tmp_path / "int8", calibration, settings, overwrite=True)
     assert manifest["cpu_variant"] is False and manifest["refused_variants"] == {}
     assert not (tmp_path / "int8-cpu").exists()  # no CPU graph of the previous export beside the new one
     assert read_manifest(tmp_path / "int8-fp16", "onnx")["cpu_variant"] is False
