@@ -78,6 +78,31 @@ def to_nchw_float(cells: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(cells).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
+# -- test-time views ----------------------------------------------------------------------------
+# The views of a classified input that test-time augmentation averages the class probabilities
+# over, by mode; "plain" (the input itself) is always first and is what the features, the "no
+# cell" check and site profiles read. Flips keep the cell and its grey surround and change only
+# the orientation, which a cell on a slide does not have.
+VIEWS = ("plain", "flip_h", "flip_v", "flip_hv")
+TTA_MODES: dict[str, tuple[str, ...]] = {"none": ("plain",), "flips": VIEWS}
+
+
+def view(cells: np.ndarray, name: str) -> np.ndarray:
+    """One view (a name of VIEWS) of uint8 cells [N, S, S, 3], contiguous."""
+    if name not in VIEWS:
+        raise ValueError(f"unknown view {name!r}: choose among {', '.join(VIEWS)}.")
+    flipped = cells[:, :, ::-1] if name in ("flip_h", "flip_hv") else cells
+    flipped = flipped[:, ::-1] if name in ("flip_v", "flip_hv") else flipped
+    return np.ascontiguousarray(flipped)
+
+
+def tta_views(mode: str) -> tuple[str, ...]:
+    """The views a test-time augmentation mode (a key of TTA_MODES) averages over, "plain" first."""
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {mode!r}: choose among {', '.join(TTA_MODES)}.")
+    return TTA_MODES[mode]
+
+
 # -- probabilities and agreement ----------------------------------------------------------------
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax along `axis`, in float32."""

@@ -118,6 +118,24 @@ def parse_framing(raw: Mapping[str, Any]) -> Any:
                             "re-train or re-export it with this dorl.") from exc
 
 
+def parse_tta(raw: Mapping[str, Any]) -> str:
+    """The test-time augmentation a graph's manifest (or a bundle's metadata) records for the analyzer
+    to apply by default (`dorl.contract.TTA_MODES`); "none" when it records none (made before dorl
+    recorded it).
+
+    Raises:
+        ArtifactError: the record is not a known mode.
+    """
+    from dorl.contract import TTA_MODES
+
+    record = raw.get("tta", "none")
+    if record not in TTA_MODES:
+        where = f"the manifest in {raw['folder']}" if raw.get("folder") else "the model's metadata"
+        raise ArtifactError(f"{where} records an unknown test-time augmentation {record!r} (known: "
+                            f"{', '.join(TTA_MODES)}): re-train or re-export it with this dorl.")
+    return str(record)
+
+
 @dataclass(frozen=True)
 class GraphDescription(Manifest):
     """What ONNX graphs and engines share: I/O, classes, input size, the head beside them."""
@@ -130,6 +148,7 @@ class GraphDescription(Manifest):
     head_kind: str | None
     source_bundle_sha256: str | None
     framing: Any  # dorl.data.framing.FramingConfig: how an image becomes the encoder's input; None: whole image
+    tta: str  # the test-time augmentation the analyzer applies unless told otherwise (dorl.contract.TTA_MODES)
 
     @property
     def head_path(self) -> Path | None:
@@ -143,7 +162,8 @@ class GraphDescription(Manifest):
         return {"precision": str(raw.get("precision", "fp32")), "class_names": tuple(raw.get("class_names") or ()),
                 "image_size": int(size) if size is not None else None, "inputs": _specs(raw["inputs"]),
                 "outputs": _specs(raw["outputs"]), "head_kind": head.get("kind"),
-                "source_bundle_sha256": raw.get("source_bundle_sha256"), "framing": parse_framing(raw)}
+                "source_bundle_sha256": raw.get("source_bundle_sha256"), "framing": parse_framing(raw),
+                "tta": parse_tta(raw)}
 
 
 @dataclass(frozen=True)

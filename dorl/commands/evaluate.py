@@ -46,9 +46,13 @@ def evaluate(
     adapt_methods: Annotated[str, typer.Option(
         "--adapt-methods", help="Comma-separated site-adaptation maps, one row each (empty: none): "
                                 "mean, standardise, coral.")] = "mean",
+    tta: Annotated[str, typer.Option(
+        help="Comma-separated test-time augmentations, rows each: none, flips (the head's probabilities "
+             "averaged over the input and its three flips, as `dorl predict --tta flips`; each flip's tokens "
+             "are computed once and cached), or 'bundle': none and the one the bundle records.")] = "bundle",
 ) -> None:
     """Cross-validate heads on the source domain and test them on every other domain, for every
-    feature (CAE variants, pooled tokens), input framing and adaptation."""
+    feature (CAE variants, pooled tokens), input framing, adaptation and test-time augmentation."""
     from dorl.evaluation.report import distinct_settings, headline, write_report
     from dorl.evaluation.run import EvaluationOptions, evaluate_bundle
     from dorl.training.progress import RichReporter
@@ -58,7 +62,9 @@ def evaluate(
     options = EvaluationOptions(heads=_listed(heads), folds=folds, seed=seed, repeats=repeats,
                                 framings=_listed(framings), cae_variants=_variants(cae_variants),
                                 cae_framings=None if cae_framings.strip() == "bundle" else _listed(cae_framings),
-                                adapt_methods=_listed(adapt_methods), device=device, batch_size=batch_size)
+                                adapt_methods=_listed(adapt_methods),
+                                tta=None if tta.strip() == "bundle" else _listed(tta), device=device,
+                                batch_size=batch_size)
     with RichReporter() as reporter:
         result = evaluate_bundle(bundle, domain, cache or output / "cache", options, reporter)
         data = result.to_dict()

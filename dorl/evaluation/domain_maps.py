@@ -1,14 +1,16 @@
 """Per-domain feature maps applied after the protocol's class restriction, from unlabelled cells only.
 
 `align_to_source` is site adaptation as the runtime applies it (`dorl.runtime.site_profile`);
-`standardise_per_domain` is the per-domain standardisation baseline.
+`standardise_per_domain` is the per-domain standardisation baseline. Features may be [N, D] or
+[N, V, D] (test-time views): the statistics come from the plain view, as a site profile is made
+from the analyzer's plain `feature` output, and the map is applied to every view.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from dorl.evaluation.protocol import DomainArrays
+from dorl.evaluation.protocol import DomainArrays, plain_view
 from dorl.runtime.site_profile import DEFAULT_METHOD, RunningStats, affine_map
 
 
@@ -17,7 +19,8 @@ def standardise_per_domain(domains: DomainArrays, eps: float = 1e-6) -> dict[str
     out = {}
     for name, (x, y) in domains.items():
         x = np.asarray(x, dtype=np.float64)
-        out[name] = (((x - x.mean(axis=0)) / (x.std(axis=0) + eps)).astype(np.float32), y)
+        plain = plain_view(x)
+        out[name] = (((x - plain.mean(axis=0)) / (plain.std(axis=0) + eps)).astype(np.float32), y)
     return out
 
 
@@ -29,12 +32,12 @@ def align_to_source(domains: DomainArrays, method: str = DEFAULT_METHOD) -> Doma
     (default: what `dorl adapt` uses).
     """
     names = list(domains)
-    source_stats = _statistics(domains[names[0]][0])
+    source_stats = _statistics(plain_view(domains[names[0]][0]))
     source = {"mean": source_stats.mean, "std": source_stats.std, "cov": source_stats.cov}
     out = {names[0]: domains[names[0]]}
     for name in names[1:]:
         x, y = domains[name]
-        a, b = affine_map(source, _statistics(x), method)
+        a, b = affine_map(source, _statistics(plain_view(x)), method)
         out[name] = ((np.asarray(x, dtype=np.float64) @ a.T + b).astype(np.float32), y)
     return out
 

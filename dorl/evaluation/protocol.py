@@ -16,7 +16,10 @@ training and every test set to the classes present in the source and in every ta
 
 A method is a name and `dict[domain -> (X, y)]` (plus an optional transform run after the
 class restriction, `dorl.evaluation.domain_maps`), so new rows (baselines, site adaptation)
-are other arrays, not other code.
+are other arrays, not other code. X is [N, D], or [N, V, D] for test-time augmentation: V views
+of each cell, the plain view first. The heads are fit on the plain view alone, as `dorl train`
+fits the deployed head, and a cell's label is the argmax of its probabilities averaged over its
+views, as the analyzer decides with `--tta`.
 """
 
 from __future__ import annotations
@@ -162,17 +165,31 @@ def small_classes(counts: Mapping[str, Mapping[str, int]], below: int = SMALL_CL
             if any(n < below for n in per_class.values())}
 
 
+def plain_view(x: np.ndarray) -> np.ndarray:
+    """The plain view's features [N, D] of features [N, D] or [N, V, D]."""
+    return x if np.ndim(x) == 2 else x[:, 0]
+
+
 def fit_predictor(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
     """Fit the training stage's head (scaler + classifier) on (x, y); return its label predictor.
 
     The head is the one `dorl train` deploys (`dorl.training.heads.fit_head`), so the table
-    scores the classifier that ends up in the exported graph.
+    scores the classifier that ends up in the exported graph. It is fit on the plain view of x; the
+    predictor takes features [N, D], or [N, V, D] and averages the head's probabilities over the views.
     """
     from dorl.training.heads import fit_head  # imports torch: only when a head is fit
 
     classes, index = np.unique(y, return_inverse=True)
-    fitted = fit_head(np.asarray(x, dtype=np.float32), index, HeadTrainConfig(kind=kind), seed)
-    return lambda features: classes[fitted.predict(np.asarray(features, dtype=np.float32))]
+    fitted = fit_head(np.asarray(plain_view(x), dtype=np.float32), index, HeadTrainConfig(kind=kind), seed)
+
+    def predict(features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features, dtype=np.float32)
+        if f.ndim == 2:
+            return classes[fitted.predict(f)]
+        probs = np.mean([fitted.probabilities(f[:, v]) for v in range(f.shape[1])], axis=0)
+        return classes[fitted.classes[probs.argmax(axis=1)]]
+
+    return predict
 
 
 def shared_classes(domains: DomainArrays, source: str) -> list[Any]:
@@ -208,9 +225,9 @@ def _check_arrays(method: str, arrays: DomainArrays, domains: tuple[str, ...]) -
     if set(arrays) != set(domains):
         raise ConfigError(f"method {method!r} holds domains {list(arrays)}, not {list(domains)} as the first method.")
     for name, (x, y) in arrays.items():
-        if np.ndim(x) != 2 or len(x) != len(y) or len(y) == 0:
-            raise ConfigError(f"method {method!r}, domain {name!r}: need features [N,D] and N labels with N > 0, "
-                              f"got {np.shape(x)} and {np.shape(y)}.")
+        if np.ndim(x) not in (2, 3) or len(x) != len(y) or len(y) == 0:
+            raise ConfigError(f"method {method!r}, domain {name!r}: need features [N,D] (or [N,V,D] with V views) "
+                              f"and N labels with N > 0, got {np.shape(x)} and {np.shape(y)}.")
 
 
 def _labels(y: np.ndarray) -> list[Any]:

@@ -7,7 +7,10 @@ The table crosses three things, all on the bundle's (LoRA-merged) encoder:
   (`alignment="cls_mean"`), and the pooled encoder tokens (no CAE);
 - the **input framing**: the whole image, or the cell cut out with its mask (`dorl.data.framing`);
 - **site adaptation** or none: each target's features moved onto the source's statistics from
-  its own unlabelled cells, as `dorl adapt` + the analyzer do (`domain_maps.align_to_source`).
+  its own unlabelled cells, as `dorl adapt` + the analyzer do (`domain_maps.align_to_source`);
+- **test-time augmentation** or none (opt-in, `tta`): each test cell's label from the head's
+  probabilities averaged over views of its input (`dorl.contract.TTA_MODES`), as the analyzer's
+  `--tta` does; each view is encoded like the plain input and cached beside it.
 
 By default the CAE rows are DoRL's alone, on the bundle's own input, so the bundle's CAE is read
 and none is trained; pooled tokens are scored on every framing. The ablations and the CAE rows
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dorl.contract import TTA_MODES, tta_views
 from dorl.data.framing import FRAMINGS, FramingConfig
 from dorl.errors import ConfigError
 from dorl.evaluation.compare import compare_rows
@@ -60,6 +64,7 @@ FEATURES = (*CAE_VARIANTS, POOLED_METHOD)
 # (minutes on a CPU), so the two ablations are opt-in (`--cae-variants all`).
 DEFAULT_CAE_VARIANTS = (DORL_METHOD,)
 NO_ADAPTATION = "none"
+NO_TTA = "none"
 
 
 def variant_schedule(schedule: CaeTrainConfig, variant: str) -> CaeTrainConfig:
@@ -123,25 +128,37 @@ def variant_cae(model: DoRLModel, token_sets: Sequence[TokenSet], config: CaeTra
     return cae.eval()
 
 
-def method_name(feature: str, framing: str, adaptation: str = NO_ADAPTATION) -> str:
-    """A row's name, e.g. "pooled tokens · cell + adapt (mean)"."""
-    return f"{feature} · {framing}" + ("" if adaptation == NO_ADAPTATION else f" + adapt ({adaptation})")
+def method_name(feature: str, framing: str, adaptation: str = NO_ADAPTATION, tta: str = NO_TTA) -> str:
+    """A row's name, e.g. "pooled tokens · cell + TTA flips + adapt (mean)"."""
+    return (f"{feature} · {framing}" + ("" if tta == NO_TTA else f" + TTA {tta}")
+            + ("" if adaptation == NO_ADAPTATION else f" + adapt ({adaptation})"))
 
 
 def feature_methods(feature: str, framing: str, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                    adapt_methods: Sequence[str]) -> list[Method]:
-    """One feature on one framing: the plain row, then one adapted row per site-adaptation map."""
-    tags = {"feature": feature, "framing": framing}
-    methods = [Method(method_name(feature, framing), arrays, tags={**tags, "adaptation": NO_ADAPTATION})]
+                    adapt_methods: Sequence[str], tta: str = NO_TTA) -> list[Method]:
+    """One feature on one framing with one test-time augmentation (arrays [N,V,D] for V > 1 views):
+    the plain row, then one adapted row per site-adaptation map."""
+    tags = {"feature": feature, "framing": framing, "tta": tta}
+    methods = [Method(method_name(feature, framing, tta=tta), arrays, tags={**tags, "adaptation": NO_ADAPTATION})]
     for m in adapt_methods:
-        methods.append(Method(method_name(feature, framing, m), arrays, functools.partial(align_to_source, method=m),
-                              tags={**tags, "adaptation": m}))
+        methods.append(Method(method_name(feature, framing, m, tta), arrays,
+                              functools.partial(align_to_source, method=m), tags={**tags, "adaptation": m}))
     return methods
 
 
 def token_set_arrays(token_sets: Sequence[TokenSet], features: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """domain -> (features(token set) [N,D], its labels), in the token sets' order."""
     return {t.domain: (features(t), np.asarray(t.labels)) for t in token_sets}
+
+
+def view_arrays(per_view: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], views: Sequence[str]
+                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The arrays of one test-time augmentation from every view's (view -> `token_set_arrays`): the
+    plain view's [N,D] alone, or the views stacked [N,V,D] in the order given, plain first."""
+    if len(views) == 1:
+        return dict(per_view[views[0]])
+    plain = per_view[views[0]]
+    return {d: (np.stack([per_view[v][d][0] for v in views], axis=1), y) for d, (_, y) in plain.items()}
 
 
 @dataclass(frozen=True)
@@ -158,6 +175,9 @@ class EvaluationOptions:
     cae_variants: tuple[str, ...] = DEFAULT_CAE_VARIANTS  # CAE rows (pooled tokens are always scored);
     # tuple(CAE_VARIANTS) adds the ablations without mean-matching and aligned on the CLS
     adapt_methods: tuple[str, ...] = (DEFAULT_METHOD,)  # one adapted row per feature and framing, each
+    # test-time augmentations (keys of dorl.contract.TTA_MODES), rows each on every framing; None: none, and
+    # the bundle's own on the bundle's input (the shipped pipeline), whose views are the only extra encoder passes
+    tta: tuple[str, ...] | None = None
     device: str = "auto"  # auto, cpu or cuda for the encoder and the CAEs
     batch_size: int = 32  # images per encoder pass
 
@@ -177,6 +197,9 @@ class EvaluationOptions:
             raise ConfigError(f"unknown CAE variant {bad[0]!r}: choose among {', '.join(CAE_VARIANTS)}.")
         if self.batch_size < 1:
             raise ConfigError(f"the batch size must be at least 1, got {self.batch_size}.")
+        bad = [t for t in self.tta or () if t not in TTA_MODES]
+        if bad or self.tta == ():
+            raise ConfigError(f"unknown test-time augmentation {bad or '(none)'}: choose among {', '.join(TTA_MODES)}.")
 
     def protocol(self, source: str) -> Protocol:
         """The protocol for `source` (which checks the heads, folds and seeds); one class setting: the
@@ -193,7 +216,8 @@ def evaluate_bundle(bundle: str | Path, domains: Sequence[str | tuple[str, str |
         domains: "NAME=PATH" strings or (name, path) pairs; the first is the source domain. Only the
             bundle's classes are kept.
         cache_dir: tokens (one folder per framing) and trained CAE variants, reused when model and images match.
-        options: heads, folds, seeds, framings, CAE variants, adaptation, device and batch size.
+        options: heads, folds, seeds, framings, CAE variants, adaptation, test-time augmentation, device and
+            batch size.
         reporter: progress and notes.
 
     Raises:
@@ -201,7 +225,7 @@ def evaluate_bundle(bundle: str | Path, domains: Sequence[str | tuple[str, str |
     """
     from dorl.bundle import load_bundle
     from dorl.data.domains import load_domains
-    from dorl.manifests import read_bundle
+    from dorl.manifests import parse_tta, read_bundle
     from dorl.training.device import resolve_device
 
     reporter = reporter or NullReporter()
@@ -214,18 +238,28 @@ def evaluate_bundle(bundle: str | Path, domains: Sequence[str | tuple[str, str |
     trusted = tuple(manifest.metadata.get("ssim_targets", {}).get("segmenter_trusted_on", []))
     methods, trained = [], {}
     cae_framings = options.cae_framings if options.cae_framings is not None else (train.framing.input,)
+    bundle_tta = parse_tta(manifest.metadata)
     for framing in options.framings:
+        modes = options.tta if options.tta is not None else tuple(dict.fromkeys(
+            (NO_TTA, bundle_tta if framing == train.framing.input else NO_TTA)))
+        views = list(dict.fromkeys(v for mode in modes for v in tta_views(mode)))
         settings = InputSettings(dataclasses.replace(train.framing, input=framing), train.cae.ssim_masks, trusted)
-        tokens = _tokens(model, loaded, Path(cache_dir), settings, manifest.metadata, torch_device, options, reporter)
+        view_sets = {v: _tokens(model, loaded, Path(cache_dir), dataclasses.replace(settings, view=v),
+                                manifest.metadata, torch_device, options, reporter) for v in views}
+        tokens = view_sets["plain"]
+        features: list[tuple[str, Any]] = []
         for variant in options.cae_variants if framing in cae_framings else ():
             own = framing == train.framing.input and is_variant(train.cae, variant)
             schedule = train.cae if own else variant_schedule(train.cae, variant)
             cae = model.cae if own else variant_cae(model, tokens, schedule, torch_device, cache_dir, train.seed,
                                                     settings.key(""), reporter)
             trained[method_name(variant, framing)] = "the bundle's CAE" if own else dataclasses.asdict(schedule)
-            arrays = token_set_arrays(tokens, functools.partial(_cls, cae))
-            methods += feature_methods(variant, framing, arrays, options.adapt_methods)
-        methods += feature_methods(POOLED_METHOD, framing, token_set_arrays(tokens, _pooled), options.adapt_methods)
+            features.append((variant, functools.partial(_cls, cae)))
+        for feature, read in [*features, (POOLED_METHOD, _pooled)]:
+            per_view = {v: token_set_arrays(sets, read) for v, sets in view_sets.items()}
+            for mode in modes:
+                methods += feature_methods(feature, framing, view_arrays(per_view, tta_views(mode)),
+                                           options.adapt_methods, mode)
     result = evaluate(methods, protocol, reporter)
     if options.cae_variants and not set(cae_framings) & set(options.framings):
         result.notes.append(f"no CAE rows: they are scored on {', '.join(cae_framings)} input, which is not among the "
@@ -233,7 +267,8 @@ def evaluate_bundle(bundle: str | Path, domains: Sequence[str | tuple[str, str |
     for setting, rows in result.to_dict()["settings"].items():
         result.comparisons[setting] = (compare_rows(rows["rows"], "feature", POOLED_METHOD)
                                        + compare_rows(rows["rows"], "framing", "whole")
-                                       + compare_rows(rows["rows"], "adaptation", NO_ADAPTATION))
+                                       + compare_rows(rows["rows"], "adaptation", NO_ADAPTATION)
+                                   + compare_rows(rows["rows"], "tta", NO_TTA))
     result.info = {"bundle": str(bundle), "encoder": model.config.encoder, "classes": list(model.config.class_names),
                    "bundle_framing": dataclasses.asdict(train.framing), "domains": [d.describe() for d in loaded],
                    "cae": trained}
@@ -256,16 +291,17 @@ def _pooled(token_set: TokenSet) -> np.ndarray:
 def _tokens(model: DoRLModel, loaded: list[Any], cache_dir: Path, settings: InputSettings,
             metadata: Mapping[str, Any], device: torch.device, options: EvaluationOptions,
             reporter: Reporter) -> list[TokenSet]:
-    """The domains' tokens for one framing: the training run's cache when it holds exactly these
-    (same weights, settings and images), else `cache_dir/<framing>` (read or computed there; the
+    """The domains' tokens for one framing and view: the training run's cache when it holds exactly these
+    (same weights, settings and images), else `cache_dir/<framing>[.<view>]` (read or computed there; the
     training run's pseudo masks, which depend on the pixels only, are reused for it)."""
     from dorl.artifacts import sha256_file
     from dorl.training.token_cache import cached_tokens, load_token_set
 
     recorded = metadata.get("token_cache", {})
     folder = Path(recorded["folder"]) if recorded.get("folder") else None
-    target = cache_dir / settings.framing.input
-    if folder is not None and folder.is_dir():
+    target = cache_dir / (settings.framing.input if settings.view == "plain"
+                          else f"{settings.framing.input}.{settings.view}")
+    if folder is not None and folder.is_dir() and settings.view == "plain":  # training caches the plain view
         fingerprint = model_fingerprint(model)
         found = []
         for domain in loaded:

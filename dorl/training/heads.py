@@ -41,6 +41,19 @@ class FittedHead:
             return self.classifier.predict_proba(scaled)
         return self.classifier.decision_function(scaled)
 
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """The deployed graph's `probs` over `classes` [N, K]: softmax of the decision function (linear
+        heads; a two-class head's single column d is the logits [0, d], as exported) or the MLP's
+        predict_proba."""
+        from dorl.contract import softmax
+
+        decision = self.decision(features)
+        if self.kind == "mlp":
+            return np.asarray(decision, dtype=np.float32)
+        if decision.ndim == 1:
+            decision = np.stack([np.zeros_like(decision), decision], axis=1)
+        return softmax(decision)
+
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Predicted class indices."""
         return self.classifier.predict(self.scaler.transform(features))

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from dorl.artifacts import sha256_file
+from dorl.contract import VIEWS, view
 from dorl.data.domains import Domain, Sample
 from dorl.data.framing import FramingConfig
 from dorl.data.images import load_rgb, resize_square
@@ -55,20 +56,29 @@ class InputSettings:
         framing: the encoder's input (whole image or cell crop, and the crop's mask).
         ssim_masks: "best" or "segmenter" (see `dorl.training.cell_inputs.target_mask`).
         trusted: domains whose segmenter masks may cut SSIM targets where no better mask exists.
+        view: the view of the framed input the encoder reads (`dorl.contract.VIEWS`: a flip for
+            test-time augmentation); the SSIM targets are the plain view's.
     """
 
     framing: FramingConfig = field(default_factory=FramingConfig)
     ssim_masks: str = "best"
     trusted: tuple[str, ...] = ()
+    view: str = "plain"
 
     def __post_init__(self) -> None:
         if self.ssim_masks not in SSIM_MASKS:
             raise ValueError(f"ssim_masks must be one of {SSIM_MASKS}, got {self.ssim_masks!r}")
+        if self.view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {self.view!r}")
 
     def key(self, domain: str) -> str:
-        """This domain's settings as a JSON string (what a cache file must match)."""
-        return json.dumps({"framing": dataclasses.asdict(self.framing), "ssim_masks": self.ssim_masks,
-                           "trust_segmenter": domain in self.trusted}, sort_keys=True)
+        """This domain's settings as a JSON string (what a cache file must match); a plain view's key
+        names no view, so caches written before views existed still match."""
+        settings = {"framing": dataclasses.asdict(self.framing), "ssim_masks": self.ssim_masks,
+                    "trust_segmenter": domain in self.trusted}
+        if self.view != "plain":
+            settings["view"] = self.view
+        return json.dumps(settings, sort_keys=True)
 
 
 @dataclass
@@ -153,21 +163,24 @@ def encode_domain(model: DoRLModel, domain: Domain, device: torch.device, batch_
     size = model.config.image_size
     samples = list(domain.samples)
     tokens, targets, sources, empty, touches = [], [], [], 0, 0
-    task = f"tokens {domain.name}"
+    task = f"tokens {domain.name}" + ("" if settings.view == "plain" else f" ({settings.view})")
     reporter.start(task, len(samples))
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         images = _read(chunk)
         whole = np.stack([resize_square(i, size) for i in images])
         seg = None
-        if need_segmenter or not settings.framing.cell:
+        if need_segmenter or (not settings.framing.cell and settings.view == "plain"):
             whole_tokens, seg = _segment(model, whole, device)
         masks = [CellMasks(expert=None if s.mask_path is None else load_cell_mask(s.mask_path),
                            pseudo=None if pseudo is None else pseudo[start + i],
                            segmenter=None if seg is None else seg[i]) for i, s in enumerate(chunk)]
         batch = cell_inputs(images, masks, settings.framing, size, domain.name in settings.trusted,
                             settings.ssim_masks)
-        token_map = _encode(model, batch.inputs, device) if settings.framing.cell else whole_tokens
+        if settings.framing.cell or settings.view != "plain":
+            token_map = _encode(model, view(batch.inputs, settings.view), device)
+        else:
+            token_map = whole_tokens
         tokens.append(token_map.to("cpu", torch.float16))
         targets.append(torch.from_numpy(batch.targets).permute(0, 3, 1, 2))
         sources += batch.target_sources

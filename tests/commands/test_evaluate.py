@@ -149,3 +149,42 @@ def test_by_default_only_the_bundles_own_cae_is_scored(bundle: Path, domains: di
     assert results["info"]["cae"] == {"DoRL (CAE CLS) · cell": "the bundle's CAE"}
     assert not list((out / "cache").glob("cae_*.safetensors"))
     assert not any("CAEs the bundle does not hold" in note for note in results["notes"])
+
+
+def test_flip_rows_beside_the_plain_ones_with_their_paired_difference(bundle: Path, domains: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    args = [bundle, "-d", f"pbc={domains['pbc']}", "-d", f"bccd={domains['bccd']}", "-o", out, "--heads", "logreg",
+            "--folds", "2", "--repeats", "1", "--device", "cpu", "--adapt-methods", "", "--framings", "cell"]
+    code, _, stderr = invoke(*args, "--tta", "none,flips")
+    assert code == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    rows = results["settings"]["all"]["rows"]
+    assert [r["method"] for r in rows] == ["DoRL (CAE CLS) · cell", "DoRL (CAE CLS) · cell + TTA flips",
+                                           "pooled tokens · cell", "pooled tokens · cell + TTA flips"]
+    assert [r["tags"]["tta"] for r in rows] == ["none", "flips", "none", "flips"]
+    flips = [c for c in results["settings"]["all"]["comparisons"] if c["compared"] == "tta: flips vs none"]
+    assert [c["method"] for c in flips] == ["DoRL (CAE CLS) · cell + TTA flips", "pooled tokens · cell + TTA flips"]
+    assert sorted(p.name for p in (out / "cache").iterdir() if p.is_dir()) == [
+        "cell", "cell.flip_h", "cell.flip_hv", "cell.flip_v"]
+    code, _, err = invoke(*args, "--tta", "flips,rot90")
+    assert code == 1 and "unknown test-time augmentation ['rot90']" in err
+
+
+def test_by_default_the_bundles_own_flips_are_scored_on_its_input_only(domains: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    """A bundle recording flips (as `dorl train` does): the default table holds the shipped pipeline's rows."""
+    torch.manual_seed(0)
+    config = ModelConfig(encoder="sam_vit_test", cae_depth=1, cae_decoder_depth=1, class_names=CLASSES, lora=None)
+    train = dataclasses.replace(cpu_schedule(config), cae=CaeTrainConfig(epochs=0))
+    save_bundle(build_model(config), tmp_path / "bundle", {"train_config": train_config_to_dict(train), "tta": "flips"})
+    out = tmp_path / "eval"
+    code, _, stderr = invoke(tmp_path / "bundle", "-d", f"pbc={domains['pbc']}", "-d", f"bccd={domains['bccd']}",
+                             "-o", out, "--heads", "logreg", "--folds", "2", "--repeats", "1", "--device", "cpu",
+                             "--adapt-methods", "")
+    assert code == 0, stderr
+    rows = json.loads((out / "results.json").read_text())["settings"]["all"]["rows"]
+    assert [r["method"] for r in rows] == ["pooled tokens · whole", "DoRL (CAE CLS) · cell",
+                                           "DoRL (CAE CLS) · cell + TTA flips", "pooled tokens · cell",
+                                           "pooled tokens · cell + TTA flips"]
+    assert not list((out / "cache").glob("whole.*"))  # no flipped whole images were encoded

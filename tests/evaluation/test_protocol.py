@@ -153,3 +153,58 @@ def test_intervals_shrink_with_more_splits(domains) -> None:
     narrow, wide = many.average(metric="balanced_accuracy"), few.average(metric="balanced_accuracy")
     assert len(narrow.folds) == 15 and len(wide.folds) == 3
     assert 0 < narrow.ci95 < wide.ci95
+
+
+def with_views(x: np.ndarray, noise: float, seed: int, views: int = 4) -> np.ndarray:
+    """[N,V,D]: the plain view first, then views with independent noise around the same cell."""
+    rng = np.random.default_rng(seed)
+    extra = x[:, None] + rng.normal(0.0, noise, (len(x), views - 1, x.shape[1]))
+    return np.concatenate([x[:, None], extra], axis=1).astype(np.float32)
+
+
+def test_views_train_on_the_plain_view_and_average_the_probabilities() -> None:
+    from dorl.evaluation.protocol import fit_predictor
+    from dorl.training.config import HeadTrainConfig
+    from dorl.training.heads import fit_head
+
+    x, y = make_domain(30, 0)
+    garbage = np.concatenate([x[:, None], np.full((len(x), 3, 6), 1e3, np.float32)], axis=1)
+    predict = fit_predictor("logreg", garbage, y, seed=3)  # the other views never reach the head
+    plain = fit_predictor("logreg", x, y, seed=3)
+    test, _ = make_domain(10, 5, offset=SHIFT * 0.3)
+    np.testing.assert_array_equal(predict(test), plain(test))
+    views = with_views(test, 2.0, seed=6)
+    classes, index = np.unique(y, return_inverse=True)
+    fitted = fit_head(x, index, HeadTrainConfig(kind="logreg"), 3)
+    mean = np.mean([fitted.probabilities(views[:, v]) for v in range(4)], axis=0)
+    np.testing.assert_array_equal(predict(views), classes[mean.argmax(1)])
+    assert (predict(views) != predict(views[:, 0])).any()  # the averaging decides some cells
+
+
+def test_noisy_views_averaged_beat_the_plain_view_alone() -> None:
+    src, tgt = make_domain(30, 0), make_domain(40, 1)
+    # four views of each cell, each with its own noise: averaging them is what helps
+    x = (tgt[0][:, None] + np.random.default_rng(9).normal(0, 2.0, (len(tgt[0]), 4, 6))).astype(np.float32)
+    protocol = Protocol("src", heads=("svm",), folds=5, repeats=1)
+    plain = evaluate_method("plain", {"src": src, "tgt": (x[:, 0], tgt[1])}, protocol)[0]
+    tta = evaluate_method("tta", {"src": (with_views(src[0], 0.0, 3), src[1]), "tgt": (x, tgt[1])}, protocol)[0]
+    assert tta.domains["src"].accuracy.mean == plain.domains["src"].accuracy.mean == 1.0
+    assert tta.domains["tgt"].balanced_accuracy.mean > plain.domains["tgt"].balanced_accuracy.mean + 0.03
+
+
+def test_adaptation_of_views_takes_its_statistics_from_the_plain_view(domains) -> None:
+    src, shifted = domains["src"], domains["shifted"]
+    views = np.concatenate([shifted[0][:, None], shifted[0][:, None] + 5.0], axis=1)
+    adapted = align_to_source({"src": src, "shifted": (views, shifted[1])}, method="standardise")
+    moved = adapted["shifted"][0]
+    assert moved.shape == views.shape
+    np.testing.assert_allclose(moved[:, 0].mean(0), src[0].mean(0), atol=1e-4)  # the plain view lands on the source
+    np.testing.assert_allclose(moved[:, 0].std(0, ddof=1), src[0].std(0, ddof=1), rtol=1e-3)
+    step = moved[:, 1] - moved[:, 0]  # one affine map for every view: the +5 of view 1 is scaled alike in every cell
+    np.testing.assert_allclose(step, np.broadcast_to(step[0], step.shape), atol=1e-3)
+    assert not np.allclose(step[0], 5.0)
+    standardised = standardise_per_domain({"shifted": (views, shifted[1])})["shifted"][0]
+    np.testing.assert_allclose(standardised[:, 0].mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(standardised[:, 0].std(0), 1.0, atol=1e-4)
+    with pytest.raises(ConfigError, match=r"\[N,V,D\] with V views"):
+        evaluate([("bad", {"src": (src[0][:, None, None], src[1])})], Protocol("src"))

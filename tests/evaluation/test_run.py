@@ -22,6 +22,7 @@ from dorl.evaluation.run import (
     method_name,
     token_set_arrays,
     variant_cae,
+    view_arrays,
     variant_schedule,
 )
 from dorl.models.registry import build_model
@@ -87,11 +88,30 @@ def test_feature_methods_name_and_tag_every_row(model) -> None:
     assert [m.name for m in methods] == ["pooled tokens · cell", "pooled tokens · cell + adapt (mean)",
                                         "pooled tokens · cell + adapt (coral)"]
     assert [m.tags["adaptation"] for m in methods] == ["none", "mean", "coral"]
-    assert all(m.tags["feature"] == POOLED_METHOD and m.tags["framing"] == "cell" for m in methods)
+    assert all(m.tags["feature"] == POOLED_METHOD and m.tags["framing"] == "cell" and m.tags["tta"] == "none"
+               for m in methods)
     plain, adapted = methods[0].arrays(), methods[1].arrays()
     np.testing.assert_allclose(plain["src"][0], adapted["src"][0])  # the source is never moved
     np.testing.assert_allclose(adapted["tgt"][0].mean(0), plain["src"][0].mean(0), atol=1e-4)
     assert method_name(DORL_METHOD, "whole") == "DoRL (CAE CLS) · whole"
+
+
+def test_flip_rows_stack_the_views_plain_first_and_are_named_and_tagged(model) -> None:
+    pooled = lambda t: t.tokens.float().mean(dim=(2, 3)).numpy()  # noqa: E731
+    per_view = {v: token_set_arrays(token_sets(seed), pooled) for seed, v in enumerate(("plain", "flip_h", "flip_v"))}
+    stacked = view_arrays(per_view, ("plain", "flip_h", "flip_v"))
+    for domain, (x, y) in stacked.items():
+        assert x.shape == (len(y), 3, 96)
+        for i, v in enumerate(("plain", "flip_h", "flip_v")):
+            np.testing.assert_array_equal(x[:, i], per_view[v][domain][0])
+        np.testing.assert_array_equal(y, per_view["plain"][domain][1])
+    alone = view_arrays(per_view, ("plain",))
+    assert alone["src"][0].shape == (6, 96)
+    methods = feature_methods(DORL_METHOD, "cell", stacked, ("mean",), tta="flips")
+    assert [m.name for m in methods] == ["DoRL (CAE CLS) · cell + TTA flips",
+                                        "DoRL (CAE CLS) · cell + TTA flips + adapt (mean)"]
+    assert all(m.tags["tta"] == "flips" for m in methods)
+    assert methods[1].arrays()["tgt"][0].shape == (4, 3, 96)  # adaptation keeps the views
 
 
 def test_options_refuse_unknown_framings_and_variants() -> None:
@@ -99,6 +119,8 @@ def test_options_refuse_unknown_framings_and_variants() -> None:
         EvaluationOptions(framings=("crop",))
     with pytest.raises(ConfigError, match="unknown CAE variant"):
         EvaluationOptions(cae_variants=("MAE",))
+    with pytest.raises(ConfigError, match="unknown test-time augmentation.*none, flips"):
+        EvaluationOptions(tta=("none", "rotations"))
     assert EvaluationOptions().protocol("pbc").seeds == (1234, 1235, 1236)
 
 

@@ -86,3 +86,18 @@ def test_one_class_is_refused_and_summary_records_training_accuracy(real_feature
     summary = head_summary(fitted, features, labels)
     assert summary["kind"] == "logreg" and summary["classes_seen"] == [0, 1, 2, 3, 4]
     assert 0.2 <= summary["train_accuracy"] <= 1.0
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize(("kind", "classes"), [("svm", [0, 1, 3]), ("svm", [1, 4]), ("logreg", [0, 1, 3]),
+                                               ("mlp", [0, 1, 3])])
+def test_probabilities_are_the_deployed_graphs_probs(kind: str, classes: list[int], real_features) -> None:
+    """What test-time augmentation averages: softmax of the exported head's logits, over the classes seen."""
+    features, labels = real_features
+    keep = np.isin(labels, classes)
+    fitted = fit_head(features[keep], labels[keep], HeadTrainConfig(kind=kind, max_iter=300 if kind == "mlp" else 20000))
+    deployed = torch.from_numpy(logits_of(to_torch_head(fitted, 96, 5), features)).softmax(1).numpy()
+    probs = fitted.probabilities(features)
+    assert probs.shape == (len(features), len(classes))
+    np.testing.assert_allclose(probs, deployed[:, classes], atol=1e-4)
+    np.testing.assert_array_equal(fitted.classes[probs.argmax(1)], fitted.predict(features))

@@ -93,3 +93,25 @@ def test_cell_framing_encodes_the_crop_and_reuses_the_pseudo_masks(model, tiny_d
     reporter = RecordingReporter()
     cached_tokens(model, [pbc], tmp_path, CPU, reporter=reporter, settings=settings)
     assert reporter.tasks() == []  # same settings: read back
+
+
+def test_a_flipped_view_is_encoded_flipped_and_cached_apart(model, tiny_domains: list[Domain], tmp_path: Path) -> None:
+    pbc = tiny_domains[0]
+    framing = FramingConfig(input="cell")
+    plain = InputSettings(framing)
+    assert "view" not in plain.key("pbc")  # caches written before views existed still match
+    flipped = InputSettings(framing, view="flip_h")
+    assert plain.key("pbc") != flipped.key("pbc")
+    reporter = RecordingReporter()
+    token_set = cached_tokens(model, [pbc], tmp_path / "h", CPU, reporter=reporter, settings=flipped)[0]
+    assert reporter.tasks() == ["pseudo masks pbc", "tokens pbc (flip_h)"]
+    image = load_rgb(pbc.samples[0].path)
+    crop = crop_cell(image, pseudo_mask(resize_square(image, 224)), 224).image
+    with torch.no_grad():
+        tokens, _ = model.encode(torch.from_numpy(crop[None, :, ::-1].copy()).permute(0, 3, 1, 2).float())
+    torch.testing.assert_close(token_set.tokens[:1].float(), tokens, atol=2e-2, rtol=1e-2)
+    reporter = RecordingReporter()
+    cached_tokens(model, [pbc], tmp_path / "h", CPU, reporter=reporter, settings=plain)
+    assert reporter.tasks() == ["tokens pbc"]  # the flipped file does not stand for the plain view
+    with pytest.raises(ValueError, match="view must be one of"):
+        InputSettings(framing, view="rot90")
