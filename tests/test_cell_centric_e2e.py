@@ -40,7 +40,7 @@ def framed(tinyvit_bundle: tuple[Path, list[str]], tmp_path_factory: pytest.Temp
     """The TinyViT model saved as a cell-centric bundle (segmenter's mask) and its verified FP32 export."""
     model = load_bundle(tinyvit_bundle[0])
     folder = tmp_path_factory.mktemp("framed")
-    save_bundle(model, folder / "bundle", metadata={"framing": FRAMING})
+    save_bundle(model, folder / "bundle", metadata={"framing": FRAMING, "tta": "flips"})
     export_onnx(folder / "bundle", folder / "onnx", "fp32", images=CELLS[:4])
     return model, folder
 
@@ -49,9 +49,10 @@ def test_cell_centric_onnx_agrees_with_pytorch(framed: tuple[object, Path]) -> N
     model, folder = framed
     cells = CELLS
     assert read_artifact(folder / "onnx").framing == FramingConfig(**FRAMING)
+    assert read_artifact(folder / "onnx").tta == "flips"  # the bundle's choice travels with the graph
     assert read_manifest(folder / "onnx")["parity"]["images"] == 4
 
-    with Analyzer(folder / "onnx", batch_size=8, check_cells=False) as analyzer:
+    with Analyzer(folder / "onnx", batch_size=8, check_cells=False, tta="none") as analyzer:
         results = analyzer.analyze(cells)
     probs, crops = torch_two_pass(model, [load_rgb(p) for p in cells])
     onnx_probs = np.array([[r.probs[n] for n in analyzer.class_names] for r in results])
@@ -71,7 +72,7 @@ def test_int8_of_a_cell_centric_bundle_is_calibrated_and_gated_on_its_cells(
                            fp32_artifact=folder / "onnx", int8=Int8Settings(gate=anything, auto_float=False, cpu_variant=False))
     calibration = manifest["calibration"]
     assert calibration["inputs"] == "whole images and their cells" and calibration["images"] == 2 * calibration["cells"]
-    assert manifest["framing"] == FRAMING
+    assert manifest["framing"] == FRAMING and manifest["tta"] == "flips"
 
     # the gate's FP32 accuracy is the FP32 analyzer's, on the cells it cut out (not on the whole images)
     with Analyzer(folder / "onnx", batch_size=8, check_cells=False) as analyzer:

@@ -99,7 +99,8 @@ def collect_cells(
 
 
 def analyzer_pass(runner: Any, class_names: Sequence[str], image_size: int, cells: Cells, batch: int,
-                  inference_ms_per_cell: float | None = None, framing: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  inference_ms_per_cell: float | None = None, framing: Mapping[str, Any] | None = None,
+                  tta: str = "none") -> dict[str, Any]:
     """Every cell through the shipped `Analyzer` (decode, resize, batched inference, softmax, mask) at `batch`.
 
     Args:
@@ -113,33 +114,39 @@ def analyzer_pass(runner: Any, class_names: Sequence[str], image_size: int, cell
         framing: the model's framing record (`dorl.data.framing`); with input "cell" the analyzer
             runs two passes, and the same cells are also run in one pass (whole images) to price
             the second (the crop on the host and inference on it).
+        tta: the analyzer's test-time augmentation (`dorl.contract.TTA_MODES`); other than "none", the
+            cells are also run without it, to price its extra classifying passes.
 
     Returns:
         The analyzer's time per cell (and its split), each cell's top-1 class index and probabilities;
-        `second_pass_ms_per_cell` for a cell-centric model (None otherwise).
+        `second_pass_ms_per_cell` for a cell-centric model and `tta_ms_per_cell` with test-time
+        augmentation (None otherwise).
     """
+    from dorl.contract import tta_views
     from dorl.manifests import parse_framing
     from dorl.runtime.analyzer import Analyzer
 
     config = parse_framing({"framing": framing, "folder": "the benchmarked model"}) if framing else None
-    analyzer = Analyzer(runner, batch_size=batch, class_names=list(class_names), image_size=image_size, framing=config)
-    start = time.perf_counter()
-    results = analyzer.analyze(list(cells.paths))
-    total_ms = (time.perf_counter() - start) * 1e3 / len(cells.paths)
-    second_pass = None
-    passes = 1
-    if analyzer.framing is not None:
-        passes = 2
-        whole = Analyzer(runner, batch_size=batch, class_names=list(class_names), image_size=image_size)
+
+    def timed(framed: Any, mode: str) -> tuple[list[Any], float]:
+        analyzer = Analyzer(runner, batch_size=batch, class_names=list(class_names), image_size=image_size,
+                            framing=framed, tta=mode)
         start = time.perf_counter()
-        whole.analyze(list(cells.paths))
-        second_pass = max(total_ms - (time.perf_counter() - start) * 1e3 / len(cells.paths), 0.0)
+        found = analyzer.analyze(list(cells.paths))
+        return found, (time.perf_counter() - start) * 1e3 / len(cells.paths)
+
+    results, total_ms = timed(config, tta)
+    plain_ms = total_ms if tta == "none" else timed(config, "none")[1]
+    cell_centric = config is not None and config.cell
+    second_pass = max(plain_ms - timed(None, "none")[1], 0.0) if cell_centric else None
+    passes = (2 if cell_centric else 1) + len(tta_views(tta)) - 1
     probs = np.array([[r.probs.get(c, np.nan) for c in class_names] for r in results], dtype=np.float64)
     finite = np.asarray(np.isfinite(probs).all(axis=1), dtype=bool)
     stages = None if inference_ms_per_cell is None else {
         "inference": inference_ms_per_cell * passes, "host": max(total_ms - inference_ms_per_cell * passes, 0.0)}
     return {"pipeline_batch": batch, "analyzer_ms_per_cell": total_ms, "stages_ms_per_cell": stages,
-            "second_pass_ms_per_cell": second_pass,
+            "second_pass_ms_per_cell": second_pass, "tta": tta,
+            "tta_ms_per_cell": None if tta == "none" else max(total_ms - plain_ms, 0.0),
             "failed_cells": int((~finite).sum()),
             "predictions": [int(row.argmax()) if ok else -1 for row, ok in zip(probs, finite)],
             "probs": np.where(finite[:, None], probs, 0.0).round(6).tolist()}

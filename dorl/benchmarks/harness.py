@@ -27,7 +27,7 @@ import numpy as np
 
 from dorl.benchmarks import accuracy, timing
 from dorl.benchmarks.memory import RssSampler, current_rss, memory_summary
-from dorl.contract import load_cells
+from dorl.contract import TTA_MODES, load_cells
 from dorl.errors import ConfigError, DorlError
 
 Reporter = Callable[[str], None]
@@ -45,6 +45,7 @@ class BenchSettings:
     device: str = "cpu"  # cpu, or cuda (ONNX Runtime CUDA provider, torch on the GPU)
     isolate: bool = True  # a fresh process per configuration (clean peak memory)
     peak_size: int = 1536  # side of the matmul that measures this machine's peak
+    tta: str | None = None  # the analyzer's test-time augmentation (dorl.contract.TTA_MODES); None: each model's own
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -55,6 +56,8 @@ class BenchSettings:
             raise ConfigError(f"threads must be at least 1, got {self.threads}: omit it for the default.")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}.")
+        if self.tta is not None and self.tta not in TTA_MODES:
+            raise ConfigError(f"unknown --tta {self.tta!r}: choose one of {', '.join(TTA_MODES)}.")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Target:
     precision: str
     class_names: tuple[str, ...] = ()
     framing: dict[str, Any] | None = None  # the model's framing record; input "cell": the analyzer runs two passes
+    tta: str = "none"  # the test-time augmentation the model records (dorl.contract.TTA_MODES)
 
 
 def targets_from(artifacts: Sequence[str | Path], bundle: str | Path | None) -> list[Target]:
@@ -75,14 +79,15 @@ def targets_from(artifacts: Sequence[str | Path], bundle: str | Path | None) -> 
     Raises:
         ArtifactError: an artifact is missing, corrupt or not an ONNX graph or engine.
     """
-    from dorl.manifests import GraphDescription, parse_framing, read_artifact, read_bundle
+    from dorl.manifests import GraphDescription, parse_framing, parse_tta, read_artifact, read_bundle
 
     targets = []
     if bundle is not None:
         read = read_bundle(bundle, verify=False)
         framing = parse_framing({**read.metadata, "folder": str(bundle)})  # refuses a malformed record now
         targets.append(Target("pytorch-eager-fp32", "pytorch", str(bundle), "fp32", read.class_names,
-                              asdict(framing) if framing is not None else None))
+                              asdict(framing) if framing is not None else None,
+                              parse_tta({**read.metadata, "folder": str(bundle)})))
     for path in artifacts:
         manifest = read_artifact(path, ("onnx", "engine"), verify=False)
         assert isinstance(manifest, GraphDescription)
@@ -93,7 +98,7 @@ def targets_from(artifacts: Sequence[str | Path], bundle: str | Path | None) -> 
         if any(t.name == name for t in targets):
             name = f"{name}:{manifest.folder.name}"
         targets.append(Target(name, backend, str(path), manifest.precision, manifest.class_names,
-                              asdict(manifest.framing) if manifest.framing is not None else None))
+                              asdict(manifest.framing) if manifest.framing is not None else None, manifest.tta))
     if not targets:
         raise ConfigError("nothing to benchmark: give at least one artifact folder or --bundle.")
     return targets
@@ -193,7 +198,7 @@ def _measure(target: Target, cells: accuracy.Cells, settings: BenchSettings) -> 
         largest = max((b["batch"] for b in timed), default=session.max_batch or 1)
         inference = next((b["latency_ms"]["p50"] / b["batch"] for b in timed if b["batch"] == largest), None)
         pipeline = accuracy.analyzer_pass(session.runner, session.class_names, session.image_size, cells, largest,
-                                          inference, framing=target.framing)
+                                          inference, framing=target.framing, tta=settings.tta or target.tta)
         flops = session.flops()
         unfused = isinstance(session.runner, OnnxRuntimeRunner) and session.runner.qdq_unfused  # while active
     finally:

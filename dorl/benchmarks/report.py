@@ -123,6 +123,10 @@ def notes(report: dict[str, Any]) -> list[str]:
             found.append(f"{r['name']}: cell-centric, two passes per batch; the second (the cell cut out on the host, "
                          f"inference on the crop) costs {r['second_pass_ms_per_cell']:.2f} of the analyzer's "
                          f"{r['analyzer_ms_per_cell']:.2f} ms per cell.")
+        if r.get("tta_ms_per_cell") is not None:
+            found.append(f"{r['name']}: test-time augmentation {r['tta']} (the classifying pass also on each flip, "
+                         f"probabilities averaged) costs {r['tta_ms_per_cell']:.2f} of the analyzer's "
+                         f"{r['analyzer_ms_per_cell']:.2f} ms per cell.")
         if r.get("qdq_unfused"):
             found.append(f"{r['name']}: a Q/DQ graph made for TensorRT, run by ONNX Runtime on the CPU with its Q/DQ "
                          "pairs unfused (as TensorRT computes it, at float speed); the -cpu INT8 variant is the one "

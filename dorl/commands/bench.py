@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dorl.commands.common import console, user_errors
+from dorl.commands.common import TtaOption, console, user_errors
 from dorl.errors import ConfigError
 
 
@@ -40,6 +40,7 @@ def bench(
         "--max-cells", "-n", min=1, help="At most this many cells (labelled first).")] = 64,
     device: Annotated[str, typer.Option(help="cpu, or cuda (ONNX Runtime CUDA provider, torch on the GPU).")] = "cpu",
     plots: Annotated[bool, typer.Option(help="Write latency, throughput and accuracy PNGs.")] = True,
+    tta: TtaOption = None,
 ) -> None:
     """Benchmark each configuration on the same real cells and write the report."""
     from dorl.benchmarks.accuracy import collect_cells
@@ -49,7 +50,7 @@ def bench(
 
     paths = list(artifacts or [])
     settings = BenchSettings(batch_sizes=parse_batch_sizes(batch_sizes), iterations=iterations, warmup=warmup,
-                             threads=threads, device=device)
+                             threads=threads, device=device, tta=tta)
     targets = targets_from(paths, bundle)  # checks every artifact before any image is read
     if not images and labelled is None:
         raise ConfigError("no cells to benchmark on: give --labelled DOMAIN and/or --images FOLDER.")

@@ -20,6 +20,10 @@ ThresholdOption = Annotated[
     float, typer.Option(min=0.0, max=1.0, help="Top probability below which a cell is flagged uncertain.")]
 BackendOption = Annotated[str, typer.Option(help=BACKEND_HELP)]
 SiteOption = Annotated[Path | None, typer.Option(help="Site profile from `dorl adapt` for this lab.")]
+TtaOption = Annotated[str | None, typer.Option(
+    help="Test-time augmentation: none, or flips (each cell is also classified flipped left-right, up-down and "
+         "both, and the four probabilities averaged: 4 classifying passes per cell). Default: what the artifact "
+         "records (flips for models trained by this dorl, none for older ones).")]
 
 
 def console():  # type: ignore[no-untyped-def]

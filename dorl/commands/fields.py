@@ -10,7 +10,14 @@ from typing import Annotated
 
 import typer
 
-from dorl.commands.common import BackendOption, BatchSizeOption, SiteOption, ThresholdOption, user_errors
+from dorl.commands.common import (
+    BackendOption,
+    BatchSizeOption,
+    SiteOption,
+    ThresholdOption,
+    TtaOption,
+    user_errors,
+)
 
 
 @user_errors
@@ -26,6 +33,7 @@ def fields(
     no_cell_check: Annotated[bool, typer.Option(
         "--no-cell-check", help="Label every cell found, even one whose mask or feature says it holds no white cell.")
     ] = False,
+    tta: TtaOption = None,
 ) -> None:
     """One JSON line per white cell (box, crop box, edge, mask, label, probabilities), per empty or unreadable frame.
 
@@ -35,7 +43,7 @@ def fields(
     from dorl.runtime.options import AnalyzerOptions
     from dorl.runtime.stream import stop_on_signals
 
-    request = FieldRequest(AnalyzerOptions(artifact, batch_size, threshold, backend, site, not no_cell_check),
+    request = FieldRequest(AnalyzerOptions(artifact, batch_size, threshold, backend, site, not no_cell_check, tta),
                            tuple(frames))
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)

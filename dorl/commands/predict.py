@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dorl.commands.common import BACKEND_HELP, console, user_errors
+from dorl.commands.common import BACKEND_HELP, TtaOption, console, user_errors
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 every image labelled; 1 nothing analysed (bad artifact, option or output); 2 usage error; "
@@ -45,6 +45,7 @@ def predict(
     fields: Annotated[bool, typer.Option(
         "--fields", help="The images are whole camera frames: find every white cell and give one record per cell "
                          "(its box in the frame, edge flag, label), as `dorl fields` does.")] = False,
+    tta: TtaOption = None,
 ) -> None:
     """Classify and segment cell images; results stream out batch by batch, bad images are reported per image.
 
@@ -58,10 +59,9 @@ def predict(
 
     if json_out and csv_out:
         raise typer.BadParameter("--json and --csv exclude each other: choose one output format.")
+    options = AnalyzerOptions(artifact, batch_size, threshold, backend, site, not no_cell_check, tta)
     if fields:
-        _predict_fields(artifact, images, json_out, csv_out or save_masks is not None, batch_size, threshold, backend,
-                        site, not no_cell_check)
-    options = AnalyzerOptions(artifact, batch_size, threshold, backend, site, not no_cell_check)
+        _predict_fields(options, images, json_out, csv_out or save_masks is not None)
     request = PredictRequest(options, tuple(images), save_masks, overwrite)
     plan = prepare_predict(request)
     for note in plan.notes:
@@ -82,12 +82,10 @@ def predict(
     raise typer.Exit(code)
 
 
-def _predict_fields(artifact: Path, frames: list[Path], json_out: bool, refused: bool, batch_size: int,
-                    threshold: float, backend: str, site: Path | None, check_cells: bool) -> None:
+def _predict_fields(options: Any, frames: list[Path], json_out: bool, refused: bool) -> None:
     """Whole frames: the field analysis's records (JSON Lines, or one text line per cell), same exit codes."""
     from dorl.fields.records import text_line
     from dorl.fields.run import FieldRequest, run_fields
-    from dorl.runtime.options import AnalyzerOptions
     from dorl.runtime.stream import stop_on_signals
 
     if refused:
@@ -98,7 +96,7 @@ def _predict_fields(artifact: Path, frames: list[Path], json_out: bool, refused:
         sys.stdout.write((json.dumps(record, allow_nan=False) if json_out else text_line(record)) + "\n")
         sys.stdout.flush()
 
-    request = FieldRequest(AnalyzerOptions(artifact, batch_size, threshold, backend, site, check_cells), tuple(frames))
+    request = FieldRequest(options, tuple(frames))
     with stop_on_signals() as stop:
         tally = run_fields(request, write, stop, warn=_warn)
     typer.echo(tally.summary(), err=True)

@@ -14,6 +14,7 @@ from dorl.commands.common import (
     BatchSizeOption,
     SiteOption,
     ThresholdOption,
+    TtaOption,
     console,
     fail,
     user_errors,
@@ -33,6 +34,7 @@ def report(
     threshold: ThresholdOption = 0.5,
     backend: BackendOption = "auto",
     site: SiteOption = None,
+    tta: TtaOption = None,
 ) -> None:
     """Count the slide's white cells by type (percentages with 95 % intervals) and write the review gallery."""
     from dorl.fields.report import field_report
@@ -45,7 +47,7 @@ def report(
     else:
         from dorl.runtime.options import AnalyzerOptions
 
-        options = AnalyzerOptions(artifact, batch_size, threshold, backend, site)
+        options = AnalyzerOptions(artifact, batch_size, threshold, backend, site, tta=tta)
         options.check_values()  # every option before the model is loaded, as predict does
         checked = options.check_artifact()
         for note in checked.notes:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dorl.commands.common import user_errors
+from dorl.commands.common import TtaOption, user_errors
 
 
 @user_errors
@@ -39,6 +39,7 @@ def serve(
     site: Annotated[
         Path | None, typer.Option(help="Site profile from `dorl adapt` applied by the /analyze endpoint.")
     ] = None,
+    tta: TtaOption = None,
 ) -> None:
     """Load the artifact once and answer KServe v2 requests (and whole cells) until SIGTERM."""
     from dorl.serve.config import ServeConfig
@@ -48,7 +49,7 @@ def serve(
                          max_delay_ms=max_delay_ms, queue_size=queue_size,
                          max_request_bytes=int(max_request_mb * (1 << 20)),
                          max_inflight_bytes=int(max_inflight_mb * (1 << 20)), timeout_s=timeout, drain_s=drain,
-                         threshold=threshold, mask_format=mask, backend=backend, threads=threads)
+                         threshold=threshold, mask_format=mask, backend=backend, threads=threads, tta=tta)
     server = Server(artifact, config, site)
     typer.echo(server.describe())
     typer.echo(f"  endpoints: {server.url}/v2/models/{name}/infer (KServe v2), {server.url}/v2/models/{name}/analyze "

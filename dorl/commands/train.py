@@ -57,6 +57,9 @@ def train(
                                                        "reads)")] = None,
     classes: Annotated[str | None, typer.Option(help="comma-separated classes; default: those every "
                                                         "domain has")] = None,
+    tta: Annotated[str | None, typer.Option(help="the test-time augmentation the bundle records for the deployed "
+                                                 "analyzer: 'flips' (average over the cell and its three flips) "
+                                                 "or 'none'; default: the schedule's (flips)")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="reuse finished stages' checkpoints")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     backend: Annotated[str, typer.Option(help="under torchrun: auto (nccl on GPUs, gloo on CPUs), nccl or gloo")] = "auto",
@@ -84,6 +87,8 @@ def train(
         config = dataclasses.replace(config, cae=dataclasses.replace(config.cae, epochs=epochs_cae))
     if alignment is not None:
         config = dataclasses.replace(config, cae=dataclasses.replace(config.cae, alignment=alignment))
+    if tta is not None:
+        config = dataclasses.replace(config, tta=tta)
     if framing is not None or crop_mask is not None:
         framed = FramingConfig(framing or config.framing.input, crop_mask or config.framing.mask, config.framing.margin)
         config = dataclasses.replace(config, framing=framed)
@@ -93,7 +98,8 @@ def train(
     for d in domains:
         show.print(d.describe())
     show.print(f"classes: {', '.join(class_list)}; schedule: {config.schedule}; device: {device}; "
-               f"input: {config.framing.input}" + (f" (crop mask: {config.framing.mask})" if config.framing.cell else ""))
+               f"input: {config.framing.input}" + (f" (crop mask: {config.framing.mask})" if config.framing.cell else "")
+               + f"; test-time augmentation: {config.tta}")
     with RichReporter() if processes.is_main else nullcontext(NullReporter()) as reporter:
         result = run_training(domains, out, config, stages=tuple(_split(stages)), resume=resume, reporter=reporter,
                               checkpoint=checkpoint, device=device)

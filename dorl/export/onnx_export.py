@@ -173,6 +173,8 @@ def export_fp32(source: ExportSource, out_dir: str | Path, cells: CheckCells, op
         fields = base_fields(model, inputs_spec, outputs_spec, graph, source.sha256)
         if "framing" in source.metadata:  # the runtime frames each image as the model was trained (dorl.data.framing)
             fields["framing"] = dict(source.metadata["framing"])
+        if "tta" in source.metadata:  # and averages the views the bundle was chosen with (dorl.contract.TTA_MODES)
+            fields["tta"] = source.metadata["tta"]
         head = write_head(model, source.feature_stats(), stage)
         if head:
             fields["head"] = {"kind": model.config.head, "file": HEAD_FILE}

@@ -107,7 +107,8 @@ def adapt_site(
     if not found.files and previous is None:
         raise ArtifactError(f"no images found in {cells}: give a folder of the site's cell images.")
     stats = previous.stats if previous is not None else RunningStats(source["mean"].shape[0])
-    with Analyzer(artifact, backend=backend, check_cells=False) as analyzer:
+    # the profile is made from the plain view's feature: no test-time views (their passes would be thrown away)
+    with Analyzer(artifact, backend=backend, check_cells=False, tta="none") as analyzer:
         used = collect_features(analyzer, found.files, stats, progress)
     _report_left_out(found, used, warn)
     seen = [d for d, ok in zip(found.digests, used) if ok]

@@ -10,6 +10,11 @@ but the current batch is held in memory.
 A cell-centric artifact (its manifest records `framing` with input "cell") is run twice per
 batch: pass 1 on the whole images gives the masks, the host cuts each cell out
 (`dorl.runtime.cell_framing`), and pass 2 on the crops gives labels, probabilities and features.
+
+With test-time augmentation (`tta="flips"`), the classifying pass (pass 2, or the only pass) also
+runs on each flip of its input, one inference call per view, so an engine's max batch still bounds
+every call; a cell's probabilities are the mean over its views (each through the site profile
+when there is one). Its feature, "no cell" check and drift watch read the plain view.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dorl.artifacts import read_manifest
+from dorl.contract import TTA_MODES, tta_views, view
 from dorl.data.images import ImageSource, decode_image, describe_source, resize_square
 from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.runtime import postprocess
@@ -68,6 +74,7 @@ class Analyzer:
         check_cells: bool = True,
         warn: Callable[[str], None] | None = None,
         framing: Any = None,
+        tta: str | None = None,
     ) -> None:
         """Load (not yet activate) the runner for `artifact`.
 
@@ -88,9 +95,16 @@ class Analyzer:
             warn: called with a sentence when the cells look like another lab than the site profile's.
             framing: a `dorl.data.framing.FramingConfig`, for a runner given directly (an artifact's
                 manifest records its own); input "cell" runs the two passes.
+            tta: test-time augmentation, a key of `dorl.contract.TTA_MODES`: "none", or "flips" (the
+                classifying pass also runs on the input's three flips and the probabilities are averaged);
+                None: what the artifact's manifest records (`dorl train` records the best row of
+                `dorl evaluate`'s table), "none" for a runner given directly.
         """
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+        if tta is not None and tta not in TTA_MODES:
+            raise ConfigError(f"unknown test-time augmentation {tta!r}: choose among {', '.join(TTA_MODES)}.")
+        recorded = "none"
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"threshold must be within [0, 1], got {threshold}.")
         self.site: SiteProfile | None = None
@@ -103,10 +117,11 @@ class Analyzer:
                 raise ConfigError("an analyzer around a runner needs the class names of its head.")
             runner, names, cap = artifact, list(class_names), MAX_BATCH
         else:
-            from dorl.manifests import parse_framing
+            from dorl.manifests import parse_framing, parse_tta
 
             manifest = read_manifest(artifact, verify=False)  # the runner verifies the files
             framing = framing or parse_framing(manifest)
+            recorded = parse_tta(manifest)
             runner = load_runner(artifact, backend, **({"threads": threads} if threads is not None else {}))
             names = list(class_names or manifest.get("class_names") or [])
             image_size = image_size or manifest.get("image_size")
@@ -117,6 +132,7 @@ class Analyzer:
                 self.drift_watch = DriftWatch.of_source(source, warn)
             if site is not None:
                 self._use_site(site, manifest, source, warn)
+        self.tta = tta if tta is not None else recorded
         if max_batch is not None:
             cap = min(cap, max_batch)
         self.runner, self.class_names = runner, names
@@ -135,7 +151,8 @@ class Analyzer:
 
     @classmethod
     def from_runner(cls, runner: BaseRunner, class_names: Sequence[str], batch_size: int = 8,
-                    threshold: float = 0.5, image_size: int | None = None, max_batch: int | None = None) -> Analyzer:
+                    threshold: float = 0.5, image_size: int | None = None, max_batch: int | None = None,
+                    tta: str | None = None) -> Analyzer:
         """An analyzer around an existing runner (e.g. a TensorRT runner built elsewhere).
 
         Args:
@@ -143,9 +160,10 @@ class Analyzer:
             class_names: the head's classes, in output order.
             image_size: S, when the input spec does not fix it.
             max_batch: the runner's largest batch (an engine's optimisation profile), if it has one.
+            tta: test-time augmentation ("none" or "flips"; None: "none").
         """
         return cls(runner, batch_size=batch_size, threshold=threshold, class_names=class_names, image_size=image_size,
-                   max_batch=max_batch)
+                   max_batch=max_batch, tta=tta)
 
     def _load_head(self, manifest: dict[str, Any], needed: bool) -> dict[str, np.ndarray] | None:
         """The host-side head and source statistics, when the artifact carries them (or `needed`)."""
@@ -238,14 +256,16 @@ class Analyzer:
                 decoded_rgb.append(decoded.rgb)
         if slots:
             self.runner.activate()
-            outputs = self.runner.infer({self.input_name: np.stack(pixels)})
+            classified = np.stack(pixels)
+            outputs = self.runner.infer({self.input_name: classified})
             framed: list[Framed | None] = [None] * len(slots)
             if self.framing is not None:
-                outputs, framed, failures = self._second_pass(outputs, decoded_rgb)
+                outputs, framed, failures, classified = self._second_pass(outputs, decoded_rgb)
                 for row, error in failures.items():
                     i = slots[row][0]
                     results[i] = CellResult.failed(describe_source(sources[i]), error)
-            batch = _Batch(self, outputs)
+            views = [self.runner.infer({self.input_name: view(classified, name)}) for name in tta_views(self.tta)[1:]]
+            batch = _Batch(self, outputs, views)
             for row, (i, size_hw, notes, stain) in enumerate(slots):
                 if results[i] is None:
                     results[i] = batch.cell(row, describe_source(sources[i]), size_hw, notes, framed[row], stain)
@@ -258,12 +278,13 @@ class Analyzer:
         return stain_area(pixels)
 
     def _second_pass(self, whole: dict[str, np.ndarray], images: list[np.ndarray]
-                     ) -> tuple[dict[str, np.ndarray], list[Framed | None], dict[int, str]]:
+                     ) -> tuple[dict[str, np.ndarray], list[Framed | None], dict[int, str], np.ndarray]:
         """Cut each image's cell using pass 1's outputs, run the graph on the crops.
 
         Returns:
             The batch's outputs (pass 2's, with pass 1's mask logits: the record's mask is the
-            whole image's), each row's crop, and the rows whose crop could not be made (row -> why).
+            whole image's), each row's crop, the rows whose crop could not be made (row -> why),
+            and the crops (pass 2's input).
         """
         assert self.framing is not None
         masks = whole.get(MASK_LOGITS)
@@ -271,7 +292,7 @@ class Analyzer:
         outputs = dict(self.runner.infer({self.input_name: crops}))
         if masks is not None:
             outputs[MASK_LOGITS] = masks
-        return outputs, framed, failures
+        return outputs, framed, failures, crops
 
     def class_probabilities(self, outputs: dict[str, np.ndarray], adapted: np.ndarray | None = None) -> np.ndarray:
         """The class probabilities [B, C] of a batch: the one place the head's output is read.
@@ -298,13 +319,20 @@ def _cell_check(source: dict[str, np.ndarray] | None, distance: FeatureDistance 
 
 
 class _Batch:
-    """One batch's outputs and what follows from them, read once per batch."""
+    """One batch's outputs and what follows from them, read once per batch.
 
-    def __init__(self, analyzer: Analyzer, outputs: dict[str, np.ndarray]) -> None:
+    `views` are the classifying pass's outputs on the other test-time views of its input: the
+    probabilities are the mean over all views; everything else reads `outputs` (the plain view).
+    """
+
+    def __init__(self, analyzer: Analyzer, outputs: dict[str, np.ndarray],
+                 views: Sequence[dict[str, np.ndarray]] = ()) -> None:
         self.analyzer, self.outputs = analyzer, outputs
         features = outputs.get(FEATURE)
         adapted = analyzer.site.apply(features) if analyzer.site is not None and features is not None else features
         self.probs = analyzer.class_probabilities(outputs, adapted)
+        if views:
+            self.probs = np.mean([self.probs, *(analyzer.class_probabilities(v) for v in views)], axis=0)
         self.finite = postprocess.finite_rows(outputs) & np.isfinite(self.probs).all(axis=1)
         self.distances: np.ndarray | None = None
         self.scores: np.ndarray | None = None

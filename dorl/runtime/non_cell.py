@@ -45,7 +45,7 @@ def non_cell_features(artifact: str | Path, images: Iterable[ImageSource], threa
     from dorl.runtime.analyzer import Analyzer
 
     features, skipped = [], []
-    with Analyzer(artifact, check_cells=False, threads=threads) as analyzer:
+    with Analyzer(artifact, check_cells=False, threads=threads, tta="none") as analyzer:  # features: the plain view
         for result in analyzer.iter_analyze(images):
             if result.ok and result.feature is not None and np.isfinite(result.feature).all():
                 features.append(result.feature.astype(np.float32))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dorl.artifacts import read_manifest
+from dorl.contract import TTA_MODES
 from dorl.errors import ArtifactError, ConfigError
 from dorl.runtime.analyzer import Analyzer, batch_cap
 from dorl.runtime.loader import BACKENDS, RUNNABLE_KINDS
@@ -15,7 +16,8 @@ from dorl.runtime.loader import BACKENDS, RUNNABLE_KINDS
 
 @dataclass(frozen=True)
 class AnalyzerOptions:
-    """The artifact to run and how: batch size, uncertainty threshold, backend, site profile, "no cell" check."""
+    """The artifact to run and how: batch size, uncertainty threshold, backend, site profile, "no cell" check,
+    test-time augmentation."""
 
     artifact: Path
     batch_size: int = 8
@@ -23,9 +25,10 @@ class AnalyzerOptions:
     backend: str = "auto"
     site: Path | None = None
     check_cells: bool = True
+    tta: str | None = None  # None: what the artifact records
 
     def check_values(self) -> None:
-        """Refuse a bad batch size, threshold or backend (nothing is read).
+        """Refuse a bad batch size, threshold, backend or test-time augmentation (nothing is read).
 
         Raises:
             ConfigError: with the option's name and what it must be.
@@ -36,6 +39,8 @@ class AnalyzerOptions:
             raise ConfigError(f"--threshold must be within [0, 1], got {self.threshold}.")
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}.")
+        if self.tta is not None and self.tta not in TTA_MODES:
+            raise ConfigError(f"unknown --tta {self.tta!r}: choose one of {', '.join(TTA_MODES)}.")
 
     def check_artifact(self) -> CheckedArtifact:
         """Read the artifact's and the site profile's manifests (no model is loaded) and cap the batch.
@@ -60,7 +65,7 @@ class AnalyzerOptions:
     def open(self, batch_size: int, warn: Callable[[str], None] | None = None) -> Analyzer:
         """The analyzer these options describe, with the (capped) batch size."""
         return Analyzer(self.artifact, backend=self.backend, batch_size=batch_size, threshold=self.threshold,
-                        site=self.site, check_cells=self.check_cells, warn=warn)
+                        site=self.site, check_cells=self.check_cells, warn=warn, tta=self.tta)
 
 
 @dataclass(frozen=True)

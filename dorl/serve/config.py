@@ -6,6 +6,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from dorl.contract import TTA_MODES
 from dorl.errors import ConfigError
 
 MASK_FORMATS = ("png", "rle", "none")
@@ -56,6 +57,8 @@ class ServeConfig:
     backend: str = field(default="auto", metadata={"help": "auto, onnxruntime or tensorrt"})
     threads: int | None = field(default=None, metadata={"help": "ONNX Runtime intra-op threads"})
     max_connections: int = field(default=256, metadata={"help": "open connections beyond which uvicorn answers 503"})
+    tta: str | None = field(default=None, metadata={
+        "help": "test-time augmentation of /analyze: none or flips; None: what the artifact records"})
 
     def __post_init__(self) -> None:
         check_model_name(self.model_name)
@@ -75,5 +78,6 @@ class ServeConfig:
         _check(0.0 <= self.threshold <= 1.0, f"threshold must be within [0, 1], got {self.threshold}.")
         _check(self.mask_format in MASK_FORMATS, f"mask format {self.mask_format!r} is not one of {', '.join(MASK_FORMATS)}.")
         _check(self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}.")
+        _check(self.tta is None or self.tta in TTA_MODES, f"test-time augmentation {self.tta!r} is not one of {', '.join(TTA_MODES)}.")
         _check(self.max_connections >= self.queue_size,
                f"max connections ({self.max_connections}) must be at least the queue size ({self.queue_size}).")

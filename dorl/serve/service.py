@@ -49,7 +49,7 @@ class ModelService:
                               f"give --max-batch {engine_max} or less, or rebuild the engine.")
         batch = config.max_batch or int(engine_max or DEFAULT_MAX_BATCH)
         self.analyzer = Analyzer(artifact, backend=config.backend, batch_size=batch, threshold=config.threshold,
-                                 threads=config.threads, site=site)
+                                 threads=config.threads, site=site, tta=config.tta)
         runner = self.analyzer.runner
         self.manifest = getattr(runner, "manifest", None) or manifest
         self.max_batch = self.analyzer.batch_size

@@ -117,6 +117,7 @@ def engine_manifest_fields(onnx_manifest: Mapping[str, Any], system: SystemDescr
         "source_bundle_sha256": onnx_manifest.get("source_bundle_sha256"),
         "head": onnx_manifest.get("head"),
         "framing": onnx_manifest.get("framing"),  # the runtime frames each image as the model was trained
+        "tta": onnx_manifest.get("tta", "none"),  # and applies the test-time augmentation it was chosen with
         "versions": versions("numpy", "tensorrt", "cuda-python", "cuda-bindings") | {"tensorrt": system.tensorrt_version},
     }
 

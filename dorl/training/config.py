@@ -14,6 +14,7 @@ from typing import Any
 
 from dorl.config import ModelConfig, _check
 from dorl.config import from_dict as model_from_dict
+from dorl.contract import TTA_MODES
 from dorl.data.framing import FramingConfig
 from dorl.errors import ConfigError
 
@@ -134,10 +135,15 @@ class TrainConfig:
     head: HeadTrainConfig = field(default_factory=HeadTrainConfig)
     framing: FramingConfig = field(default_factory=lambda: FramingConfig(input="cell"), metadata={
         "help": "the encoder's input: the cell cut out with its pseudo mask (default), or the whole image"})
+    tta: str = field(default="flips", metadata={
+        "help": "test-time augmentation the deployed analyzer applies by default (recorded in the bundle): flips "
+                "(the best row of `dorl evaluate`'s table) or none"})
     seed: int = field(default=1234, metadata={"help": "seed of splits, sampling and initialisation"})
     schedule: str = field(default="paper", metadata={"help": "name of the schedule, for reports"})
 
     def __post_init__(self) -> None:
+        _check(self.tta in TTA_MODES, f"unknown test-time augmentation {self.tta!r}: choose among "
+                                      f"{', '.join(TTA_MODES)}.")
         want = HEAD_MODULES[self.head.kind]
         _check(self.model.head == want, f"head {self.head.kind!r} needs ModelConfig(head={want!r}), got "
                                         f"{self.model.head!r}: build the config with `with_head`.")
@@ -197,7 +203,8 @@ def train_config_to_dict(config: TrainConfig) -> dict[str, Any]:
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a TrainConfig from `train_config_to_dict` output.
 
-    A record without `framing` comes from a version that always encoded the whole image, so it reads as whole."""
+    A record without `framing` comes from a version that always encoded the whole image, so it reads as whole;
+    one without `tta`, from a version whose analyzer ran one view, so it reads as none."""
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping for TrainConfig, got {type(data).__name__}.")
     parts = {"model": ModelConfig, "seg": SegTrainConfig, "cae": CaeTrainConfig, "head": HeadTrainConfig,
@@ -207,4 +214,5 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"unknown TrainConfig fields {sorted(unknown)}: the file was written by another dorl version.")
     kwargs = {k: model_from_dict(parts[k], v) if k in parts else v for k, v in data.items()}
     kwargs.setdefault("framing", FramingConfig(input="whole"))
+    kwargs.setdefault("tta", "none")
     return TrainConfig(**kwargs)

@@ -302,6 +302,7 @@ def _metadata(run: _Run) -> dict[str, Any]:
         "train_config": train_config_to_dict(config),
         "schedule": config.schedule,
         "framing": dataclasses.asdict(config.framing),
+        "tta": config.tta,
         "ssim_targets": {"masks": config.cae.ssim_masks, "segmenter_min_iou": config.cae.segmenter_min_iou,
                          "segmenter_trusted_on": list(run.settings().trusted)},
         "deviations_from_paper": list(CPU_DEVIATIONS) if config.schedule == "cpu" else [],

@@ -31,3 +31,20 @@ def test_bench_reports_the_second_pass(wbc_dir: Path, tmp_path: Path) -> None:
     with Analyzer(framed, check_cells=False) as analyzer:  # the benchmark classified the crops
         expected = [int(np.argmax([r.probs[n] for n in analyzer.class_names])) for r in analyzer.analyze(cells.paths)]
     assert cell["predictions"] == expected
+
+
+def test_bench_prices_test_time_augmentation(wbc_dir: Path, tmp_path: Path) -> None:
+    framed = with_framing(COMMITTED, tmp_path / "cell")
+    cells = accuracy.collect_cells([], str(wbc_dir / "pbc"), 8, None)
+    report = harness.bench([framed], cells, harness.BenchSettings(**FAST, tta="flips"))
+    (cell,) = report["configurations"]
+    assert cell["status"] == "ok" and cell["tta"] == "flips" and report["settings"]["tta"] == "flips"
+    assert cell["tta_ms_per_cell"] > 0 and cell["second_pass_ms_per_cell"] > 0
+    inference = next(b["latency_ms"]["p50"] / b["batch"] for b in cell["batches"] if b["batch"] == 4)
+    assert cell["stages_ms_per_cell"]["inference"] == pytest.approx(5 * inference)  # pass 1, pass 2 and 3 flips
+    assert any("test-time augmentation flips" in note for note in notes(report))
+    with Analyzer(framed, check_cells=False, tta="flips") as analyzer:
+        expected = [int(np.argmax([r.probs[n] for n in analyzer.class_names])) for r in analyzer.analyze(cells.paths)]
+    assert cell["predictions"] == expected
+    with pytest.raises(Exception, match="unknown --tta 'mirror'"):
+        harness.BenchSettings(tta="mirror")

@@ -112,6 +112,9 @@ def test_engine_manifest_fields_record_the_system_plan_and_commands() -> None:
     assert fields["fp32_ops"] == ["Softmax"] and fields["fp32_pinned_layers"] == 1
     assert fields["rebuild_command"] == "dorl build x -o y" and fields["trtexec_command"] == "trtexec --onnx=x"
     assert fields["versions"]["tensorrt"] == "10.3.0.30"
+    assert fields["tta"] == "none"  # the ONNX manifest records none: made before dorl recorded it
+    assert engine_manifest_fields({**ONNX_MANIFEST, "tta": "flips"}, ORIN, settings, plan,
+                                  {"dorl": "", "trtexec": ""}, [])["tta"] == "flips"
 
 
 def test_input_spec_and_model_entry() -> None:

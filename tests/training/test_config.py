@@ -74,3 +74,12 @@ def test_cell_framing_is_the_default_and_old_records_read_as_whole() -> None:
     old = train_config_to_dict(cpu_schedule())
     del old["framing"]  # written before framing was recorded: those runs always encoded the whole image
     assert train_config_from_dict(old).framing.input == "whole"
+
+
+def test_flips_are_the_recorded_default_and_old_records_read_as_none() -> None:
+    assert cpu_schedule().tta == paper_schedule().tta == "flips"
+    old = train_config_to_dict(cpu_schedule())
+    del old["tta"]  # written before the analyzer averaged views: those models ran one view
+    assert train_config_from_dict(old).tta == "none"
+    with pytest.raises(ConfigError, match="unknown test-time augmentation 'rotations'"):
+        dataclasses.replace(cpu_schedule(), tta="rotations")
