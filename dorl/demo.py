@@ -94,7 +94,7 @@ def _evaluate(out: Path, bundle: Path, reporter: Any) -> dict[str, Any]:
     from dorl.evaluation.report import write_report
     from dorl.evaluation.run import EvaluationOptions, evaluate_bundle
 
-    options = EvaluationOptions(heads=("svm",), folds=5, seed=1234, device="cpu")  # svm: the head train deploys
+    options = EvaluationOptions(heads=("logreg",), folds=5, seed=1234, device="cpu")  # the head train deploys
     result = evaluate_bundle(bundle, list(domains().items()), out / "evaluate" / "tokens", options, reporter)
     data = result.to_dict()
     write_report(data, out / "evaluate")

@@ -46,7 +46,8 @@ def train(
     cpu_schedule: Annotated[bool | None, typer.Option(
         "--cpu-schedule/--paper-schedule",
         help="the short schedule sized for 2 CPU cores, or the paper's; default: CPU schedule on a CPU")] = None,
-    head: Annotated[str, typer.Option(help="classifier: svm (linear), logreg or mlp")] = "svm",
+    head: Annotated[str, typer.Option(help="classifier: logreg (linear, the default: the best measured), svm "
+                                           "(linear) or mlp")] = "logreg",
     framing: Annotated[str | None, typer.Option(help="encoder input: 'cell' (the cell cut out with its mask, "
                                                      "grey around it) or 'whole' (the image as it is); "
                                                      "default: the schedule's")] = None,

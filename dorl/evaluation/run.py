@@ -165,7 +165,7 @@ def view_arrays(per_view: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray
 class EvaluationOptions:
     """What `dorl evaluate` runs beside the bundle and the domains; validated on construction."""
 
-    heads: tuple[str, ...] = ("svm",)  # fit per split: svm (what `dorl train` deploys), logreg, mlp
+    heads: tuple[str, ...] = ("logreg",)  # fit per split: logreg (what `dorl train` deploys by default), svm, mlp
     folds: int = 5  # stratified folds on the source domain
     seed: int = 1234  # the first seed of the splits and heads
     repeats: int = 3  # seeds: seed, seed + 1, ...

@@ -104,7 +104,6 @@ class Analyzer:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
         if tta is not None and tta not in TTA_MODES:
             raise ConfigError(f"unknown test-time augmentation {tta!r}: choose among {', '.join(TTA_MODES)}.")
-        recorded = "none"
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"threshold must be within [0, 1], got {threshold}.")
         self.site: SiteProfile | None = None
@@ -112,6 +111,7 @@ class Analyzer:
         self.head: Any = None
         distance: FeatureDistance | None = None
         source: dict[str, np.ndarray] | None = None
+        recorded = "none"  # the artifact's test-time augmentation; a runner given directly records none
         if isinstance(artifact, BaseRunner):
             if class_names is None:
                 raise ConfigError("an analyzer around a runner needs the class names of its head.")

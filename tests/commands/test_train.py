@@ -34,18 +34,19 @@ def test_a_tiny_run_writes_a_bundle_of_the_shared_classes(app: typer.Typer, wbc_
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
         "--domain", f"pbc={pbc}", "-d", f"bccd={bccd}", "-o", str(out), "--encoder", "sam_vit_test",
-        "--epochs-seg", "1", "--epochs-cae", "1", "--cpu-schedule", "--head", "logreg", "--device", "cpu",
-        "--framing", "cell", "--crop-mask", "pseudo", "--alignment", "cls_mean",
+        "--epochs-seg", "1", "--epochs-cae", "1", "--cpu-schedule", "--head", "svm", "--device", "cpu",
+        "--framing", "cell", "--crop-mask", "pseudo", "--alignment", "cls_mean", "--tta", "none",
     ])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().endswith(str(out / "bundle"))
     manifest = read_bundle_manifest(out / "bundle")
     assert manifest["class_names"] == ["lymphocyte", "neutrophil"]  # monocyte is not in this bccd copy
-    assert manifest["metadata"]["schedule"] == "cpu" and manifest["metadata"]["head"]["kind"] == "logreg"
+    assert manifest["metadata"]["schedule"] == "cpu" and manifest["metadata"]["head"]["kind"] == "svm"
     assert manifest["metadata"]["deviations_from_paper"] and manifest["config"]["cae_depth"] == 4
     meta = manifest["metadata"]
     assert meta["framing"] == {"input": "cell", "mask": "pseudo", "margin": 0.1}
     assert meta["train_config"]["cae"]["alignment"] == "cls_mean"
+    assert meta["tta"] == meta["train_config"]["tta"] == "none"
     assert meta["inputs"]["pbc"]["target_masks"] == {"pseudo": 4} and meta["inputs"]["pbc"]["empty_crop_masks"] == 0
 
 
@@ -57,6 +58,7 @@ def test_a_tiny_run_writes_a_bundle_of_the_shared_classes(app: typer.Typer, wbc_
     (["--domain", "{pbc}", "--device", "tpu"], "unknown device"),
     (["--domain", "{pbc}", "--framing", "field"], "framing input must be one of"),
     (["--domain", "{pbc}", "--alignment", "mmd"], "alignment must be one of"),
+    (["--domain", "{pbc}", "--tta", "rotations"], "unknown test-time augmentation 'rotations'"),
 ])
 def test_user_errors_are_one_sentence_and_exit_1(app: typer.Typer, wbc_dir: Path, tmp_path: Path, args: list[str],
                                                  message: str) -> None:

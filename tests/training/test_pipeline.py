@@ -68,7 +68,8 @@ def test_the_bundle_loads_and_records_the_run(trained, cell_batch: np.ndarray) -
     assert meta["seg"]["pseudo_mask_vs_expert"][MASKED]["n"] == 3
     assert {k.split("/")[1] for k in meta["seg"]["holdout"]} <= {"pseudo", "expert"}
     assert len(meta["seg"]["losses"]) == 1 and set(meta["cae"]["losses"]) == {"loss", "ssim", "mmd", "rec"}
-    assert meta["head"]["kind"] == "svm" and set(meta["seconds"]) == {"seg", "cae", "head"}
+    assert meta["head"]["kind"] == "logreg" and set(meta["seconds"]) == {"seg", "cae", "head"}
+    assert meta["tta"] == "flips"  # the analyzer averages the crop and its flips unless told otherwise
     assert meta["train_config"]["schedule"] == "paper" and meta["stages_run"] == ["seg", "cae", "head"]
     assert meta["framing"]["input"] == TINY.framing.input and meta["ssim_targets"]["segmenter_min_iou"] == 0.85
     assert meta["inputs"]["pbc"]["target_masks"] == {"pseudo": 6} and meta["inputs"][MASKED]["target_masks"] == {
