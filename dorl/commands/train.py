@@ -56,6 +56,9 @@ def train(
     alignment: Annotated[str | None, typer.Option(help="what the CAE aligns across domains: 'z' (DoRL), "
                                                        "'cls_mean' or 'cls_coral' (the CLS feature the head "
                                                        "reads)")] = None,
+    mmd_weight: Annotated[float | None, typer.Option(help="weight of the CAE's mean-matching term; 0 trains the "
+                                                          "CAE without it (`dorl evaluate`'s 'CAE without "
+                                                          "mean-matching' row); default: the schedule's (1)")] = None,
     classes: Annotated[str | None, typer.Option(help="comma-separated classes; default: those every "
                                                         "domain has")] = None,
     tta: Annotated[str | None, typer.Option(help="the test-time augmentation the bundle records for the deployed "
@@ -88,6 +91,8 @@ def train(
         config = dataclasses.replace(config, cae=dataclasses.replace(config.cae, epochs=epochs_cae))
     if alignment is not None:
         config = dataclasses.replace(config, cae=dataclasses.replace(config.cae, alignment=alignment))
+    if mmd_weight is not None:
+        config = dataclasses.replace(config, cae=dataclasses.replace(config.cae, mmd_weight=mmd_weight))
     if tta is not None:
         config = dataclasses.replace(config, tta=tta)
     if framing is not None or crop_mask is not None:

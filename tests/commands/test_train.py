@@ -36,6 +36,7 @@ def test_a_tiny_run_writes_a_bundle_of_the_shared_classes(app: typer.Typer, wbc_
         "--domain", f"pbc={pbc}", "-d", f"bccd={bccd}", "-o", str(out), "--encoder", "sam_vit_test",
         "--epochs-seg", "1", "--epochs-cae", "1", "--cpu-schedule", "--head", "svm", "--device", "cpu",
         "--framing", "cell", "--crop-mask", "pseudo", "--alignment", "cls_mean", "--tta", "none",
+        "--mmd-weight", "0",
     ])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().endswith(str(out / "bundle"))
@@ -45,7 +46,7 @@ def test_a_tiny_run_writes_a_bundle_of_the_shared_classes(app: typer.Typer, wbc_
     assert manifest["metadata"]["deviations_from_paper"] and manifest["config"]["cae_depth"] == 4
     meta = manifest["metadata"]
     assert meta["framing"] == {"input": "cell", "mask": "pseudo", "margin": 0.1}
-    assert meta["train_config"]["cae"]["alignment"] == "cls_mean"
+    assert meta["train_config"]["cae"]["alignment"] == "cls_mean" and meta["train_config"]["cae"]["mmd_weight"] == 0
     assert meta["tta"] == meta["train_config"]["tta"] == "none"
     assert meta["inputs"]["pbc"]["target_masks"] == {"pseudo": 4} and meta["inputs"]["pbc"]["empty_crop_masks"] == 0
 
@@ -59,6 +60,7 @@ def test_a_tiny_run_writes_a_bundle_of_the_shared_classes(app: typer.Typer, wbc_
     (["--domain", "{pbc}", "--framing", "field"], "framing input must be one of"),
     (["--domain", "{pbc}", "--alignment", "mmd"], "alignment must be one of"),
     (["--domain", "{pbc}", "--tta", "rotations"], "unknown test-time augmentation 'rotations'"),
+    (["--domain", "{pbc}", "--mmd-weight", "-1"], "CAE loss weights must be >= 0"),
 ])
 def test_user_errors_are_one_sentence_and_exit_1(app: typer.Typer, wbc_dir: Path, tmp_path: Path, args: list[str],
                                                  message: str) -> None:
