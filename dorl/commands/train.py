@@ -56,9 +56,8 @@ def train(
     alignment: Annotated[str | None, typer.Option(help="what the CAE aligns across domains: 'z' (DoRL), "
                                                        "'cls_mean' or 'cls_coral' (the CLS feature the head "
                                                        "reads)")] = None,
-    mmd_weight: Annotated[float | None, typer.Option(help="weight of the CAE's mean-matching term; 0 trains the "
-                                                          "CAE without it (`dorl evaluate`'s 'CAE without "
-                                                          "mean-matching' row); default: the schedule's (1)")] = None,
+    mmd_weight: Annotated[float | None, typer.Option(
+        help="the CAE's mean-matching weight (default: the schedule's, 1); 0 trains it without")] = None,
     classes: Annotated[str | None, typer.Option(help="comma-separated classes; default: those every "
                                                         "domain has")] = None,
     tta: Annotated[str | None, typer.Option(help="the test-time augmentation the bundle records for the deployed "

@@ -83,9 +83,11 @@ class GateReport:
         t = self.thresholds
         masks = "" if self.mask_iou_mean is None else \
             f", mask IoU {self.mask_iou_mean:.3f} (needs {t.min_mask_iou:.2f})"
+        change = (f"a drop of {self.accuracy_drop * 100:.1f} points" if self.accuracy_drop >= 0
+                  else f"a gain of {-self.accuracy_drop * 100:.1f} points")
         return (f"top-1 agreement with FP32 {self.top1_agreement:.1%} (needs {t.min_agreement:.0%}), accuracy "
-                f"{self.accuracy_int8:.1%} vs FP32 {self.accuracy_fp32:.1%}: a drop of {self.accuracy_drop * 100:.1f} "
-                f"points (at most {t.max_accuracy_drop * 100:.0f}){masks} on {self.images} held-out cells")
+                f"{self.accuracy_int8:.1%} vs FP32 {self.accuracy_fp32:.1%}: {change} (a drop of at most "
+                f"{t.max_accuracy_drop * 100:.0f}){masks} on {self.images} held-out cells")
 
 
 def gate_set(paths: Sequence[Any], class_names: Sequence[str], held_out_from: frozenset[str] = frozenset(),

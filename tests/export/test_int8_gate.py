@@ -34,6 +34,11 @@ def test_evaluate_counts_agreement_accuracy_drop_and_mask_iou() -> None:
     assert report.accuracy_fp32 == pytest.approx(0.90) and report.accuracy_int8 == pytest.approx(0.88)
     assert report.accuracy_drop == pytest.approx(0.02) and report.mask_iou_mean == 1.0 and not report.passed
     assert report.probs_drift == pytest.approx(0.02 * 0.5)  # 2 cells moved 0.5 of their probability mass
+    assert "a drop of 2.0 points (a drop of at most 1)" in report.describe()
+    fixed = fp32.copy()
+    fixed[:2] = labels[:2]  # INT8 right where FP32 was wrong: a gain, which the agreement still gates
+    gain = evaluate(_outputs(list(fp32), 4), _outputs(list(fixed), 4), labels)
+    assert gain.accuracy_drop == pytest.approx(-0.02) and "a gain of 2.0 points" in gain.describe()
     same = evaluate(_outputs(list(fp32), 4), _outputs(list(fp32), 4), labels)
     assert same.passed and same.probs_drift == 0.0
 
