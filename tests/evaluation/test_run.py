@@ -22,8 +22,8 @@ from dorl.evaluation.run import (
     method_name,
     token_set_arrays,
     variant_cae,
-    view_arrays,
     variant_schedule,
+    view_arrays,
 )
 from dorl.models.registry import build_model
 from dorl.training.config import CaeTrainConfig
@@ -97,7 +97,7 @@ def test_feature_methods_name_and_tag_every_row(model) -> None:
 
 
 def test_flip_rows_stack_the_views_plain_first_and_are_named_and_tagged(model) -> None:
-    pooled = lambda t: t.tokens.float().mean(dim=(2, 3)).numpy()  # noqa: E731
+    pooled = lambda t: t.tokens.float().mean(dim=(2, 3)).numpy()
     per_view = {v: token_set_arrays(token_sets(seed), pooled) for seed, v in enumerate(("plain", "flip_h", "flip_v"))}
     stacked = view_arrays(per_view, ("plain", "flip_h", "flip_v"))
     for domain, (x, y) in stacked.items():
