@@ -96,6 +96,18 @@ def view(cells: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(flipped)
 
 
+def check_tta(mode: str, name: str = "test-time augmentation") -> None:
+    """Refuse a mode that is not a key of TTA_MODES, naming it as `name` (e.g. the option "--tta").
+
+    Raises:
+        ConfigError: with the choices.
+    """
+    if mode not in TTA_MODES:
+        from dorl.errors import ConfigError
+
+        raise ConfigError(f"unknown {name} {mode!r}: choose among {', '.join(TTA_MODES)}.")
+
+
 def tta_views(mode: str) -> tuple[str, ...]:
     """The views a test-time augmentation mode (a key of TTA_MODES) averages over, "plain" first."""
     if mode not in TTA_MODES:

@@ -27,7 +27,7 @@ import numpy as np
 
 from dorl.benchmarks import accuracy, timing
 from dorl.benchmarks.memory import RssSampler, current_rss, memory_summary
-from dorl.contract import TTA_MODES, load_cells
+from dorl.contract import check_tta, load_cells
 from dorl.errors import ConfigError, DorlError
 
 Reporter = Callable[[str], None]
@@ -56,8 +56,8 @@ class BenchSettings:
             raise ConfigError(f"threads must be at least 1, got {self.threads}: omit it for the default.")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}.")
-        if self.tta is not None and self.tta not in TTA_MODES:
-            raise ConfigError(f"unknown --tta {self.tta!r}: choose one of {', '.join(TTA_MODES)}.")
+        if self.tta is not None:
+            check_tta(self.tta, "--tta")
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,10 @@ def targets_from(artifacts: Sequence[str | Path], bundle: str | Path | None) -> 
     targets = []
     if bundle is not None:
         read = read_bundle(bundle, verify=False)
-        framing = parse_framing({**read.metadata, "folder": str(bundle)})  # refuses a malformed record now
+        record = {**read.metadata, "folder": str(bundle)}
+        framing = parse_framing(record)  # refuses a malformed record now
         targets.append(Target("pytorch-eager-fp32", "pytorch", str(bundle), "fp32", read.class_names,
-                              asdict(framing) if framing is not None else None,
-                              parse_tta({**read.metadata, "folder": str(bundle)})))
+                              asdict(framing) if framing is not None else None, parse_tta(record)))
     for path in artifacts:
         manifest = read_artifact(path, ("onnx", "engine"), verify=False)
         assert isinstance(manifest, GraphDescription)

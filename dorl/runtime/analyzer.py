@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dorl.artifacts import read_manifest
-from dorl.contract import TTA_MODES, tta_views, view
+from dorl.contract import check_tta, tta_views, view
 from dorl.data.images import ImageSource, decode_image, describe_source, resize_square
 from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.runtime import postprocess
@@ -102,8 +102,8 @@ class Analyzer:
         """
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
-        if tta is not None and tta not in TTA_MODES:
-            raise ConfigError(f"unknown test-time augmentation {tta!r}: choose among {', '.join(TTA_MODES)}.")
+        if tta is not None:
+            check_tta(tta)
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"threshold must be within [0, 1], got {threshold}.")
         self.site: SiteProfile | None = None

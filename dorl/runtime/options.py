@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dorl.artifacts import read_manifest
-from dorl.contract import TTA_MODES
+from dorl.contract import check_tta
 from dorl.errors import ArtifactError, ConfigError
 from dorl.runtime.analyzer import Analyzer, batch_cap
 from dorl.runtime.loader import BACKENDS, RUNNABLE_KINDS
@@ -39,8 +39,8 @@ class AnalyzerOptions:
             raise ConfigError(f"--threshold must be within [0, 1], got {self.threshold}.")
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}.")
-        if self.tta is not None and self.tta not in TTA_MODES:
-            raise ConfigError(f"unknown --tta {self.tta!r}: choose one of {', '.join(TTA_MODES)}.")
+        if self.tta is not None:
+            check_tta(self.tta, "--tta")
 
     def check_artifact(self) -> CheckedArtifact:
         """Read the artifact's and the site profile's manifests (no model is loaded) and cap the batch.

@@ -14,7 +14,7 @@ from typing import Any
 
 from dorl.config import ModelConfig, _check
 from dorl.config import from_dict as model_from_dict
-from dorl.contract import TTA_MODES
+from dorl.contract import check_tta
 from dorl.data.framing import FramingConfig
 from dorl.errors import ConfigError
 
@@ -144,8 +144,7 @@ class TrainConfig:
     schedule: str = field(default="paper", metadata={"help": "name of the schedule, for reports"})
 
     def __post_init__(self) -> None:
-        _check(self.tta in TTA_MODES, f"unknown test-time augmentation {self.tta!r}: choose among "
-                                      f"{', '.join(TTA_MODES)}.")
+        check_tta(self.tta)
         want = HEAD_MODULES[self.head.kind]
         _check(self.model.head == want, f"head {self.head.kind!r} needs ModelConfig(head={want!r}), got "
                                         f"{self.model.head!r}: build the config with `with_head`.")
