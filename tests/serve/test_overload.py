@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,30 +39,62 @@ def binary_request(images: np.ndarray) -> tuple[bytes, int]:
     return body, length
 
 
+@contextmanager
+def held(server: Any) -> Iterator[threading.Event]:
+    """Hold the inference thread at the model's door until the block ends; yields "a batch is held".
+
+    The real model still runs every request once released: the gate only makes the queue fill
+    deterministically, whatever the speed of the machine.
+    """
+    runner = server.service.analyzer.runner
+    infer = runner.infer
+    entered, release = threading.Event(), threading.Event()
+
+    def gated(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        entered.set()
+        release.wait(120)
+        return infer(feed)
+
+    runner.infer = gated
+    try:
+        yield entered
+    finally:
+        release.set()
+
+
+def wait_for(condition: Any, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 def test_a_flood_gets_503s_with_retry_after_and_the_server_keeps_serving(slow_artifact: Path) -> None:
     with running(slow_artifact, max_batch=1, max_delay_ms=0, queue_size=2) as server:
         body, length = binary_request(CELL)
         answers: list[tuple[int, str | None]] = []
         threads = [threading.Thread(target=raw_infer, args=(server, body, length, answers)) for _ in range(16)]
-        for t in threads:
-            t.start()
+        with held(server) as entered:
+            threads[0].start()
+            assert entered.wait(60), "the first request never reached the model"
+            for t in threads[1:]:
+                t.start()
+            wait_for(lambda: len(answers) == 13 and server.service.batcher.depth == 2, "13 refusals and 2 queued")
+            assert all(status == 503 for status, _ in answers)
+            client = client_for(server)  # tritonclient sees the same refusal while the queue is full
+            with pytest.raises(InferenceServerException) as caught:
+                client.infer("dorl", [infer_input(CELL)])
+            assert caught.value.status() == "503" and "retry later" in caught.value.message()
         for t in threads:
             t.join(300)
         statuses = sorted(status for status, _ in answers)
-        assert len(answers) == 16 and set(statuses) <= {200, 503}
-        assert statuses.count(200) >= 3 and statuses.count(503) >= 1  # one running + two queued at least
+        assert statuses == [200] * 3 + [503] * 13  # one running + two queued, the rest refused
         assert all(retry is not None and int(retry) >= 1 for status, retry in answers if status == 503)
         metrics = server.service.metrics
-        assert metrics.rejected[("queue_full",)] == statuses.count(503)
-        assert metrics.requests[("infer", "503")] == statuses.count(503)
-        client = client_for(server)
+        assert metrics.rejected[("queue_full",)] == 14  # the 13 raw requests and tritonclient's
+        assert metrics.requests[("infer", "503")] == 14
         assert client.is_server_ready()
         assert client.infer("dorl", [infer_input(CELL)]).as_numpy("probs").shape == (1, 5)
-        with pytest.raises(InferenceServerException) as caught:  # tritonclient sees the same refusal
-            flood = client_for(server, concurrency=16)
-            pending = [flood.async_infer("dorl", [infer_input(CELL)]) for _ in range(16)]
-            [p.get_result() for p in pending]
-        assert caught.value.status() == "503" and "retry later" in caught.value.message()
 
 
 def test_a_request_past_its_timeout_gets_504_and_the_next_one_is_served(slow_artifact: Path) -> None:
@@ -86,11 +121,16 @@ def test_request_bodies_in_memory_are_bounded(slow_artifact: Path) -> None:
                  max_inflight_bytes=2 * len(body)) as server:
         answers: list[tuple[int, str | None]] = []
         threads = [threading.Thread(target=raw_infer, args=(server, body, length, answers)) for _ in range(8)]
-        for t in threads:
-            t.start()
+        with held(server) as entered:
+            threads[0].start()
+            assert entered.wait(60), "the first request never reached the model"
+            for t in threads[1:]:
+                t.start()
+            wait_for(lambda: len(answers) == 6, "6 refusals")
+            assert server.endpoints.held_bytes == 2 * len(body)  # the running body and the queued one
         for t in threads:
             t.join(300)
         statuses = sorted(status for status, _ in answers)
-        assert len(answers) == 8 and set(statuses) == {200, 503}  # at most two bodies held: the rest wait outside
-        assert server.service.metrics.rejected[("memory",)] == statuses.count(503)
+        assert statuses == [200] * 2 + [503] * 6  # at most two bodies held: the rest are refused, not queued
+        assert server.service.metrics.rejected[("memory",)] == 6
         assert server.endpoints.held_bytes == 0
