@@ -57,6 +57,9 @@ def export(
     cpu_variant: Annotated[bool, typer.Option(
         help="INT8: also make the dynamic CPU graph <DIR>-cpu (its own float selection; off saves that time).")
     ] = True,
+    fp16_variant: Annotated[bool, typer.Option(
+        help="INT8: also make the Q/DQ graph with its float remainder in FP16, <DIR>-fp16 (TensorRT 11's strongly typed).")
+    ] = True,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace existing ONNX artifacts at the output folders (once the new ones are verified).")
     ] = False,
@@ -72,7 +75,7 @@ def export(
     check_precision(precision)
     tolerances = tolerances_from(atol or [], rtol or [])
     int8 = Int8Settings(quantizer, GateThresholds(min_agreement, max_accuracy_drop, min_mask_iou, gate_cells),
-                        tuple(exclude or ()), auto_float, sweep_cells, cpu_variant)
+                        tuple(exclude or ()), auto_float, sweep_cells, cpu_variant, fp16_variant)
     sources = [str(p) for p in find_images(images)] if images else None
     if images and not sources:
         raise ConfigError(f"no cell images found in {', '.join(map(str, images))}: pass --images with image files or "
@@ -93,7 +96,7 @@ def _summary(manifest: dict[str, Any], output: Path) -> str:
         from dorl.export.int8 import CPU, FP16, variant_folders
 
         refused, folders = manifest["refused_variants"], variant_folders(output)
-        made = (FP16, CPU) if manifest["cpu_variant"] else (FP16,)  # this export's own manifest: always recorded
+        made = [name for name, on in ((FP16, manifest["fp16_variant"]), (CPU, manifest["cpu_variant"])) if on]
         lines.extend(f"{name} variant: {'refused by the gate' if name in refused else folders[name]}" for name in made)
         kept = manifest["float_selection"]["kept_groups"]
         lines.append(f"kept in float automatically: {', '.join(kept) if kept else 'nothing'}")

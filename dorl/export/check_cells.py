@@ -93,11 +93,23 @@ class CheckCells:
         first = infer(self.pixels)
         if not self.two_pass:
             return first
-        crops = self.crops if self.crops is not None else self.cut(first.get(MASK_LOGITS))
+        return self.classify(infer, first.get(MASK_LOGITS))
+
+    def classify(self, infer: Infer, mask_logits: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Pass 2 on the cells framed from pass 1's `mask_logits` (or the fixed crops), which it returns with them.
+
+        On its own it spares pass 1 for a graph whose masks are known: e.g. one that differs from
+        the reference only in nodes the masks do not depend on.
+        """
+        crops = self.crops if self.crops is not None else self.cut(mask_logits)
         second = dict(infer(crops))
-        if MASK_LOGITS in first:
-            second[MASK_LOGITS] = first[MASK_LOGITS]
+        if mask_logits is not None:
+            second[MASK_LOGITS] = mask_logits
         return second
+
+    def framed(self, mask_logits: np.ndarray | None) -> CheckCells:
+        """These cells with their crops cut once from `mask_logits` (cell-centric only)."""
+        return self if self.crops is not None else replace(self, crops=self.cut(mask_logits))
 
     def inputs(self, infer: Infer | None = None) -> np.ndarray:
         """Every image a graph meets on these cells, for calibration: the whole images, then the crops.

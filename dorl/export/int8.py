@@ -19,7 +19,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,20 @@ import numpy as np
 
 from dorl.artifacts import read_manifest, write_manifest
 from dorl.calibration.calibration_set import CalibrationSet
+from dorl.contract import MASK_LOGITS, mask_iou
 from dorl.deps import require
 from dorl.errors import ArtifactError, ConfigError
 from dorl.export.check_cells import CheckCells, Infer
 from dorl.export.derived import MODEL_FILE, copy_head, derived_fields
 from dorl.export.int8_gate import GateReport, GateSet, GateThresholds, check, evaluate
-from dorl.export.int8_groups import FLOAT_OPS, excluded_nodes, group_assignment, head_nodes, node_macs
+from dorl.export.int8_groups import (
+    FLOAT_OPS,
+    excluded_nodes,
+    group_assignment,
+    head_nodes,
+    node_macs,
+    upstream_nodes,
+)
 from dorl.export.int8_ort import REDUCE_RANGE
 from dorl.export.int8_select import FloatSelection, GroupSensitivity, select_float_groups
 from dorl.export.latency import LATENCY_BATCH, latency_ms
@@ -44,6 +52,9 @@ QDQ, FP16, CPU = "Q/DQ (TensorRT)", "Q/DQ + FP16 (TensorRT strongly typed)", "dy
 SUFFIXES = {QDQ: "", FP16: "-fp16", CPU: "-cpu"}
 TARGETS = {QDQ: "tensorrt", FP16: "tensorrt-strongly-typed", CPU: "cpu"}
 SWEEP_CELLS = 64  # the sweep (and the screen before each gate) scores this many of the gate's cells, spread over them
+# A screen on most of the gate's cells spares little of a failing step and doubles the passing one.
+SCREEN_MAX_SHARE = 0.75
+SWEEP_MASK_CELLS = 16  # the sweep scores a group's mask damage on this many of its cells (pass 1)
 _BUILDS = {QDQ: "qdq", CPU: "cpu"}  # scratch folder of each variant's candidate graphs
 
 Reporter = Callable[[str], None]
@@ -60,6 +71,7 @@ class Int8Settings:
     auto_float: bool = field(default=True, metadata={"help": "keep damaging groups in float until the gate holds"})
     sweep_cells: int = field(default=SWEEP_CELLS, metadata={"help": "gate cells the sensitivity sweep scores"})
     cpu_variant: bool = field(default=True, metadata={"help": "also make the dynamic CPU graph (<DIR>-cpu)"})
+    fp16_variant: bool = field(default=True, metadata={"help": "also make the Q/DQ + FP16 graph (<DIR>-fp16)"})
 
     def __post_init__(self) -> None:
         if self.quantizer not in QUANTIZERS:
@@ -79,15 +91,50 @@ class _Scorer:
     thresholds: GateThresholds
     sweep_rows: np.ndarray
     sweep_cells: CheckCells = field(init=False)
+    _framed: CheckCells | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.sweep_cells = self.cells.rows(self.sweep_rows)
 
+    @property
+    def screens(self) -> bool:
+        """Whether a screen on the sweep's cells is worth running before the whole gate."""
+        return len(self.sweep_rows) < SCREEN_MAX_SHARE * len(self.cells)
+
     def score(self, path: Path, run: Runner, sweep: bool = False) -> tuple[GateReport, dict[str, np.ndarray]]:
+        """The gate's score of a graph as the analyzer runs it, on the gate's cells (`sweep`: the sweep's)."""
         rows = self.sweep_rows if sweep else slice(None)
         outputs = (self.sweep_cells if sweep else self.cells).run(run(path))
         reference = {name: value[rows] for name, value in self.reference.items()}
         return evaluate(reference, outputs, self.labels[rows], self.thresholds), outputs
+
+    def estimate(self, path: Path, run: Runner, masks_change: bool = True) -> GateReport:
+        """The sweep's cheaper score of one group's damage, on the sweep's cells.
+
+        On a cell-centric artifact the labels come from pass 2 on the cells FP32's masks cut (the
+        damage of the classifying pass itself, without the crop moving with the masks), and the masks
+        from pass 1 on SWEEP_MASK_CELLS of the cells, or not at all when `masks_change` is False (no
+        node the masks depend on is quantized: they are FP32's). A whole-image artifact is scored as
+        the gate scores it.
+        """
+        if not self.cells.two_pass:
+            return self.score(path, run, sweep=True)[0]
+        reference = {name: value[self.sweep_rows] for name, value in self.reference.items()}
+        masks = reference.get(MASK_LOGITS)
+        if self._framed is None:
+            self._framed = self.sweep_cells.framed(masks)
+        infer = run(path)
+        report = evaluate(reference, self._framed.classify(infer, masks), self.labels[self.sweep_rows], self.thresholds)
+        if masks_change and masks is not None:
+            few = spread(len(self.sweep_rows), SWEEP_MASK_CELLS)
+            own = infer(self.sweep_cells.pixels[few])[MASK_LOGITS]
+            report = replace(report, mask_iou_mean=float(mask_iou(masks[few], own).mean()))
+        return report
+
+
+def spread(n: int, k: int) -> np.ndarray:
+    """min(k, n) indices spread evenly over range(n)."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).astype(int))
 
 
 def variant_folders(out_dir: str | Path) -> dict[str, Path]:
@@ -136,12 +183,13 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
     cells = CheckCells.load(list(gate.sources), int(manifest["image_size"]), framing)
     say(f"scoring FP32 on {len(cells)} held-out cells" + (" (both passes: the whole image, then the cell)"
                                                           if cells.two_pass else ""))
-    rows = np.unique(np.linspace(0, len(cells) - 1, min(settings.sweep_cells, len(cells))).astype(int))
+    rows = spread(len(cells), settings.sweep_cells)
     fp32 = onnx_infer(fp32_file)  # one session: the gate's reference, then the calibration crops' masks
     scorer = _Scorer(cells.run(fp32), cells, gate.labels, settings.gate, rows)
     with tempfile.TemporaryDirectory(prefix="dorl-int8-") as tmp:
         job = _Job(Path(tmp), fp32_model, _link_beside(fp32_file, Path(tmp, "fp32")), base, scorer, settings, say)
         job.macs = node_macs(fp32_model, cells.pixels[:1], job.tmp / "exposed.onnx")
+        job.mask_path = upstream_nodes(fp32_model, MASK_LOGITS)
         calibration = CheckCells.load(calibration_set.paths, int(manifest["image_size"]), framing)
         say(f"calibrating the {settings.quantizer} quantizer on {len(calibration)} cells"
             + (" (the whole images and their cells)" if calibration.two_pass else "") + f"; {len(base)} nodes always float")
@@ -150,7 +198,9 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
         job.quantize(calibration_inputs, manifest)
         tensorrt = job.tensorrt()
         check({QDQ: tensorrt.report}, tensorrt.selection.advice())
-        results = {QDQ: tensorrt, FP16: job.fp16_remainder(tensorrt)}
+        results = {QDQ: tensorrt}
+        if settings.fp16_variant:
+            results[FP16] = job.fp16_remainder(tensorrt)
         if settings.cpu_variant:
             results[CPU] = job.cpu(ranking=tensorrt.selection.sweep)
         refused = {name: {"gate": r.report.to_dict(), "reason": r.report.describe(), "advice": r.selection.advice()}
@@ -170,7 +220,8 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
                   "kept_float_ops": list(FLOAT_OPS),
                   "latency_ms_per_image": {"onnxruntime_cpu": latency, "batch": LATENCY_BATCH,
                                            "qdq": "unfused, as dorl's runtime runs Q/DQ graphs on the CPU"},
-                  "refused_variants": refused, "cpu_variant": settings.cpu_variant}
+                  "refused_variants": refused, "cpu_variant": settings.cpu_variant,
+                  "fp16_variant": settings.fp16_variant}
         folders = variant_folders(out_dir)
         written = {name: _write_variant(name, r, folders[name], common, scorer, manifest, overwrite, inputs)
                    for name, r in results.items()}
@@ -217,6 +268,7 @@ class _Job:
     say: Reporter
     macs: dict[str, float] = field(default_factory=dict)
     qdq_model: Any = None
+    mask_path: frozenset[str] = frozenset()  # the nodes the mask logits depend on
 
     def quantize(self, calibration: np.ndarray, manifest: dict[str, Any]) -> None:
         """Quantize every quantizable node but the base exclusions, once, calibrated on uint8 images
@@ -263,13 +315,17 @@ class _Job:
             report, last["outputs"] = self.scorer.score(build(floated), run, sweep)
             return report
 
+        def alone(nodes: list[str]) -> GateReport:  # the sweep: only `nodes` quantized
+            last["floated"] = None
+            return self.scorer.estimate(build(sorted(set(quantized) - set(nodes))), run,
+                                        masks_change=not self.mask_path.isdisjoint(nodes))
+
         full = scored([])
         full_outputs = last["outputs"]
         if self.settings.auto_float:
-            selection = select_float_groups(groups, self.macs, full,
-                                            lambda nodes: scored(sorted(set(quantized) - set(nodes)), sweep=True),
-                                            scored, lambda message: self.say(f"{label}: {message}"),
-                                            lambda nodes: scored(nodes, sweep=True), ranking)
+            screen = (lambda nodes: scored(nodes, sweep=True)) if self.scorer.screens else None
+            selection = select_float_groups(groups, self.macs, full, alone, scored,
+                                            lambda message: self.say(f"{label}: {message}"), screen, ranking)
         else:
             selection = FloatSelection((), (), full)
         if last["floated"] != sorted(selection.kept_nodes):  # the sweep's graphs were built last: build it again

@@ -148,6 +148,20 @@ def matching_nodes(model: Any, patterns: Iterable[str]) -> list[str]:
     return chosen
 
 
+def upstream_nodes(model: Any, output: str) -> frozenset[str]:
+    """The nodes `output` depends on (empty if the graph has no such output)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    seen: set[str] = set()
+    todo = [output] if output in {o.name for o in model.graph.output} else []
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        todo.extend(node.input)
+    return frozenset(seen)
+
+
 def head_nodes(model: Any) -> list[str]:
     """Every node (any op) of the classifier head's modules (DEFAULT_EXCLUDE)."""
     return [n.name for n in model.graph.node

@@ -149,6 +149,7 @@ def test_int8_cli_defaults_are_the_library_defaults() -> None:
     gate, settings = GateThresholds(), Int8Settings()
     assert (defaults["min_agreement"], defaults["max_accuracy_drop"], defaults["min_mask_iou"], defaults["gate_cells"]) \
         == (gate.min_agreement, gate.max_accuracy_drop, gate.min_mask_iou, gate.min_cells)
-    assert (defaults["quantizer"], defaults["auto_float"], defaults["sweep_cells"], defaults["cpu_variant"]) \
-        == (settings.quantizer, settings.auto_float, settings.sweep_cells, settings.cpu_variant)
+    assert (defaults["quantizer"], defaults["auto_float"], defaults["sweep_cells"], defaults["cpu_variant"],
+            defaults["fp16_variant"]) \
+        == (settings.quantizer, settings.auto_float, settings.sweep_cells, settings.cpu_variant, settings.fp16_variant)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from int8_graphs import CLASSES, SAMPLE, fitted_biases, gate_cells, mini_dorl, write_fp32_artifact
 
@@ -12,7 +13,15 @@ from dorl.artifacts import read_manifest
 from dorl.calibration.calibration_set import read_calibration_set, write_calibration_set
 from dorl.export.int8 import FP16, QDQ, Int8Settings, quantize_artifact
 from dorl.export.int8_gate import GateError, GateReport, GateThresholds, gate_set
-from dorl.export.int8_select import GroupSensitivity, damage_score, float_order, select_float_groups, sweep
+from dorl.export.int8_select import (
+    FloatSelection,
+    GroupSensitivity,
+    damage_score,
+    float_order,
+    select_float_groups,
+    step_sizes,
+    sweep,
+)
 from dorl.safe_write import OutputError
 
 # The small graph's labels pass 99 % only just when fully quantized (98-100 % by seed); 95 % keeps
@@ -60,7 +69,7 @@ def test_selection_stops_as_soon_as_the_gate_holds() -> None:
     assert kept_float == [["a"]]  # stopped after the first group
     record = selection.to_dict()
     assert record["kept_groups"] == ["encoder"] and record["passed"] and len(record["sweep"]) == 3
-    assert record["steps"][0]["kept_in_float"] == "encoder" and record["steps"][0]["top1_agreement"] == 0.995
+    assert record["steps"][0]["kept_in_float"] == ["encoder"] and record["steps"][0]["top1_agreement"] == 0.995
     assert select_float_groups(groups, macs, _report(1.0), lambda n: full, without).kept_groups == ()
 
 
@@ -102,6 +111,47 @@ def test_the_screen_spares_the_whole_gate_until_a_step_looks_good() -> None:
     assert [step[1].top1_agreement for step in selection.steps] == [0.95, 0.995]
 
 
+def test_steps_double_what_is_kept_until_every_candidate() -> None:
+    assert [step_sizes(n) for n in (0, 1, 2, 3, 5, 14)] == [[], [1], [1, 2], [1, 2, 3], [1, 2, 4, 5], [1, 2, 4, 8, 14]]
+    names = [f"g{i}" for i in range(7)]
+    groups = {name: [name] for name in names}
+    alone = {name: _report(1.0, drift=0.01 * (10 - i)) for i, name in enumerate(names)}  # g0 the most damaging
+    gated: list[list[str]] = []
+
+    def without(nodes: list[str]) -> GateReport:
+        gated.append(list(nodes))
+        return _report(0.995 if {"g0", "g4"} <= set(nodes) else 0.95)  # needs g0 and the fifth in order
+
+    selection = select_float_groups(groups, dict.fromkeys(names, 1.0), _report(0.9), lambda n: alone[n[0]], without)
+    assert gated == [["g0"], ["g0", "g1"], ["g0", "g1", "g2", "g3"], names]  # 4 gate runs, not 5
+    assert selection.kept_groups == tuple(names) and selection.report.passed
+    assert [list(step) for step, _ in selection.steps] == [["g0"], ["g1"], ["g2", "g3"], ["g4", "g5", "g6"]]
+    assert selection.to_dict()["steps"][3]["kept_in_float"] == ["g4", "g5", "g6"]
+
+
+def test_when_the_damaging_groups_are_not_enough_the_rest_follow_short_of_the_last() -> None:
+    names = ["loud", "a", "b", "c", "d"]
+    groups = {name: [name] for name in names}
+    alone = {"loud": _report(0.97), "a": _report(1.0, drift=0.009), "b": _report(1.0, drift=0.008),
+             "c": _report(1.0, drift=0.007), "d": _report(1.0, drift=0.001)}  # scores 3, then 0.09 ... 0.01: noise
+
+    def select(needed: set[str]) -> tuple[FloatSelection, list[list[str]]]:
+        gated: list[list[str]] = []
+
+        def without(nodes: list[str]) -> GateReport:
+            gated.append(list(nodes))
+            return _report(0.995 if needed <= set(nodes) else 0.985)
+
+        return select_float_groups(groups, dict.fromkeys(names, 1.0), _report(0.9), lambda n: alone[n[0]],
+                                   without), gated
+
+    selection, gated = select({"loud", "a", "b"})
+    assert gated == [["loud"], ["loud", "a"], ["loud", "a", "b"]] and selection.report.passed
+    assert selection.kept_groups == ("loud", "a", "b")
+    refused, gated = select(set(names))  # only all in float would hold: that is no INT8 graph, so it fails
+    assert gated[-1] == ["loud", "a", "b", "c"] and not refused.report.passed and "d" not in refused.kept_groups
+
+
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("calibration") / "set"
@@ -128,7 +178,7 @@ def test_a_fragile_block_goes_back_to_float_and_nothing_more(tmp_path: Path, cal
     assert selection["kept_groups"] == ["encoder.layers.0.blocks.1"] and selection["passed"]
     sweep_rows = {row["group"]: row for row in selection["sweep"]}
     assert sweep_rows["encoder.layers.0.blocks.1"]["top1_agreement"] < 0.5  # the fragile block alone
-    assert [step["kept_in_float"] for step in selection["steps"]] == ["encoder.layers.0.blocks.1"]
+    assert [step["kept_in_float"] for step in selection["steps"]] == [["encoder.layers.0.blocks.1"]]
     assert selection["steps"][0]["passed"] and manifest["gate"]["passed"] and manifest["gate"]["images"] >= 100
     assert {"node_wide", "node_narrow"}.isdisjoint(_quantized(tmp_path / "int8"))
     for suffix, target in (("-fp16", "tensorrt-strongly-typed"), ("-cpu", "cpu")):
@@ -175,6 +225,17 @@ def test_without_the_cpu_variant_no_cpu_graph_is_made_and_an_old_one_goes(tmp_pa
     assert read_manifest(tmp_path / "int8-fp16", "onnx")["cpu_variant"] is False
 
 
+def test_without_the_fp16_variant_only_the_qdq_graph_is_made_and_an_old_twin_goes(tmp_path: Path,
+                                                                                  calibration: Path) -> None:
+    first = _export(tmp_path, calibration, Int8Settings(gate=RELAXED, auto_float=False, cpu_variant=False))
+    assert first["fp16_variant"] and (tmp_path / "int8-fp16" / "manifest.json").is_file()
+    settings = Int8Settings(gate=RELAXED, auto_float=False, cpu_variant=False, fp16_variant=False)
+    manifest = _quantize(tmp_path / "fp32", tmp_path / "int8", calibration, settings, overwrite=True)
+    assert manifest["fp16_variant"] is False and manifest["refused_variants"] == {}
+    assert not (tmp_path / "int8-fp16").exists() and not (tmp_path / "int8-cpu").exists()
+    assert manifest["gate"]["passed"] and manifest["target"] == "tensorrt"
+
+
 def _quantized(folder: Path) -> set[str]:
     import onnx
 
@@ -190,3 +251,59 @@ def test_the_selection_needs_no_exclude_option_but_honours_one(tmp_path: Path, c
         "encoder.layers.0.blocks.1*"]
     assert {"node_wide", "node_narrow"} <= set(manifest["excluded_nodes"]) and manifest["gate"]["passed"]
     assert {"node_wide", "node_narrow"}.isdisjoint(_quantized(tmp_path / "int8"))
+
+
+def test_the_sweeps_estimate_runs_pass_two_on_fp32s_cells_and_pass_one_only_where_masks_can_change(
+        tmp_path: Path) -> None:
+    import onnx
+    from framed_artifact import with_framing
+
+    from dorl.contract import MASK_LOGITS
+    from dorl.data.framing import FramingConfig
+    from dorl.export.check_cells import CheckCells
+    from dorl.export.int8 import _Scorer
+    from dorl.export.int8_groups import module_path, upstream_nodes
+    from dorl.export.int8_ort import cell_reader, quantize_qdq
+    from dorl.export.int8_qdq import keep_float, tensorrt_infer
+    from dorl.export.parity import onnx_infer
+
+    fp32 = with_framing(write_fp32_artifact(mini_dorl(fitted=fitted_biases()), tmp_path / "plain"), tmp_path / "fp32")
+    model = onnx.load(str(fp32 / "model.onnx"))
+    on_mask_path = upstream_nodes(model, MASK_LOGITS)
+    scopes = {n.name: module_path(n) for n in model.graph.node}
+    cae = [n for n, scope in scopes.items() if scope.startswith("cae")]
+    decoder = [n for n, scope in scopes.items() if scope.startswith("mask_decoder")]
+    assert cae and on_mask_path.isdisjoint(cae) and set(decoder) <= on_mask_path
+    assert not any(scopes[n].startswith("head") for n in on_mask_path)
+    assert upstream_nodes(model, "no_such_output") == frozenset()
+
+    cells = CheckCells.load(gate_cells()[:12], 224, FramingConfig(input="cell", mask="segmenter", margin=0.1))
+    fp32_infer = onnx_infer(fp32 / "model.onnx")
+    scorer = _Scorer(cells.run(fp32_infer), cells, np.zeros(len(cells), int), RELAXED, np.arange(0, 12, 2))
+    calibration = cells.inputs(fp32_infer)
+    batches: list[int] = []
+
+    def counted(path: Path):  # type: ignore[no-untyped-def]
+        infer = tensorrt_infer(path)
+        return lambda images: (batches.append(len(images)), infer(images))[1]
+
+    def only(nodes: list[str], name: str) -> Path:  # a Q/DQ graph with only `nodes` quantized, as the export makes it
+        path, floated = tmp_path / f"{name}.onnx", [n for n in scopes if n not in nodes]
+        quantize_qdq(fp32 / "model.onnx", path, cell_reader(calibration, "images"), floated)
+        onnx.save(keep_float(onnx.load(str(path)), model, floated), str(path))
+        return path
+
+    qdq_cae = only(cae, "cae")  # its masks are FP32's: the estimate is the analyzer's score, without pass 1
+    estimate = scorer.estimate(qdq_cae, counted, masks_change=False)
+    assert batches == [6]
+    analyzer, _ = scorer.score(qdq_cae, counted, sweep=True)
+    assert batches == [6, 6, 6] and estimate == analyzer and estimate.probs_drift > 0
+    assert scorer.estimate(qdq_cae, counted).mask_iou_mean == 1.0 and batches[3:] == [6, 6]
+
+    qdq_decoder = only(decoder, "decoder")  # the masks move; pass 2 on FP32's cells keeps every label
+    batches.clear()
+    estimate = scorer.estimate(qdq_decoder, counted)
+    analyzer, _ = scorer.score(qdq_decoder, counted, sweep=True)
+    assert batches == [6, 6, 6, 6]  # pass 2, then pass 1 on the (at most 16) mask cells; the analyzer's two passes
+    assert estimate.mask_iou_mean == pytest.approx(analyzer.mask_iou_mean) and estimate.mask_iou_mean < 1.0
+    assert estimate.top1_agreement == 1.0 and estimate.probs_drift == pytest.approx(0.0, abs=1e-6)
