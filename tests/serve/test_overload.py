@@ -69,24 +69,34 @@ def wait_for(condition: Any, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.01)
 
 
+@contextmanager
+def flood(server: Any, requests: int) -> Iterator[list[tuple[int, str | None]]]:
+    """`requests` binary infer requests at once, the first held at the model until the block ends.
+
+    Yields the (status, Retry-After) answers as they arrive; on leaving, every request is answered.
+    """
+    body, length = binary_request(CELL)
+    answers: list[tuple[int, str | None]] = []
+    threads = [threading.Thread(target=raw_infer, args=(server, body, length, answers)) for _ in range(requests)]
+    with held(server) as entered:
+        threads[0].start()
+        assert entered.wait(60), "the first request never reached the model"
+        for t in threads[1:]:
+            t.start()
+        yield answers
+    for t in threads:
+        t.join(300)
+
+
 def test_a_flood_gets_503s_with_retry_after_and_the_server_keeps_serving(slow_artifact: Path) -> None:
     with running(slow_artifact, max_batch=1, max_delay_ms=0, queue_size=2) as server:
-        body, length = binary_request(CELL)
-        answers: list[tuple[int, str | None]] = []
-        threads = [threading.Thread(target=raw_infer, args=(server, body, length, answers)) for _ in range(16)]
-        with held(server) as entered:
-            threads[0].start()
-            assert entered.wait(60), "the first request never reached the model"
-            for t in threads[1:]:
-                t.start()
+        with flood(server, 16) as answers:
             wait_for(lambda: len(answers) == 13 and server.service.batcher.depth == 2, "13 refusals and 2 queued")
             assert all(status == 503 for status, _ in answers)
             client = client_for(server)  # tritonclient sees the same refusal while the queue is full
             with pytest.raises(InferenceServerException) as caught:
                 client.infer("dorl", [infer_input(CELL)])
             assert caught.value.status() == "503" and "retry later" in caught.value.message()
-        for t in threads:
-            t.join(300)
         statuses = sorted(status for status, _ in answers)
         assert statuses == [200] * 3 + [503] * 13  # one running + two queued, the rest refused
         assert all(retry is not None and int(retry) >= 1 for status, retry in answers if status == 503)
@@ -116,20 +126,12 @@ def test_the_servers_own_timeout_applies(slow_artifact: Path) -> None:
 
 
 def test_request_bodies_in_memory_are_bounded(slow_artifact: Path) -> None:
-    body, length = binary_request(CELL)
+    body, _ = binary_request(CELL)
     with running(slow_artifact, max_batch=1, max_delay_ms=0, queue_size=16, max_request_bytes=len(body),
                  max_inflight_bytes=2 * len(body)) as server:
-        answers: list[tuple[int, str | None]] = []
-        threads = [threading.Thread(target=raw_infer, args=(server, body, length, answers)) for _ in range(8)]
-        with held(server) as entered:
-            threads[0].start()
-            assert entered.wait(60), "the first request never reached the model"
-            for t in threads[1:]:
-                t.start()
+        with flood(server, 8) as answers:
             wait_for(lambda: len(answers) == 6, "6 refusals")
             assert server.endpoints.held_bytes == 2 * len(body)  # the running body and the queued one
-        for t in threads:
-            t.join(300)
         statuses = sorted(status for status, _ in answers)
         assert statuses == [200] * 2 + [503] * 6  # at most two bodies held: the rest are refused, not queued
         assert server.service.metrics.rejected[("memory",)] == 6
