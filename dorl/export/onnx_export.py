@@ -197,7 +197,7 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
     Args:
         source: a bundle folder or a DoRLModel.
         out_dir: the artifact folder. For int8 the FP16-remainder and CPU variants go beside it, in
-            `<out_dir>-fp16` and `<out_dir>-cpu`.
+            `<out_dir>-fp16` and `<out_dir>-cpu` (unless `int8` turns them off).
         precision: "fp32", "fp16" or "int8" (Q/DQ, symmetric, for TensorRT).
         images: real cell images (paths or arrays) for the parity checks; None: drawn from the
             bundle's training domains or the bundled sample (`parity_cells.default_cells`).
