@@ -23,7 +23,9 @@ def test_bench_reports_the_second_pass(wbc_dir: Path, tmp_path: Path) -> None:
     report = harness.bench([framed, COMMITTED], cells, harness.BenchSettings(**FAST))
     cell, whole = report["configurations"]
     assert cell["status"] == "ok" and cell["framing"] == {"input": "cell", "mask": "segmenter", "margin": 0.1}
-    assert cell["second_pass_ms_per_cell"] > 0 and whole["second_pass_ms_per_cell"] is None
+    # a difference of two timed runs of a tiny model: priced (not None), its size is the benchmark's to print;
+    # under load it can be 0 (CI once measured the two-pass run no slower than the one-pass run)
+    assert cell["second_pass_ms_per_cell"] >= 0 and whole["second_pass_ms_per_cell"] is None
     assert cell["qdq_unfused"] is False and whole["qdq_unfused"] is False  # FP32 graphs
     assert cell["stages_ms_per_cell"]["inference"] == pytest.approx(
         2 * next(b["latency_ms"]["p50"] / b["batch"] for b in cell["batches"] if b["batch"] == 4))
@@ -39,7 +41,7 @@ def test_bench_prices_test_time_augmentation(wbc_dir: Path, tmp_path: Path) -> N
     report = harness.bench([framed], cells, harness.BenchSettings(**FAST, tta="flips"))
     (cell,) = report["configurations"]
     assert cell["status"] == "ok" and cell["tta"] == "flips" and report["settings"]["tta"] == "flips"
-    assert cell["tta_ms_per_cell"] > 0 and cell["second_pass_ms_per_cell"] > 0
+    assert cell["tta_ms_per_cell"] >= 0 and cell["second_pass_ms_per_cell"] >= 0  # priced; sizes: see above
     inference = next(b["latency_ms"]["p50"] / b["batch"] for b in cell["batches"] if b["batch"] == 4)
     assert cell["stages_ms_per_cell"]["inference"] == pytest.approx(5 * inference)  # pass 1, pass 2 and 3 flips
     assert any("test-time augmentation flips" in note for note in notes(report))
