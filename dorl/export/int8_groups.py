@@ -111,6 +111,11 @@ def attention_matmuls(model: Any) -> list[str]:
             if n.op_type == "MatMul" and not any(i in constants for i in n.input[:2])]
 
 
+def producers(model: Any) -> dict[str, Any]:
+    """Tensor name -> the node that makes it."""
+    return {out: node for node in model.graph.node for out in node.output}
+
+
 def output_producers(model: Any) -> list[str]:
     """The quantizable nodes that make a graph output (through reshapes, casts, Softmax and
     bias-like Add/Mul with a constant).
@@ -118,7 +123,7 @@ def output_producers(model: Any) -> list[str]:
     These are the last matmuls: the head's, and the mask decoder's hypernetwork × upscaled
     embedding product that makes `mask_logits`.
     """
-    producer = {out: node for node in model.graph.node for out in node.output}
+    producer = producers(model)
     constants = constant_tensors(model)
     found = []
     for output in model.graph.output:
@@ -150,7 +155,7 @@ def matching_nodes(model: Any, patterns: Iterable[str]) -> list[str]:
 
 def upstream_nodes(model: Any, output: str) -> frozenset[str]:
     """The nodes `output` depends on (empty if the graph has no such output)."""
-    producer = {out: node for node in model.graph.node for out in node.output}
+    producer = producers(model)
     seen: set[str] = set()
     todo = [output] if output in {o.name for o in model.graph.output} else []
     while todo:

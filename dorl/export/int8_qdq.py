@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dorl.export.int8_groups import attention_matmuls
+from dorl.export.int8_groups import attention_matmuls, producers
 
 Q, DQ = "QuantizeLinear", "DequantizeLinear"
 
@@ -36,7 +36,7 @@ def keep_float(qdq: Any, fp32: Any, nodes: Iterable[str]) -> Any:
     model = onnx.ModelProto()
     model.CopyFrom(qdq)
     wanted = set(nodes)
-    producer = {out: node for node in model.graph.node for out in node.output}
+    producer = producers(model)
     inits = {t.name for t in model.graph.initializer}
     originals = {n.name: n for n in fp32.graph.node if n.name in wanted}
     fp32_inits = {t.name: t for t in fp32.graph.initializer}
@@ -94,7 +94,7 @@ def qdq_facts(model: Any) -> dict[str, Any]:
     import onnx
 
     inits = {t.name: t for t in model.graph.initializer}
-    producer = {out: node for node in model.graph.node for out in node.output}
+    producer = producers(model)
     ops = Counter(n.op_type for n in model.graph.node)
     kinds = {n.name: n.op_type for n in model.graph.node}
     int32 = nonzero = 0
