@@ -19,7 +19,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,12 @@ import numpy as np
 
 from dorl.artifacts import read_manifest, write_manifest
 from dorl.calibration.calibration_set import CalibrationSet
-from dorl.contract import MASK_LOGITS, mask_iou
+from dorl.contract import MASK_LOGITS
 from dorl.deps import require
 from dorl.errors import ArtifactError, ConfigError
-from dorl.export.check_cells import CheckCells, Infer
+from dorl.export.check_cells import CheckCells
 from dorl.export.derived import MODEL_FILE, copy_head, derived_fields
-from dorl.export.int8_gate import GateReport, GateSet, GateThresholds, check, evaluate
+from dorl.export.int8_gate import GateReport, GateSet, GateThresholds, check
 from dorl.export.int8_groups import (
     FLOAT_OPS,
     excluded_nodes,
@@ -42,6 +42,7 @@ from dorl.export.int8_groups import (
     upstream_nodes,
 )
 from dorl.export.int8_ort import REDUCE_RANGE
+from dorl.export.int8_score import GateScorer, Runner, spread
 from dorl.export.int8_select import FloatSelection, GroupSensitivity, select_float_groups
 from dorl.export.latency import LATENCY_BATCH, latency_ms
 from dorl.export.trt_compat import require_compatible
@@ -52,13 +53,9 @@ QDQ, FP16, CPU = "Q/DQ (TensorRT)", "Q/DQ + FP16 (TensorRT strongly typed)", "dy
 SUFFIXES = {QDQ: "", FP16: "-fp16", CPU: "-cpu"}
 TARGETS = {QDQ: "tensorrt", FP16: "tensorrt-strongly-typed", CPU: "cpu"}
 SWEEP_CELLS = 64  # the sweep (and the screen before each gate) scores this many of the gate's cells, spread over them
-# A screen on most of the gate's cells spares little of a failing step and doubles the passing one.
-SCREEN_MAX_SHARE = 0.75
-SWEEP_MASK_CELLS = 16  # the sweep scores a group's mask damage on this many of its cells (pass 1)
 _BUILDS = {QDQ: "qdq", CPU: "cpu"}  # scratch folder of each variant's candidate graphs
 
 Reporter = Callable[[str], None]
-Runner = Callable[[Path], Infer]  # a graph's file -> one session of it, as a function of uint8 images
 
 
 @dataclass(frozen=True)
@@ -78,63 +75,6 @@ class Int8Settings:
             raise ConfigError(f"unknown INT8 quantizer {self.quantizer!r}: choose one of {', '.join(QUANTIZERS)}.")
         if self.sweep_cells < 1:
             raise ConfigError(f"the INT8 sensitivity sweep needs at least one cell, got {self.sweep_cells}.")
-
-
-@dataclass
-class _Scorer:
-    """Runs candidate graphs on the gate's cells as the analyzer runs them (both passes of a
-    cell-centric artifact) and scores them against the FP32 outputs."""
-
-    reference: dict[str, np.ndarray]
-    cells: CheckCells
-    labels: np.ndarray
-    thresholds: GateThresholds
-    sweep_rows: np.ndarray
-    sweep_cells: CheckCells = field(init=False)
-    _framed: CheckCells | None = field(init=False, default=None)
-
-    def __post_init__(self) -> None:
-        self.sweep_cells = self.cells.rows(self.sweep_rows)
-
-    @property
-    def screens(self) -> bool:
-        """Whether a screen on the sweep's cells is worth running before the whole gate."""
-        return len(self.sweep_rows) < SCREEN_MAX_SHARE * len(self.cells)
-
-    def score(self, path: Path, run: Runner, sweep: bool = False) -> tuple[GateReport, dict[str, np.ndarray]]:
-        """The gate's score of a graph as the analyzer runs it, on the gate's cells (`sweep`: the sweep's)."""
-        rows = self.sweep_rows if sweep else slice(None)
-        outputs = (self.sweep_cells if sweep else self.cells).run(run(path))
-        reference = {name: value[rows] for name, value in self.reference.items()}
-        return evaluate(reference, outputs, self.labels[rows], self.thresholds), outputs
-
-    def estimate(self, path: Path, run: Runner, masks_change: bool = True) -> GateReport:
-        """The sweep's cheaper score of one group's damage, on the sweep's cells.
-
-        On a cell-centric artifact the labels come from pass 2 on the cells FP32's masks cut (the
-        damage of the classifying pass itself, without the crop moving with the masks), and the masks
-        from pass 1 on SWEEP_MASK_CELLS of the cells, or not at all when `masks_change` is False (no
-        node the masks depend on is quantized: they are FP32's). A whole-image artifact is scored as
-        the gate scores it.
-        """
-        if not self.cells.two_pass:
-            return self.score(path, run, sweep=True)[0]
-        reference = {name: value[self.sweep_rows] for name, value in self.reference.items()}
-        masks = reference.get(MASK_LOGITS)
-        if self._framed is None:
-            self._framed = self.sweep_cells.framed(masks)
-        infer = run(path)
-        report = evaluate(reference, self._framed.classify(infer, masks), self.labels[self.sweep_rows], self.thresholds)
-        if masks_change and masks is not None:
-            few = spread(len(self.sweep_rows), SWEEP_MASK_CELLS)
-            own = infer(self.sweep_cells.pixels[few])[MASK_LOGITS]
-            report = replace(report, mask_iou_mean=float(mask_iou(masks[few], own).mean()))
-        return report
-
-
-def spread(n: int, k: int) -> np.ndarray:
-    """min(k, n) indices spread evenly over range(n)."""
-    return np.unique(np.linspace(0, n - 1, min(k, n)).astype(int))
 
 
 def variant_folders(out_dir: str | Path) -> dict[str, Path]:
@@ -185,7 +125,7 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
                                                           if cells.two_pass else ""))
     rows = spread(len(cells), settings.sweep_cells)
     fp32 = onnx_infer(fp32_file)  # one session: the gate's reference, then the calibration crops' masks
-    scorer = _Scorer(cells.run(fp32), cells, gate.labels, settings.gate, rows)
+    scorer = GateScorer(cells.run(fp32), cells, gate.labels, settings.gate, rows)
     with tempfile.TemporaryDirectory(prefix="dorl-int8-") as tmp:
         job = _Job(Path(tmp), fp32_model, _link_beside(fp32_file, Path(tmp, "fp32")), base, scorer, settings, say)
         job.macs = node_macs(fp32_model, cells.pixels[:1], job.tmp / "exposed.onnx")
@@ -263,7 +203,7 @@ class _Job:
     fp32_model: Any
     fp32_path: Path
     base: list[str]
-    scorer: _Scorer
+    scorer: GateScorer
     settings: Int8Settings
     say: Reporter
     macs: dict[str, float] = field(default_factory=dict)
@@ -410,7 +350,7 @@ def _link_beside(model: Path, folder: Path) -> Path:
     return folder / model.name
 
 
-def _write_variant(name: str, result: _Result, folder: Path, common: dict[str, Any], scorer: _Scorer,
+def _write_variant(name: str, result: _Result, folder: Path, common: dict[str, Any], scorer: GateScorer,
                    fp32_manifest: dict[str, Any], overwrite: bool, inputs: Sequence[str | Path]) -> dict[str, Any]:
     from dorl.safe_write import atomic_folder
 
@@ -418,7 +358,7 @@ def _write_variant(name: str, result: _Result, folder: Path, common: dict[str, A
         return _write_variant_files(name, result, stage, common, scorer, fp32_manifest)
 
 
-def _write_variant_files(name: str, result: _Result, folder: Path, common: dict[str, Any], scorer: _Scorer,
+def _write_variant_files(name: str, result: _Result, folder: Path, common: dict[str, Any], scorer: GateScorer,
                          fp32_manifest: dict[str, Any]) -> dict[str, Any]:
     from dorl.export.parity import compare
 

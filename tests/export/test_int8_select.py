@@ -261,10 +261,10 @@ def test_the_sweeps_estimate_runs_pass_two_on_fp32s_cells_and_pass_one_only_wher
     from dorl.contract import MASK_LOGITS
     from dorl.data.framing import FramingConfig
     from dorl.export.check_cells import CheckCells
-    from dorl.export.int8 import _Scorer
     from dorl.export.int8_groups import module_path, upstream_nodes
     from dorl.export.int8_ort import cell_reader, quantize_qdq
     from dorl.export.int8_qdq import keep_float, tensorrt_infer
+    from dorl.export.int8_score import GateScorer
     from dorl.export.parity import onnx_infer
 
     fp32 = with_framing(write_fp32_artifact(mini_dorl(fitted=fitted_biases()), tmp_path / "plain"), tmp_path / "fp32")
@@ -279,7 +279,7 @@ def test_the_sweeps_estimate_runs_pass_two_on_fp32s_cells_and_pass_one_only_wher
 
     cells = CheckCells.load(gate_cells()[:12], 224, FramingConfig(input="cell", mask="segmenter", margin=0.1))
     fp32_infer = onnx_infer(fp32 / "model.onnx")
-    scorer = _Scorer(cells.run(fp32_infer), cells, np.zeros(len(cells), int), RELAXED, np.arange(0, 12, 2))
+    scorer = GateScorer(cells.run(fp32_infer), cells, np.zeros(len(cells), int), RELAXED, np.arange(0, 12, 2))
     calibration = cells.inputs(fp32_infer)
     batches: list[int] = []
 
