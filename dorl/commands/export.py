@@ -74,8 +74,10 @@ def export(
 
     check_precision(precision)
     tolerances = tolerances_from(atol or [], rtol or [])
-    int8 = Int8Settings(quantizer, GateThresholds(min_agreement, max_accuracy_drop, min_mask_iou, gate_cells),
-                        tuple(exclude or ()), auto_float, sweep_cells, cpu_variant, fp16_variant)
+    gate = GateThresholds(min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
+                          min_mask_iou=min_mask_iou, min_cells=gate_cells)
+    int8 = Int8Settings(quantizer=quantizer, gate=gate, exclude=tuple(exclude or ()), auto_float=auto_float,
+                        sweep_cells=sweep_cells, cpu_variant=cpu_variant, fp16_variant=fp16_variant)
     sources = [str(p) for p in find_images(images)] if images else None
     if images and not sources:
         raise ConfigError(f"no cell images found in {', '.join(map(str, images))}: pass --images with image files or "
