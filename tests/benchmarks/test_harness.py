@@ -70,8 +70,10 @@ def test_report_structure(report: dict) -> None:
         for row in config["batches"]:
             assert len(row["times_ms"]) == 3 and row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
             assert row["throughput_cells_s"] > 0 and row["efficiency"] > 0
-        stages = config["stages_ms_per_cell"]  # the analyzer's time: inference (timed alone) and host work
-        assert stages["host"] >= 0 and config["analyzer_ms_per_cell"] >= stages["inference"] > 0
+        stages = config["stages_ms_per_cell"]  # the analyzer's time: inference (timed alone) and host work,
+        # the rest of the analyzer's time (two timed runs: under load inference alone may take longer)
+        assert config["analyzer_ms_per_cell"] > 0 and stages["inference"] > 0
+        assert stages["host"] == pytest.approx(max(config["analyzer_ms_per_cell"] - stages["inference"], 0.0))
         assert config["pipeline_batch"] == 4 and len(config["predictions"]) == 6 and config["failed_cells"] == 0
     assert report["cells"]["per_class"] == {"lymphocyte": 3, "neutrophil": 3}
 
