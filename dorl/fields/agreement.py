@@ -15,6 +15,8 @@ import numpy as np
 from dorl.fields.analysis import analyze_fields
 from dorl.fields.scoring import HELD_OUT, TUNE, split_of
 
+CONFIDENCE_STEPS = (0.5, 0.6, 0.7, 0.8)  # top-probability thresholds (the analyzer's --threshold) to break agreement by
+
 
 def balanced_accuracy(truth: Sequence[str], predicted: Sequence[str]) -> float:
     """Mean over the true classes of each class's recall."""
@@ -23,6 +25,18 @@ def balanced_accuracy(truth: Sequence[str], predicted: Sequence[str]) -> float:
         rows = [p for t, p in zip(truth, predicted) if t == label]
         recalls.append(sum(p == label for p in rows) / len(rows))
     return float(np.mean(recalls)) if recalls else 0.0
+
+
+def agreement_by_confidence(reference: Sequence[str | None], candidate: Sequence[str | None],
+                            confidence: Sequence[float | None], thresholds: Sequence[float] = CONFIDENCE_STEPS
+                            ) -> list[tuple[float, int, float | None]]:
+    """For each threshold: (threshold, the cells whose `confidence` reaches it, the share of those whose
+    two labels agree, None for no cell). A cell without a confidence (no label) never reaches one."""
+    rows = []
+    for threshold in thresholds:
+        kept = [a == b for a, b, c in zip(reference, candidate, confidence) if c is not None and c >= threshold]
+        rows.append((threshold, len(kept), float(np.mean(kept)) if kept else None))
+    return rows
 
 
 def read_frame_labels(path: Path) -> dict[str, str]:
@@ -49,10 +63,11 @@ def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches
     by_name = {f.name: f for f in frames}
     placed = [m for m in matches if m.cell is not None]
     with Analyzer(artifact, batch_size=batch_size, site=site, check_cells=False) as analyzer:
-        field_labels: dict[str, list[tuple[str | None, bool]]] = {}
+        field_labels: dict[str, list[tuple[str | None, bool, float | None]]] = {}
         start, cpu = time.perf_counter(), time.process_time()
         for result in analyze_fields((fields / "images" / f"{f.name}.jpg" for f in frames), analyzer):
-            field_labels[frames[result.index].name] = [(c.result.label, c.edge) for c in result.cells]
+            field_labels[frames[result.index].name] = [(c.result.label, c.edge, c.result.confidence)
+                                                       for c in result.cells]
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         crop = _labels(analyzer, [m.path for m in placed])
         same_box = _labels(analyzer, [_cut(by_name[m.frame].rgb, m.box) for m in placed])
@@ -76,6 +91,10 @@ def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches
             rows = [i for i, m in enumerate(placed) if split_of(m.frame) == split]
             print(f"    {split}: {_share([agree[i] for i in rows])} (not cut by the edge: "
                   f"{_share([agree[i] for i in rows if not edge[i]])})")
+    confidence = [field_labels[m.frame][m.cell][2] for m in placed]
+    print("  found in the frame, by its top probability (cells counted as sure at that --threshold): " + "; ".join(
+        f">= {t:.1f}: {n} cells, {'-' if share is None else f'{100 * share:.1f} %'} agree"
+        for t, n, share in agreement_by_confidence(crop, field, confidence)))
     confusions = Counter((c, f) for c, f in zip(crop, field) if c != f)
     print("  disagreements (crop file -> field): " + ", ".join(f"{c}->{f} {n}" for (c, f), n in confusions.most_common()))
     folder = [m.label for m in placed]
@@ -106,7 +125,8 @@ def _shift(box: tuple[int, int, int, int], shape: tuple[int, ...], step: int) ->
     return box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
 
 
-def _print_frame_labels(truth: dict[str, str], field_labels: dict[str, list[tuple[str | None, bool]]]) -> None:
+def _print_frame_labels(truth: dict[str, str], field_labels: dict[str, list[tuple[str | None, bool, float | None]]]
+                        ) -> None:
     """The frame's label = its largest found cell's (the finder lists the largest nucleus first)."""
     names = [n for n in truth if field_labels.get(n)]
     if not names:

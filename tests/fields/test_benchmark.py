@@ -11,7 +11,7 @@ from PIL import Image
 from dorl.data.images import load_rgb
 from dorl.errors import ImageError
 from dorl.fields import benchmark
-from dorl.fields.agreement import balanced_accuracy
+from dorl.fields.agreement import agreement_by_confidence, balanced_accuracy
 from dorl.fields.scoring import DetectionScore, box_iou, match_boxes
 from dorl.fields.voc import read_voc
 
@@ -48,6 +48,13 @@ def test_balanced_accuracy() -> None:
     assert balanced_accuracy(["a", "b"], ["a", "b"]) == 1.0
 
 
+def test_agreement_by_confidence_keeps_the_sure_cells() -> None:
+    rows = agreement_by_confidence(["a", "b", "a", "b"], ["a", "a", "a", None], [0.9, 0.55, 0.65, None], (0.5, 0.6, 0.95))
+    assert rows[0] == (0.5, 3, pytest.approx(2 / 3))  # the unlabelled cell never counts
+    assert rows[1] == (0.6, 2, 1.0)
+    assert rows[2] == (0.95, 0, None)
+
+
 def test_benchmark_prints_every_measurement(tiny, fields_dir: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     cells = tmp_path / "cells" / "neutrophil"
@@ -62,4 +69,5 @@ def test_benchmark_prints_every_measurement(tiny, fields_dir: Path, tmp_path: Pa
     assert "| all | 1.000 | 1.000 |" in out and "frames/s finding" in out
     assert "single-cell crops located in their frames: 6" in out
     assert "found in the frame (dorl.fields):" in out and "control: that box shifted by 4 px" in out
+    assert "by its top probability" in out and ">= 0.5: " in out
     assert np.isfinite(float(out.split("crop side / nucleus box's longer side")[1].split("median ")[1].split(",")[0]))
