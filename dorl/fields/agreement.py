@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -16,6 +16,14 @@ from dorl.fields.analysis import analyze_fields
 from dorl.fields.scoring import HELD_OUT, TUNE, split_of
 
 CONFIDENCE_STEPS = (0.5, 0.6, 0.7, 0.8)  # top-probability thresholds (the analyzer's --threshold) to break agreement by
+
+
+class FoundCell(NamedTuple):
+    """What the benchmark keeps of a cell found in a frame."""
+
+    label: str | None
+    edge: bool  # the frame's edge cuts it
+    confidence: float | None
 
 
 def balanced_accuracy(truth: Sequence[str], predicted: Sequence[str]) -> float:
@@ -63,10 +71,10 @@ def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches
     by_name = {f.name: f for f in frames}
     placed = [m for m in matches if m.cell is not None]
     with Analyzer(artifact, batch_size=batch_size, site=site, check_cells=False) as analyzer:
-        field_labels: dict[str, list[tuple[str | None, bool, float | None]]] = {}
+        field_labels: dict[str, list[FoundCell]] = {}
         start, cpu = time.perf_counter(), time.process_time()
         for result in analyze_fields((fields / "images" / f"{f.name}.jpg" for f in frames), analyzer):
-            field_labels[frames[result.index].name] = [(c.result.label, c.edge, c.result.confidence)
+            field_labels[frames[result.index].name] = [FoundCell(c.result.label, c.edge, c.result.confidence)
                                                        for c in result.cells]
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         crop = _labels(analyzer, [m.path for m in placed])
@@ -77,8 +85,8 @@ def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches
     print(f"field analysis end to end (decode, find, cut, classify; batch {analyzer.batch_size}): "
           f"{len(frames) / seconds:.2f} frames/s, {cells / seconds:.2f} cells/s ({len(frames)} frames, {cells} cells); "
           f"CPU time {1000 * cpu / len(frames):.0f} ms per frame, all threads")
-    field = [field_labels[m.frame][m.cell][0] for m in placed]
-    edge = [field_labels[m.frame][m.cell][1] for m in placed]
+    field = [field_labels[m.frame][m.cell].label for m in placed]
+    edge = [field_labels[m.frame][m.cell].edge for m in placed]
     print(f"labels of the same cells, {len(placed)} single-cell crops matched to found cells "
           f"({len(matches) - len(placed)} unmatched); agreement with the label of the crop file:")
     for name, labels in (("found in the frame (dorl.fields)", field),
@@ -91,7 +99,7 @@ def print_agreement(artifact: Path, fields: Path, frames: Sequence[Any], matches
             rows = [i for i, m in enumerate(placed) if split_of(m.frame) == split]
             print(f"    {split}: {_share([agree[i] for i in rows])} (not cut by the edge: "
                   f"{_share([agree[i] for i in rows if not edge[i]])})")
-    confidence = [field_labels[m.frame][m.cell][2] for m in placed]
+    confidence = [field_labels[m.frame][m.cell].confidence for m in placed]
     print("  found in the frame, by its top probability (cells counted as sure at that --threshold): " + "; ".join(
         f">= {t:.1f}: {n} cells, {'-' if share is None else f'{100 * share:.1f} %'} agree"
         for t, n, share in agreement_by_confidence(crop, field, confidence)))
@@ -125,14 +133,13 @@ def _shift(box: tuple[int, int, int, int], shape: tuple[int, ...], step: int) ->
     return box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
 
 
-def _print_frame_labels(truth: dict[str, str], field_labels: dict[str, list[tuple[str | None, bool, float | None]]]
-                        ) -> None:
+def _print_frame_labels(truth: dict[str, str], field_labels: dict[str, list[FoundCell]]) -> None:
     """The frame's label = its largest found cell's (the finder lists the largest nucleus first)."""
     names = [n for n in truth if field_labels.get(n)]
     if not names:
         return
     expected = [truth[n] for n in names]
-    predicted = [str(field_labels[n][0][0]) for n in names]
+    predicted = [str(field_labels[n][0].label) for n in names]
     accuracy = np.mean([a == b for a, b in zip(expected, predicted)])
     majority_label, majority = Counter(expected).most_common(1)[0]
     print(f"frame labels (largest cell) vs labels.csv, {len(names)} frames: accuracy {100 * accuracy:.1f} %, "
