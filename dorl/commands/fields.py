@@ -6,7 +6,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 
@@ -46,15 +46,28 @@ def fields(
     request = FieldRequest(AnalyzerOptions(artifact, batch_size, threshold, backend, site, not no_cell_check, tta),
                            tuple(frames))
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
+        check_records_output(output, artifact, site, frames)
     with contextlib.ExitStack() as stack:
-        out = stack.enter_context(open(output, "w", encoding="utf-8")) if output is not None else sys.stdout
         stop = stack.enter_context(stop_on_signals())
+        opened: list[TextIO] = []
 
         def emit(record: dict) -> None:
-            out.write(json.dumps(record, allow_nan=False) + "\n")
-            out.flush()
+            if not opened:  # at the first record: a run refused before it leaves an earlier file as it was
+                if output is not None:
+                    output.parent.mkdir(parents=True, exist_ok=True)
+                opened.append(stack.enter_context(open(output, "w", encoding="utf-8")) if output is not None
+                              else sys.stdout)
+            opened[0].write(json.dumps(record, allow_nan=False) + "\n")
+            opened[0].flush()
 
         tally = run_fields(request, emit, stop, warn=lambda m: typer.secho(f"warning: {m}", fg="yellow", err=True))
     typer.echo(tally.summary(), err=True)
     raise typer.Exit(tally.exit_code())
+
+
+def check_records_output(output: Path, artifact: Path, site: Path | None, frames: list[Path]) -> None:
+    """Refuse a records file that is a folder, an input frame, or inside an artifact, before any work."""
+    from dorl.safe_write import check_output
+
+    given = [artifact, *([site] if site is not None else []), *(f for f in frames if not f.is_dir())]
+    check_output(output, folder=False, overwrite=True, inputs=given, input_folders=[f for f in frames if f.is_dir()])

@@ -18,12 +18,15 @@ from typing import Any
 import numpy as np
 
 from dorl.data.images import ImageSource, describe_source, load_rgb
+from dorl.data.scan import ScanEntry
 from dorl.errors import ConfigError, ImageError
 from dorl.fields.crop import CROP_SCALE, crop_box, cut
 from dorl.fields.finder import Box, FinderConfig, FoundCell, find_white_cells
 from dorl.fields.records import FieldCell, FrameResult
 
 MAX_FRAME_PIXELS = 40_000_000  # the decoder's limit for one frame, as for a cell image
+GREYSCALE = ("the frame is greyscale: white cells are found by the stain's colours, so give the colour frames of "
+             "the microscope's camera.")
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,13 @@ class _Pending:
         return len(self.results) == len(self.found)
 
 
-def analyze_fields(frames: Iterable[ImageSource], analyzer: Any, config: FieldConfig | None = None) -> Iterator[FrameResult]:
+def analyze_fields(frames: Iterable[ImageSource | ScanEntry], analyzer: Any, config: FieldConfig | None = None
+                   ) -> Iterator[FrameResult]:
     """Find and classify the white cells of each frame, yielding one `FrameResult` per frame, in order.
 
     Args:
-        frames: frame paths, encoded bytes or RGB arrays (any source `load_rgb` reads), consumed lazily.
+        frames: frame paths, encoded bytes or RGB arrays (any source `load_rgb` reads), or the entries of
+            `dorl.data.scan.scan_images` (one with a problem becomes an error record unread), consumed lazily.
         analyzer: an open `dorl.runtime.analyzer.Analyzer` (anything with `analyze(images)` and
             `batch_size`).
         config: the finder and crop settings.
@@ -83,16 +88,27 @@ def analyze_fields(frames: Iterable[ImageSource], analyzer: Any, config: FieldCo
     yield from _finished(pending)
 
 
-def _prepare(index: int, source: ImageSource, config: FieldConfig) -> _Pending:
+def _prepare(index: int, source: ImageSource | ScanEntry, config: FieldConfig) -> _Pending:
+    if isinstance(source, ScanEntry):
+        if source.problem is not None:
+            return _Pending(FrameResult(str(source.path), index, None, error=source.problem), [], [], [])
+        source = source.path
     name = describe_source(source)
     try:
         rgb = load_rgb(source, max_pixels=MAX_FRAME_PIXELS)
     except ImageError as exc:
         return _Pending(FrameResult(name, index, None, error=str(exc)), [], [], [])
+    if is_greyscale(rgb):
+        return _Pending(FrameResult(name, index, None, error=GREYSCALE), [], [], [])
     size = (rgb.shape[0], rgb.shape[1])
     found = find_white_cells(rgb, config.finder)
     boxes = [crop_box(cell.nucleus_box, size, config.crop_scale) for cell in found]
     return _Pending(FrameResult(name, index, size), found, boxes, [cut(rgb, box) for box in boxes])
+
+
+def is_greyscale(rgb: np.ndarray) -> bool:
+    """Whether the three channels are one (a monochrome camera or a grey image): the finder needs the stain's colours."""
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
 
 
 def _classify(analyzer: Any, queued: list[tuple[_Pending, np.ndarray]]) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dorl.fields.records import CELL, EMPTY, ERROR
+from dorl.runtime.records import EXIT_NOTHING, EXIT_OK, EXIT_PARTIAL
 
 MIN_CELLS = 100  # the usual manual differential
 Z_95 = 1.959963984540054  # the standard normal's 97.5th percentile
@@ -111,6 +112,15 @@ class Differential:
                 self.labels.append(label)
             self.counts[label] = self.counts.get(label, 0) + 1
             self.uncertain += bool(record.get("uncertain"))
+
+    def exit_code(self) -> int:
+        """`dorl report`'s exit code: 0 every frame read and every whole cell counted; 3 some frames
+        unreadable or some cells rejected; 4 no frame read, or cells found and none countable."""
+        if self.frames == self.failed_frames or (self.rejected and not self.counted):
+            return EXIT_NOTHING
+        if self.failed_frames or self.rejected:
+            return EXIT_PARTIAL
+        return EXIT_OK
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dorl.data.images import find_images
+from dorl.data.scan import ScanEntry, scan_images
 from dorl.errors import ConfigError
 from dorl.fields.analysis import FieldConfig, analyze_fields
 from dorl.fields.differential import MIN_CELLS, Differential, differential
@@ -34,20 +34,21 @@ class ReportFiles:
     differential: Differential
 
 
-def collect_frames(paths: Sequence[str | Path]) -> list[Path]:
-    """The frame files named by `paths` (folders searched recursively).
+def collect_frames(paths: Sequence[str | Path]) -> list[ScanEntry]:
+    """The frames named by `paths` (folders searched recursively), each an image file or a path whose
+    problem was found while walking (a dangling link, a link loop, a pipe): those become error records.
 
     Raises:
-        ConfigError: a path does not exist, or no image file was found.
+        ConfigError: a path does not exist, or nothing with an image's name was found.
     """
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
         raise ConfigError(f"{', '.join(missing)} does not exist: give folders or files of camera frames.")
-    frames = find_images(paths)
-    if not frames:
+    entries = scan_images(paths).entries
+    if not entries:
         raise ConfigError(f"no image files found in {', '.join(map(str, paths))}: give folders holding camera "
                           "frames (.jpg, .png, .bmp, .tif).")
-    return frames
+    return entries
 
 
 def analyze_to_records(frames: Iterable[Any], analyzer: Any, records: Path, config: FieldConfig | None = None,
@@ -67,14 +68,37 @@ def analyze_to_records(frames: Iterable[Any], analyzer: Any, records: Path, conf
     return count
 
 
+def check_report_output(out: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+    """Refuse a report folder that would overwrite anything but an earlier report, before any work.
+
+    An existing folder is replaced only when it holds an earlier report (its differential.json) and
+    `overwrite` is given; the report may not be, hold or lie inside an input (a gallery written among
+    the frames would be read as frames next time), nor lie inside an artifact.
+    """
+    from dorl.safe_write import OutputError, check_output
+
+    target = Path(out)
+    if target.is_dir() and any(target.iterdir()):
+        if not (target / "differential.json").is_file():
+            raise OutputError(f"{out} holds files that are not a dorl report: choose a new or empty folder, so that "
+                              "nothing in it is lost.")
+        if not overwrite:
+            raise OutputError(f"{out} already holds a report: pass --overwrite to replace it, or choose another folder.")
+    return check_output(target, overwrite=True, inputs=inputs)
+
+
 def field_report(out: str | Path, records: str | Path | None = None, frames: Sequence[str | Path] = (),
                  analyzer: Any = None, config: FieldConfig | None = None, min_cells: int = MIN_CELLS,
                  gallery: bool = True, title: str = "White-cell differential",
-                 on_frame: Callable[[FrameResult], None] | None = None) -> ReportFiles:
+                 on_frame: Callable[[FrameResult], None] | None = None, overwrite: bool = False,
+                 inputs: Sequence[str | Path] = ()) -> ReportFiles:
     """Write a slide's differential (JSON, Markdown) and review gallery into `out`.
 
+    The folder is written whole into a temporary sibling and renamed into place: a failed run leaves
+    an earlier report as it was, and a replaced report keeps none of its old gallery sheets.
+
     Args:
-        out: the report folder (created).
+        out: the report folder (new, empty, or an earlier report with `overwrite`).
         records: an existing cells.jsonl to report on; or None to analyse `frames` with `analyzer`
             into `out/cells.jsonl` first.
         frames: frame files or folders (used when `records` is None).
@@ -84,28 +108,34 @@ def field_report(out: str | Path, records: str | Path | None = None, frames: Seq
         gallery: also write the review gallery (`out/gallery/`).
         title: the Markdown report's heading.
         on_frame: called with each frame's result as the analysis writes it (progress).
+        overwrite: replace an earlier report at `out`.
+        inputs: other inputs the report may not touch (the artifact, a site profile).
 
     Raises:
         ConfigError: neither records nor frames with an analyzer were given, or they cannot be read.
+        OutputError: `out` holds other files, an earlier report without `overwrite`, or an input.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if records is None:
-        if analyzer is None:
-            raise ConfigError("a report needs either a cells.jsonl or frames and an artifact to analyse them with.")
-        records = out / RECORDS_FILE
-        analyze_to_records(collect_frames(frames), analyzer, records, config, on_frame)
-    records = Path(records)
-    result = differential(read_records(records), min_cells=min_cells)
-    json_path, md_path = out / "differential.json", out / "differential.md"
-    json_path.write_text(json.dumps({"records": str(records), **result.to_dict()}, indent=2) + "\n", encoding="utf-8")
-    gallery_index = None
-    if gallery:
-        write_gallery(_lean(read_records(records)), out / "gallery")
-        gallery_index = out / "gallery" / "index.html"
-    md_path.write_text(markdown(result, title, gallery_index.relative_to(out) if gallery_index else None),
-                       encoding="utf-8")
-    return ReportFiles(records, json_path, md_path, gallery_index, result)
+    from dorl.safe_write import atomic_folder
+
+    if records is None and analyzer is None:
+        raise ConfigError("a report needs either a cells.jsonl or frames and an artifact to analyse them with.")
+    given = [*inputs, *([records] if records is not None else frames)]
+    out = check_report_output(out, overwrite, given)
+    entries = collect_frames(frames) if records is None else []
+    with atomic_folder(out, overwrite=True, inputs=given) as tmp:
+        if records is None:
+            analyze_to_records(entries, analyzer, tmp / RECORDS_FILE, config, on_frame)
+        source = Path(records) if records is not None else tmp / RECORDS_FILE
+        result = differential(read_records(source), min_cells=min_cells)
+        shown = Path(records) if records is not None else out / RECORDS_FILE
+        (tmp / "differential.json").write_text(json.dumps({"records": str(shown), **result.to_dict()}, indent=2) + "\n",
+                                               encoding="utf-8")
+        if gallery:
+            write_gallery(_lean(read_records(source)), tmp / "gallery")
+        index = Path("gallery") / "index.html" if gallery else None
+        (tmp / "differential.md").write_text(markdown(result, title, index), encoding="utf-8")
+    return ReportFiles(shown, out / "differential.json", out / "differential.md", out / index if index else None,
+                       result)
 
 
 def markdown(result: Differential, title: str = "White-cell differential", gallery: Path | None = None) -> str:

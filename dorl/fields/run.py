@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dorl.data.scan import ScanEntry
 from dorl.fields.analysis import FieldConfig, analyze_fields
 from dorl.fields.records import FrameResult, frame_records
 from dorl.runtime.options import AnalyzerOptions
@@ -115,7 +116,7 @@ def run_fields(request: FieldRequest, emit: Callable[[dict[str, Any]], None], st
     return tally
 
 
-def _until_stopped(frames: Iterable[Path], stop: Any) -> Iterator[Path]:
+def _until_stopped(frames: Iterable[ScanEntry], stop: Any) -> Iterator[ScanEntry]:
     """The frames, ending early once `stop` is set (the frames already given still finish)."""
     for frame in frames:
         if stop is not None and stop.requested:

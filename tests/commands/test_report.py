@@ -46,7 +46,7 @@ def invoke(command: typer.models.CommandFunctionType, *args: object) -> tuple[in
 def test_report_from_frames_end_to_end(artifact: Path, frames: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     code, stdout, stderr = invoke(report, frames, "--artifact", artifact, "-o", out)
-    assert code == 0, stderr
+    assert code == 3, stderr  # written, and partial: one frame unreadable, cells rejected
     records = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
     assert [r["status"] for r in records].count("cell") == 8
     (broken,) = [r for r in records if r["status"] == "error"]
@@ -70,7 +70,7 @@ def test_report_from_records_matches(artifact: Path, frames: Path, tmp_path: Pat
     assert code == 3, stderr  # one frame unreadable and cells without a label: partial, as in `dorl predict`
     assert "7 frames (0 without a white cell, 1 unreadable): 8 white cells (2 cut by the edge), 2 labelled" in stderr
     code, _, stderr = invoke(report, records, "-o", tmp_path / "from-records", "--no-gallery", "--min-cells", "2")
-    assert code == 0, stderr
+    assert code == 3, stderr
     data = json.loads((tmp_path / "from-records" / "differential.json").read_text())
     assert data["cells"]["counted"] == 2 and data["cells"]["rejected"] == 4 and len(data["warnings"]) == 1 and "1 of 7 frames" in data["warnings"][0]
     assert not (tmp_path / "from-records" / "gallery").exists()
@@ -109,3 +109,79 @@ def test_bad_records_file(tmp_path: Path) -> None:
     path.write_text("not json\n")
     code, _, stderr = invoke(report, path, "-o", tmp_path / "out")
     assert code == 1 and "line 1 is not JSON" in stderr
+
+
+def _records(tmp_path: Path, lines: list[dict]) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "cells.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+CELL = {"frame": "a.jpg", "frame_index": 0, "cells_in_frame": 1, "status": "cell", "cell": 0, "edge": False,
+        "label": "neutrophil", "uncertain": False, "no_cell": False, "probs": {"neutrophil": 0.9, "lymphocyte": 0.1}}
+
+
+def test_report_exit_codes_follow_what_was_counted(tmp_path: Path) -> None:
+    unreadable = {"frame": "b.jpg", "frame_index": 1, "cells_in_frame": 0, "status": "error", "error": "truncated"}
+    rejected = {**CELL, "frame": "c.jpg", "frame_index": 2, "label": None, "no_cell": True}
+    for name, lines, expected in (("all", [CELL], 0), ("partial", [CELL, unreadable], 3),
+                                  ("rejected", [CELL, rejected], 3), ("none read", [unreadable], 4),
+                                  ("none countable", [rejected], 4)):
+        code, _, stderr = invoke(report, _records(tmp_path / name, lines), "-o", tmp_path / name / "out", "--no-gallery")
+        assert code == expected, (name, stderr)
+
+
+def test_report_replaces_only_an_earlier_report(tmp_path: Path) -> None:
+    records = _records(tmp_path, [CELL])
+    out = tmp_path / "slide"
+    assert invoke(report, records, "-o", out)[0] == 0
+    stale = out / "gallery" / "basophil.png"
+    stale.write_bytes(b"an older slide's sheet")
+    code, _, stderr = invoke(report, records, "-o", out)
+    assert code == 1 and "already holds a report: pass --overwrite" in stderr and stale.exists()
+    assert invoke(report, records, "-o", out, "--overwrite")[0] == 0
+    assert not stale.exists() and (out / "gallery" / "neutrophil.png").is_file()  # replaced whole
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    code, _, stderr = invoke(report, records, "-o", other, "--overwrite")
+    assert code == 1 and "not a dorl report" in stderr and (other / "notes.txt").read_text() == "keep me"
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    code, _, stderr = invoke(report, records, "-o", afile)
+    assert code == 1 and "not a folder" in stderr and afile.read_text() == "keep me"
+    shutil.copy(records, out / "cells.jsonl")
+    code, _, stderr = invoke(report, out / "cells.jsonl", "-o", out, "--overwrite")
+    assert code == 1 and "input" in stderr and (out / "cells.jsonl").is_file()  # records inside it are an input
+
+
+def test_report_is_never_written_among_the_frames(artifact: Path, frames: Path) -> None:
+    code, _, stderr = invoke(report, frames, "--artifact", artifact, "-o", frames / "slide")
+    assert code == 1 and "input" in stderr and not (frames / "slide").exists()
+
+
+def test_fields_output_is_checked_before_anything_is_written(artifact: Path, frames: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cells.jsonl"
+    out.write_text("an earlier run\n")
+    code, _, stderr = invoke(fields, artifact, tmp_path / "missing.jpg", "-o", out)
+    assert code == 1 and "does not exist" in stderr and out.read_text() == "an earlier run\n"
+    frame = frames / "BloodImage_00010.jpg"
+    before = frame.read_bytes()
+    code, _, stderr = invoke(fields, artifact, frame, "-o", frame)
+    assert code == 1 and "input" in stderr and frame.read_bytes() == before
+    (tmp_path / "a-folder").mkdir()
+    code, _, stderr = invoke(fields, artifact, frame, "-o", tmp_path / "a-folder")
+    assert code == 1 and "is a folder, not a file" in stderr
+
+
+def test_frames_that_cannot_be_analysed_are_records(artifact: Path, frames: Path, tmp_path: Path) -> None:
+    (frames / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    from PIL import Image
+
+    Image.open(frames / "BloodImage_00010.jpg").convert("L").save(frames / "grey.png")
+    code, stdout, stderr = invoke(fields, artifact, frames, "--no-cell-check")
+    errors = {Path(r["frame"]).name: r["error"] for r in map(json.loads, stdout.splitlines()) if r["status"] == "error"}
+    assert code == 3 and "3 unreadable" in stderr
+    assert set(errors) == {"gone.jpg", "grey.png", "BloodImage_99999.jpg"}
+    assert "greyscale" in errors["grey.png"] and "link" in errors["gone.jpg"]
