@@ -253,7 +253,7 @@ class Analyzer:
             pixels.append(resize_square(decoded.rgb, self.image_size))
             slots.append((i, decoded.size_hw, decoded.notes, self._stain(pixels[-1])))
             if self.framing is not None:
-                decoded_rgb.append(decoded.rgb)
+                decoded_rgb.append(decoded.rgb)  # the crop is cut from these pixels, its box mapped to the image's
         if slots:
             self.runner.activate()
             classified = np.stack(pixels)
@@ -268,7 +268,10 @@ class Analyzer:
             batch = _Batch(self, outputs, views)
             for row, (i, size_hw, notes, stain) in enumerate(slots):
                 if results[i] is None:
-                    results[i] = batch.cell(row, describe_source(sources[i]), size_hw, notes, framed[row], stain)
+                    where = framed[row]
+                    if where is not None:
+                        where = where.in_image(decoded_rgb[row].shape[:2], size_hw)
+                    results[i] = batch.cell(row, describe_source(sources[i]), size_hw, notes, where, stain)
         return [r for r in results if r is not None]
 
     def _stain(self, pixels: np.ndarray) -> float | None:

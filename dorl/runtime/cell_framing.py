@@ -12,7 +12,7 @@ segmenter's own (`framing.mask == "segmenter"`, pass 1's mask) or the stain-base
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -35,6 +35,16 @@ class Framed:
     @classmethod
     def of(cls, crop: CellCrop) -> Framed:
         return cls(crop.box, crop.empty, crop.touches_border)
+
+    def in_image(self, decoded_hw: tuple[int, int], size_hw: tuple[int, int]) -> Framed:
+        """The box in the image's own pixels, for an image decoded at a reduced size `decoded_hw`."""
+        if self.box is None or decoded_hw == size_hw:
+            return self
+        (h, w), (height, width) = decoded_hw, size_hw
+        top, bottom, left, right = self.box
+        box = (round(top * height / h), min(round(bottom * height / h), height),
+               round(left * width / w), min(round(right * width / w), width))
+        return replace(self, box=box)
 
 
 def crop_mask(rgb: np.ndarray, segmenter_mask: np.ndarray | None, framing: FramingConfig,

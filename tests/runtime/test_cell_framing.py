@@ -132,3 +132,16 @@ def test_predict_prints_the_crop(framed: TinyArtifact, tmp_path: Path) -> None:
     assert cell["touches_border"] is False and edge["touches_border"] is True
     top, bottom, left, right = cell["crop_box"]
     assert bottom - top == right - left and top < 50 and bottom > 150
+
+
+def test_the_crop_box_is_in_the_image_pixels_when_decoded_reduced(framed: TinyArtifact, tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "large.png"  # decoded at a reduced size: far larger than the 224 px input
+    Image.fromarray(disc_image(2000, 1800, (1600, 1300), 150)).save(path)
+    with Analyzer(framed.folder, check_cells=False) as analyzer:
+        (result,) = analyzer.analyze([path])
+    assert result.size_hw == (2000, 1800)
+    top, bottom, left, right = result.crop_box
+    assert top < 1450 and 1750 < bottom <= 2000 and left < 1150 and 1450 < right <= 1800  # around the disc
+    assert bottom - top < 500  # the disc (300 px) and its margin
