@@ -180,6 +180,8 @@ def _decode(stream: IO[bytes], name: str, limits: _Limits) -> DecodedImage:
 
 
 def _check_single_frame(img: Image.Image, name: str) -> None:
+    if img.format == "MPO":  # a camera JPEG with its previews (Multi-Picture Format): the first image is the photo
+        return
     frames = getattr(img, "n_frames", 1)
     if frames > 1:
         raise ImageError(f"{name} holds {frames} frames (pages or an animation) and the analyzer reads one image: "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,7 @@ def _read_arrays(path: Path, where: str) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise SiteProfileError(f"site profile {where} cannot be read ({exc}): run `dorl adapt` again.") from exc
     dim = arrays.get("b", np.zeros(0)).shape[0] if arrays.get("b") is not None and arrays["b"].ndim == 1 else -1
     expected = {"a": (dim, dim), "b": (dim,), "stats_mean": (dim,), "stats_m2": (dim, dim), "stats_n": ()}

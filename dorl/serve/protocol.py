@@ -96,6 +96,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         header = json.loads(json_part)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"the request's JSON is invalid ({exc}): send a KServe v2 infer request.") from None
+    except RecursionError:
+        raise ProtocolError("the request's JSON is nested too deeply to read: send a KServe v2 infer request "
+                            "(its 'data' a flat list or one nested to the tensor's shape).") from None
     if not isinstance(header, dict):
         raise ProtocolError("the request's JSON must be an object with an 'inputs' list.")
     return header, binary

@@ -310,6 +310,15 @@ def test_multi_frame_files_are_refused_single_frame_gif_is_read(tmp_path: Path) 
     assert load_rgb(tmp_path / "one.gif")[5, 5].tolist() == [200, 0, 0]
 
 
+def test_a_camera_jpeg_with_a_preview_reads_its_photo(tmp_path: Path) -> None:
+    photo = Image.new("RGB", (64, 48), (10, 200, 30))
+    photo.save(tmp_path / "camera.jpg", format="MPO", save_all=True, append_images=[photo.resize((16, 12))])
+    with Image.open(tmp_path / "camera.jpg") as opened:
+        assert opened.format == "MPO" and opened.n_frames == 2
+    rgb = load_rgb(tmp_path / "camera.jpg")
+    assert rgb.shape == (48, 64, 3) and np.abs(rgb[20, 30].astype(int) - [10, 200, 30]).max() < 6
+
+
 def test_implausible_strips_are_refused_before_decoding(tmp_path: Path) -> None:
     from bad_inputs import blank_png
 

@@ -158,6 +158,17 @@ def tamper(profile: Path, folder: Path, arrays: dict | None = None, fields: dict
     return folder
 
 
+def test_a_profile_file_that_is_not_an_archive_is_refused(bccd_profile, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(bccd_profile, bad)
+    (bad / "profile.npz").write_bytes(b"PK not a zip archive at all")
+    kept = {k: v for k, v in json.loads((bad / "manifest.json").read_text()).items()
+            if k not in ("files", "format_version", "kind", "created")}
+    write_manifest(bad, "site-profile", ["profile.npz"], **kept)  # hashes that match: only the content is wrong
+    with pytest.raises(SiteProfileError, match="cannot be read .*run `dorl adapt` again"):
+        load_profile(bad)
+
+
 def test_copies_of_one_image_never_make_a_profile(sample_artifact, tmp_path):
     from PIL import Image, PngImagePlugin
 

@@ -131,3 +131,7 @@ def test_invalid_json_is_a_400() -> None:
     with pytest.raises(ProtocolError, match="JSON is invalid") as caught:
         parse(b"{not json", None)
     assert caught.value.status == 400
+    deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(ProtocolError, match="nested too deeply") as caught:
+        parse(deep, None)
+    assert caught.value.status == 400
