@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from dorl.data.images import load_rgb
 from dorl.errors import ImageError
 from dorl.fields.differential import is_rejected
-from dorl.fields.records import CELL
+from dorl.fields.records import CELL, frame_file
 
 THUMB = 112  # px, a thumbnail's side
 CAPTION = 14  # px under each thumbnail
@@ -108,7 +108,7 @@ def _crop_pixels(record: dict[str, Any]) -> np.ndarray | None:
         if record.get("crop"):
             return load_rgb(record["crop"])
         x0, y0, x1, y1 = record["crop_box"]
-        return load_rgb(record["frame"])[y0:y1, x0:x1]
+        return load_rgb(frame_file(record))[y0:y1, x0:x1]
     except (ImageError, KeyError, TypeError, ValueError):
         return None  # a grey square: the frame moved or was an in-memory array
 

@@ -8,8 +8,10 @@ told apart from the next and a report can count frames as well as cells.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ import numpy as np
 from dorl.errors import ConfigError
 from dorl.fields.finder import Box, FoundCell
 from dorl.runtime.analyzer import CellResult
+from dorl.runtime.records import printable_source
 from dorl.serve.record import mask_rle, rle_to_mask
 
 CELL, EMPTY, ERROR = "cell", "empty", "error"
@@ -96,10 +99,14 @@ def frame_records(frame: FrameResult, crop_files: dict[int, str] | None = None) 
         frame: the frame's result.
         crop_files: cell index -> the file its crop was saved to, when crops were saved.
     """
-    base = {"frame": frame.frame, "frame_index": frame.index,
-            "frame_size": list(frame.size) if frame.size else None, "cells_in_frame": len(frame.cells)}
+    name, raw = printable_source(frame.frame)
+    base: dict[str, Any] = {"frame": name, "frame_index": frame.index,
+                            "frame_size": list(frame.size) if frame.size else None, "cells_in_frame": len(frame.cells)}
+    if raw is not None:  # a file name that is not valid UTF-8: shown escaped, given exactly as base64
+        base["frame_b64"] = raw
     if not frame.cells:
-        return [{**base, "status": frame.status, "error": frame.error}]
+        error = printable_source(frame.error)[0] if frame.error is not None else None
+        return [{**base, "status": frame.status, "error": error}]
     return [{**base, "status": CELL, **cell_record(cell, (crop_files or {}).get(cell.index))} for cell in frame.cells]
 
 
@@ -115,6 +122,12 @@ def cell_record(cell: FieldCell, crop_file: str | None = None) -> dict[str, Any]
         "mask": encode_mask(cell.mask) if cell.mask is not None else None,
         "crop": crop_file,
     }
+
+
+def frame_file(record: dict[str, Any]) -> str:
+    """The frame file a record came from, exactly (from `frame_b64` when its name is not valid UTF-8)."""
+    raw = record.get("frame_b64")
+    return os.fsdecode(base64.b64decode(raw)) if isinstance(raw, str) else str(record.get("frame"))
 
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:

@@ -185,3 +185,17 @@ def test_frames_that_cannot_be_analysed_are_records(artifact: Path, frames: Path
     assert code == 3 and "3 unreadable" in stderr
     assert set(errors) == {"gone.jpg", "grey.png", "BloodImage_99999.jpg"}
     assert "greyscale" in errors["grey.png"] and "link" in errors["gone.jpg"]
+
+
+def test_a_frame_name_that_is_not_utf8_is_kept_exactly(artifact: Path, tmp_path: Path) -> None:
+    import base64
+    import os
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    shutil.copy(FRAMES / "BloodImage_00010.jpg", os.path.join(os.fsencode(folder), b"frame\xff.jpg"))
+    code, _, stderr = invoke(report, folder, "--artifact", artifact, "-o", tmp_path / "slide", "--min-cells", "1")
+    assert code in (0, 3, 4) and "Traceback" not in stderr and (tmp_path / "slide" / "gallery" / "index.html").is_file()
+    records = [json.loads(line) for line in (tmp_path / "slide" / "cells.jsonl").read_text().splitlines()]
+    assert records and all(r["frame"].endswith("frame\\xff.jpg") for r in records)
+    assert {base64.b64decode(r["frame_b64"]) for r in records} == {os.fsencode(folder) + b"/frame\xff.jpg"}
