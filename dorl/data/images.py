@@ -237,7 +237,7 @@ def _check_size(width: int, height: int, name: str, min_side: int, max_pixels: i
     if width * height > max_pixels:
         raise ImageError(
             f"{name} is {width}x{height} px ({width * height / 1e6:.0f} MP), above the limit of "
-            f"{max_pixels / 1e6:.0f} MP: crop the cell out of the slide image first."
+            f"{max_pixels / 1e6:.0f} MP: give a cell image or a camera field (downscale or split a slide scan first)."
         )
     if max(width, height) > MAX_ASPECT * min(width, height):
         raise ImageError(

@@ -355,8 +355,9 @@ class _Batch:
         if not self.finite[row]:
             return CellResult(source=source, label=None, probs={}, feature=None, mask_lowres=None, size_hw=size_hw,
                               uncertain=True, notes=notes, site=site,
-                              error="the model's outputs for this image are not finite (NaN or infinity): check the "
-                                    "artifact with `dorl info` and re-export it if this repeats.")
+                              error="the model's outputs for this image are not finite (NaN or infinity): compare with "
+                                    "the FP32 artifact (`--backend onnxruntime`) and re-export or rebuild this "
+                                    "one if it repeats.")
         probs = self.probs[row]
         mask = postprocess.low_res_mask(outputs[MASK_LOGITS][row]) if MASK_LOGITS in outputs else None
         distance = float(self.distances[row]) if self.distances is not None else None

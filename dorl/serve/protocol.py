@@ -135,6 +135,8 @@ def parse_infer_request(body: bytes, header_length: str | None, inputs: Mapping[
     if len(batches) != 1:
         raise ProtocolError(f"the inputs have different batch sizes {sorted(batches)}: send one batch size.")
     parameters = _parameters(header)
+    if header.get("id") is not None and not isinstance(header["id"], (str, int)):
+        raise ProtocolError("the request's 'id' must be a string: it is echoed back as the response's 'id'.")
     return InferRequest(
         id=str(header["id"]) if header.get("id") not in (None, "") else None,
         inputs=arrays,
@@ -197,6 +199,8 @@ def _json_tensor(data: Any, name: str, dtype: np.dtype, shape: list[int]) -> np.
         values = np.asarray(data)
     except (ValueError, TypeError):
         raise ProtocolError(f"input {name!r} 'data' is not a regular array of numbers.") from None
+    if values.dtype == object or isinstance(data, (dict, str)):
+        raise ProtocolError(f"input {name!r} 'data' is not a regular array of numbers.")
     if values.size != math.prod(shape):
         raise ProtocolError(f"input {name!r} 'data' holds {values.size} values, shape {shape} needs {math.prod(shape)}.")
     if values.size and values.dtype.kind not in "iub" + ("f" if dtype.kind == "f" else ""):
