@@ -31,8 +31,8 @@ from dorl.errors import ArtifactError
 
 MANIFEST_NAME = MANIFEST_FILE  # the contract's name, under the name other modules import
 MANIFEST_DIGEST_FILE = "manifest.sha256"
-FORMAT_VERSION = 2  # 2: sealed (manifest digest, class names bound into the files); 1 is still read
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 2  # sealed: the manifest's digest beside it, the class names bound into the files
+READABLE_VERSIONS = (2,)  # format 1 carried no seal: reading it would let an edited manifest pass as an old one
 KINDS = ("bundle", "onnx", "engine", "site-profile", "calibration-set")
 FILE_MODE = 0o644
 CLASS_NAMES_KEY = "dorl.class_names"  # ONNX metadata and safetensors metadata
@@ -180,13 +180,12 @@ def _load(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or "kind" not in manifest or not isinstance(manifest.get("files"), dict):
         raise ArtifactError(f"{manifest_path} lacks 'kind' or 'files': the artifact is corrupt; write it again.")
     version = manifest.get("format_version")
-    if version not in READABLE_VERSIONS:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise ArtifactError(
-            f"{folder} has format version {version}, this dorl reads {' and '.join(map(str, READABLE_VERSIONS))}: "
+            f"{folder} has format version {version!r}, this dorl reads {' and '.join(map(str, READABLE_VERSIONS))}: "
             "re-create the artifact with this version of dorl."
         )
-    if version >= 2:
-        _check_digest(folder, raw)
+    _check_digest(folder, raw)
     return manifest
 
 
@@ -245,15 +244,14 @@ def check_bound_files(folder: Path, manifest: dict[str, Any]) -> None:
     """The class names recorded in the files themselves, and an ONNX graph's external files."""
     names = manifest.get("class_names")
     files = manifest["files"]
-    sealed = manifest["format_version"] >= 2
     for graph in _graphs(files) if manifest["kind"] == "onnx" else []:
         from dorl.graph_file import GraphFacts
 
         facts = GraphFacts(folder / graph)
         _check_external(folder / graph, facts, files)
-        _compare_names(folder / graph, names, facts.values(CLASS_NAMES_KEY), sealed)
+        _compare_names(folder / graph, names, facts.values(CLASS_NAMES_KEY))
     if manifest["kind"] == "bundle" and WEIGHTS_FILE in files:
-        _compare_names(folder / WEIGHTS_FILE, names, _safetensors_values(folder / WEIGHTS_FILE), sealed)
+        _compare_names(folder / WEIGHTS_FILE, names, _safetensors_values(folder / WEIGHTS_FILE))
 
 
 def _check_external(path: Path, facts: Any, files: Any) -> None:
@@ -267,8 +265,8 @@ def _graphs(files: Any) -> list[str]:
     return [name for name in files if name.endswith(".onnx")]
 
 
-def _compare_names(path: Path, names: Any, stored: list[str], required: bool) -> None:
-    if names is None or (not stored and not required):
+def _compare_names(path: Path, names: Any, stored: list[str]) -> None:
+    if names is None:
         return
     if not stored:
         raise ArtifactError(f"{path} does not record its class names: re-create the artifact with this dorl.")

@@ -166,12 +166,18 @@ def test_files_are_readable_by_everyone(tmp_path: Path) -> None:
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
 
 
-def test_a_format_1_artifact_is_still_read(tmp_path: Path) -> None:
+def test_a_format_1_manifest_is_refused_so_no_edit_passes_as_an_old_artifact(tmp_path: Path) -> None:
     (tmp_path / "a.bin").write_bytes(b"x")
     write_manifest(tmp_path, "onnx", ["a.bin"])
-    edit_manifest(tmp_path, lambda m: m.update(format_version=1))
+    edit_manifest(tmp_path, lambda m: m.update(format_version=1, framing={"input": "whole"}))
+    with pytest.raises(ArtifactError, match="has format version 1, this dorl reads 2: re-create"):
+        read_manifest(tmp_path)
     (tmp_path / MANIFEST_DIGEST_FILE).unlink()
-    assert read_manifest(tmp_path)["format_version"] == 1
+    with pytest.raises(ArtifactError, match="has format version 1"):
+        read_manifest(tmp_path)
+    edit_manifest(tmp_path, lambda m: m.update(format_version="2"))
+    with pytest.raises(ArtifactError, match="has format version '2'"):
+        read_manifest(tmp_path)
 
 
 def test_renamed_bundle_classes_are_refused_by_the_weights(tmp_path: Path) -> None:
