@@ -125,6 +125,9 @@ def _artifact_kind(manifest: Path) -> str | None:
 
 def _check_writable(target: Path) -> None:
     existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    if existing is not None and existing != target and not existing.is_dir():
+        raise OutputError(f"{existing} is a file, not a folder, so {target} cannot be made under it: choose another "
+                          "output path.")
     if existing is None or not os.access(existing if existing.is_dir() else existing.parent, os.W_OK | os.X_OK):
         raise OutputError(f"{target} cannot be written: {existing} is not writable by this user; choose "
                           "another output.")

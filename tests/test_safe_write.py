@@ -141,3 +141,11 @@ def test_atomic_file_never_clobbers_without_overwrite(tmp_path: Path) -> None:
     write_bytes(path, b"second", overwrite=True)
     assert path.read_bytes() == b"second" and oct(path.stat().st_mode & 0o777) == "0o644"
     assert json.dumps(sorted(p.name for p in tmp_path.iterdir())) == '["mask.png"]'
+
+
+def test_an_output_under_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputError, match="afile is a file, not a folder"):
+        check_output(tmp_path / "afile" / "sub")
+    with pytest.raises(OutputError, match="afile is a file, not a folder"):
+        check_output(tmp_path / "afile" / "sub" / "deeper.json", folder=False)

@@ -47,7 +47,9 @@ def bench(
     from dorl.benchmarks.harness import BenchSettings, targets_from
     from dorl.benchmarks.harness import bench as run_bench
     from dorl.benchmarks.report import print_report, write_report
+    from dorl.safe_write import check_output
 
+    check_output(out, overwrite=True)  # a folder of report files: never a file, an artifact or inside one
     paths = list(artifacts or [])
     settings = BenchSettings(batch_sizes=parse_batch_sizes(batch_sizes), iterations=iterations, warmup=warmup,
                              threads=threads, device=device, tta=tta)

@@ -55,10 +55,13 @@ def evaluate(
     feature (CAE variants, pooled tokens), input framing, adaptation and test-time augmentation."""
     from dorl.evaluation.report import distinct_settings, headline, write_report
     from dorl.evaluation.run import EvaluationOptions, evaluate_bundle
+    from dorl.safe_write import check_output
     from dorl.training.progress import RichReporter
 
     if not bundle.exists():
         fail(f"bundle {bundle} does not exist: give the bundle folder `dorl train` wrote (OUT/bundle).")
+    for folder in (output, cache or output / "cache"):  # report files and caches: never a file or an artifact
+        check_output(folder, overwrite=True)
     options = EvaluationOptions(heads=_listed(heads), folds=folds, seed=seed, repeats=repeats,
                                 framings=_listed(framings), cae_variants=_variants(cae_variants),
                                 cae_framings=None if cae_framings.strip() == "bundle" else _listed(cae_framings),

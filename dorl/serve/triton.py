@@ -22,6 +22,7 @@ from typing import Any
 
 from dorl.artifacts import MANIFEST_NAME, read_manifest, sha256_file
 from dorl.errors import ArtifactError, ConfigError
+from dorl.safe_write import OutputError, check_output
 from dorl.serve.config import check_model_name
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "onnxruntime", "model.onnx"),
@@ -187,8 +188,13 @@ def write_repository(artifact: str | Path, repository: str | Path, name: str = "
     manifest = read_manifest(artifact, kinds=("onnx", "engine"))
     config = model_config(manifest, name, **options)
     target = Path(repository) / name
-    if target.exists() and not overwrite:
-        raise ConfigError(f"{target} already exists: give another --name or repository, or add --overwrite.")
+    check_output(target, overwrite=True, inputs=[artifact])  # never in, over or around the artifact or another
+    if target.exists():
+        if not (target / "config.pbtxt").is_file():
+            raise OutputError(f"{target} exists and is not a Triton model folder (it has no config.pbtxt): give "
+                              "another --name or repository, so that nothing in it is lost.")
+        if not overwrite:
+            raise ConfigError(f"{target} already exists: give another --name or repository, or add --overwrite.")
     stage = target.with_name(f".{name}.partial")
     shutil.rmtree(stage, ignore_errors=True)
     (stage / VERSION).mkdir(parents=True)

@@ -140,6 +140,9 @@ def train(domains: Sequence[Domain], out_dir: str | Path, config: TrainConfig | 
     if unknown or not stages:
         raise ConfigError(f"unknown stages {unknown or '(none)'}: choose among {', '.join(STAGES)}.")
     _check_domains(list(domains), config.model)
+    from dorl.safe_write import check_output
+
+    check_output(out_dir, overwrite=True)  # a run folder (reused to resume): never a file, an artifact or in one
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(list(domains), out, config, tuple(stages), resume, reporter or NullReporter(),

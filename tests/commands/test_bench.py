@@ -66,3 +66,12 @@ def test_parse_batch_sizes() -> None:
     assert parse_batch_sizes("8,1,2,2") == (1, 2, 8)
     with pytest.raises(ConfigError):
         parse_batch_sizes("")
+
+
+def test_the_report_never_goes_into_an_artifact_or_under_a_file(artifact: Path, tmp_path: Path) -> None:
+    result = invoke(str(artifact), "--labelled", "jtsc", "-o", str(artifact))
+    assert result.exit_code == 1 and "is a dorl onnx folder" in result.output
+    assert not (artifact / "report.json").exists()
+    (tmp_path / "afile").write_text("x")
+    result = invoke(str(artifact), "--labelled", "jtsc", "-o", str(tmp_path / "afile" / "bench"))
+    assert result.exit_code == 1 and "is a file, not a folder" in result.output

@@ -122,6 +122,8 @@ def test_bad_inputs_give_clear_errors(bundle: Path, domains: dict[str, Path], tm
     assert code == 1 and "CAE rows on input 'whole', which is not among the scored framings" in err
     code, _, err = invoke(tmp_path, "-d", pbc, "-o", tmp_path / "o")
     assert code == 1 and "manifest" in err
+    code, _, err = invoke(bundle, "-d", pbc, "-o", bundle)
+    assert code == 1 and "is a dorl bundle folder" in err and not (bundle / "cache").exists()
 
 
 def test_cae_variants_default_to_dorl_and_all_names_every_one() -> None:

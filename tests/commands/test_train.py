@@ -68,3 +68,19 @@ def test_user_errors_are_one_sentence_and_exit_1(app: typer.Typer, wbc_dir: Path
     args = [a.replace("{pbc}", f"pbc={pbc}") for a in args]
     result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out"), "--encoder", "sam_vit_test"])
     assert result.exit_code == 1 and message in result.output
+
+
+def test_the_run_folder_is_never_an_artifact_or_under_a_file(app: typer.Typer, wbc_dir: Path, tmp_path: Path) -> None:
+    from dorl.artifacts import write_manifest
+
+    pbc = copy_domain(wbc_dir, "pbc", tmp_path / "pbc", 1, ("lymphocyte", "neutrophil"))
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    (artifact / "model.bin").write_bytes(b"x")
+    write_manifest(artifact, "onnx", ["model.bin"])
+    (tmp_path / "afile").write_text("x")
+    for out, message in ((artifact, "is a dorl onnx folder"), (artifact / "run", "lies inside the dorl artifact"),
+                         (tmp_path / "afile" / "run", "is a file, not a folder")):
+        result = CliRunner().invoke(app, ["--domain", f"pbc={pbc}", "-o", str(out), "--encoder", "sam_vit_test"])
+        assert result.exit_code == 1 and message in result.output, result.output
+    assert sorted(p.name for p in artifact.iterdir()) == ["manifest.json", "manifest.sha256", "model.bin"]

@@ -156,3 +156,25 @@ def test_refusals(tiny_artifact: TinyArtifact, tmp_path: Path) -> None:
     write_manifest(profile, "site-profile", ["profile.npz"])
     with pytest.raises(ArtifactError, match="is a 'site-profile' artifact, but a onnx or engine is needed"):
         write_repository(profile, tmp_path / "other")
+
+
+def test_overwrite_replaces_only_a_triton_model_never_the_artifact(tiny_artifact: TinyArtifact, tmp_path: Path) -> None:
+    from dorl.safe_write import OutputError
+
+    repository = tmp_path / "repo"
+    shutil.copytree(tiny_artifact.folder, repository / "art")
+    with pytest.raises(OutputError, match="input"):
+        write_repository(repository / "art", repository, name="art", overwrite=True)
+    assert (repository / "art" / "manifest.json").is_file()  # the input is whole
+    with pytest.raises(OutputError, match="lies inside the input"):
+        write_repository(repository / "art", repository / "art" / "models")
+    with pytest.raises(OutputError, match="lies inside the dorl artifact"):
+        write_repository(tiny_artifact.folder, repository / "art" / "models")
+    (repository / "notes").mkdir()
+    (repository / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not a Triton model folder"):
+        write_repository(tiny_artifact.folder, repository, name="notes", overwrite=True)
+    assert (repository / "notes" / "keep.txt").read_text() == "mine"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        write_repository(tiny_artifact.folder, tmp_path / "afile")
