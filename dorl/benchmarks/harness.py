@@ -77,7 +77,8 @@ def targets_from(artifacts: Sequence[str | Path], bundle: str | Path | None) -> 
     """The configurations to run: the bundle's PyTorch baseline first, then each artifact.
 
     Raises:
-        ArtifactError: an artifact is missing, corrupt or not an ONNX graph or engine.
+        ArtifactError: an artifact is missing, its manifest malformed, or not an ONNX graph or engine (each
+            file's content is verified when its configuration loads: a corrupt one fails that configuration).
     """
     from dorl.manifests import GraphDescription, parse_framing, parse_tta, read_artifact, read_bundle
 

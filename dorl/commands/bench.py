@@ -42,11 +42,16 @@ def bench(
     plots: Annotated[bool, typer.Option(help="Write latency, throughput and accuracy PNGs.")] = True,
     tta: TtaOption = None,
 ) -> None:
-    """Benchmark each configuration on the same real cells and write the report."""
+    """Benchmark each configuration on the same real cells and write the report.
+
+    Exit codes: 0 every configuration measured (or skipped where its backend is absent), 3 some failed,
+    4 none measured.
+    """
     from dorl.benchmarks.accuracy import collect_cells
     from dorl.benchmarks.harness import BenchSettings, targets_from
     from dorl.benchmarks.harness import bench as run_bench
     from dorl.benchmarks.report import print_report, write_report
+    from dorl.runtime.records import EXIT_NOTHING, EXIT_PARTIAL
     from dorl.safe_write import check_output
 
     check_output(out, overwrite=True)  # a folder of report files: never a file, an artifact or inside one
@@ -64,3 +69,9 @@ def bench(
     print_report(report)
     written = write_report(report, out, plots=plots)
     typer.echo(f"report written to {written['json'].parent}: {', '.join(p.name for p in written.values())}", err=True)
+    failed = [c["name"] for c in report["configurations"] if c["status"] == "failed"]
+    if failed:
+        measured = sum(c["status"] == "ok" for c in report["configurations"])
+        typer.secho(f"error: {len(failed)} of {len(report['configurations'])} configurations failed "
+                    f"({', '.join(failed)}): see their reasons above.", fg="red", err=True)
+        raise typer.Exit(EXIT_PARTIAL if measured else EXIT_NOTHING)

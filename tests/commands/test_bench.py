@@ -75,3 +75,18 @@ def test_the_report_never_goes_into_an_artifact_or_under_a_file(artifact: Path, 
     (tmp_path / "afile").write_text("x")
     result = invoke(str(artifact), "--labelled", "jtsc", "-o", str(tmp_path / "afile" / "bench"))
     assert result.exit_code == 1 and "is a file, not a folder" in result.output
+
+
+def test_failed_configurations_set_the_exit_code(artifact: Path, wbc_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(artifact, broken)
+    (broken / "model.onnx").write_bytes((broken / "model.onnx").read_bytes()[:-100])  # truncated, manifest intact
+    common = ["--labelled", str(wbc_dir / MASKED), "--max-cells", "2", "--batch-sizes", "1", "--iterations", "1",
+              "--warmup", "0", "--threads", "1", "--no-plots"]
+    result = invoke(str(broken), *common, "-o", str(tmp_path / "none"))
+    assert result.exit_code == 4 and "1 of 1 configurations failed" in result.output
+    assert (tmp_path / "none" / "report.json").is_file()  # the report says why
+    result = invoke(str(artifact), str(broken), *common, "-o", str(tmp_path / "some"))
+    assert result.exit_code == 3 and "1 of 2 configurations failed" in result.output
