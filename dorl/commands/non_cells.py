@@ -30,12 +30,13 @@ def non_cells(
     its head file: `dorl predict` with it answers "no cell" for images below the stain floor of
     the source lab's white cells, or on the side of the images without a white cell.
     """
-    from dorl.data.scan import find_images
+    from dorl.data.scan import find_images, require_existing
     from dorl.errors import ConfigError
     from dorl.runtime.non_cell import fit_non_cells
 
     found = {}
     for option, given in (("--cells", cells), ("--non-cells", images)):
+        require_existing(given or [], f"{option} image files or folders")
         files = find_images(given) if given else []
         if given and not files:
             raise ConfigError(f"no images found in {', '.join(map(str, given))}: give {option} image files or folders.")

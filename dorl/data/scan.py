@@ -74,6 +74,19 @@ def scan_images(paths: Iterable[str | Path], suffixes: tuple[str, ...] = IMAGE_S
     return scan
 
 
+def require_existing(paths: Iterable[str | Path], what: str = "image files or folders of them") -> None:
+    """Refuse, before any work, a given path that does not exist (it would otherwise count as one bad image).
+
+    Raises:
+        ConfigError: naming the first missing path.
+    """
+    from dorl.errors import ConfigError
+
+    for path in paths:
+        if not os.path.lexists(path):
+            raise ConfigError(f"{path} does not exist: give {what}.")
+
+
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
     """The image files of `scan_images` (problems and ignored files left out).
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dorl.artifacts import read_manifest
-from dorl.data.scan import scan_images
+from dorl.data.scan import require_existing, scan_images
 from dorl.errors import ArtifactError
 from dorl.runtime.analyzer import Analyzer
 from dorl.runtime.head import load_head
@@ -96,6 +96,7 @@ def adapt_site(
         The fitted profile (not yet saved).
     """
     check_method(method)
+    require_existing([cells] if isinstance(cells, (str, Path)) else cells, "the site's cell images or folders of them")
     manifest = read_manifest(artifact, ("onnx", "engine"))
     _, source = load_head(manifest)
     key = artifact_id(manifest)

@@ -142,10 +142,12 @@ def build_engine(onnx_artifact: str | Path, output_dir: str | Path, settings: Bu
         OutputError: `output_dir` may not be written (checked before anything is built).
         VerificationError: the engine drifts from its ONNX graph past its precision's thresholds.
     """
+    from dorl.data.scan import require_existing
     from dorl.safe_write import check_output, output_lock
 
     settings = settings or BuildSettings()
     inputs = [onnx_artifact, *settings.verify_images]
+    require_existing(settings.verify_images, "--verify-images files or folders of cell images")
     check_output(output_dir, kind="engine", overwrite=overwrite, inputs=inputs)
     with output_lock(output_dir):
         return _build_checked(onnx_artifact, Path(output_dir), settings, calibration_set, overwrite, inputs)

@@ -46,6 +46,8 @@ def test_refuses_bad_inputs_with_a_sentence(headed: Path, tmp_path: Path) -> Non
     (tmp_path / "empty").mkdir()
     code, _, err = invoke(headed, "--non-cells", tmp_path / "empty", "-o", tmp_path / "out")
     assert code == 1 and "no images found in" in err and "give --non-cells image files or folders" in err
+    code, _, err = invoke(headed, "--cells", tmp_path / "no" / "such", "--non-cells", PLATELETS, "-o", tmp_path / "out")
+    assert code == 1 and "no/such does not exist: give --cells image files or folders" in err
     code, _, err = invoke(headed, "-o", tmp_path / "out")
     assert code == 1 and "give the source lab's white cells (for the stain floor)" in err
     few = [a for p in sorted(PLATELETS.glob("*.jpg"))[:4] for a in ("--non-cells", p)]

@@ -13,7 +13,7 @@ from headed_artifact import SAMPLE, tiny_features, with_head
 from manifests import edit_manifest
 
 from dorl.artifacts import read_manifest, write_manifest
-from dorl.errors import ArtifactError
+from dorl.errors import ArtifactError, ConfigError
 from dorl.runtime.adapt import adapt_site
 from dorl.runtime.analyzer import Analyzer
 from dorl.runtime.postprocess import softmax
@@ -198,6 +198,8 @@ def test_coral_needs_far_more_than_three_cells(sample_artifact):
         adapt_site(sample_artifact, cells, "bccd", method="mean", min_cells=1)
     with pytest.raises(SiteProfileError, match="unknown adaptation method 'median'"):
         adapt_site(sample_artifact, cells, "bccd", method="median")
+    with pytest.raises(ConfigError, match="no/such does not exist: give the site's cell images"):
+        adapt_site(sample_artifact, SAMPLE / "no" / "such", "bccd")
 
 
 @pytest.mark.parametrize("arrays,fields,message", [

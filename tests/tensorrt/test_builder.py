@@ -195,6 +195,8 @@ def test_cli_refuses_bad_options_before_anything_else(onnx_artifact: Path, args:
 def test_cli_refuses_a_missing_or_wrong_artifact(tmp_path: Path) -> None:
     result = CliRunner().invoke(_cli(), ["build", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "does not exist" in result.output
+    result = CliRunner().invoke(_cli(), ["build", str(tmp_path), "--verify-images", str(tmp_path / "no" / "such")])
+    assert result.exit_code == 1 and "no/such does not exist: give --verify-images" in result.output
     engine = tmp_path / "engine"
     engine.mkdir()
     (engine / "model.engine").write_bytes(b"plan")
