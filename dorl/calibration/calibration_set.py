@@ -11,7 +11,7 @@ a `masks/` folder beside the classes is not a class.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,7 @@ def write_calibration_set(domains: Mapping[str, str | Path], out_dir: str | Path
 
     check_output(out_dir, kind=KIND, overwrite=overwrite, inputs=list(domains.values()))
     cells = draw_cells(domains, size, seed)
+    _check_decodable(cells)
     counts: dict[str, dict[str, int]] = {}
     for c in cells:
         counts.setdefault(c.domain, {}).setdefault(c.label, 0)
@@ -152,6 +153,23 @@ def write_calibration_set(domains: Mapping[str, str | Path], out_dir: str | Path
         (folder / CELLS_FILE).write_text(json.dumps([asdict(c) for c in cells], indent=1) + "\n")
         return write_manifest(folder, KIND, [CELLS_FILE], size=len(cells), requested_size=size, seed=seed,
                               domains={k: str(Path(v).resolve()) for k, v in domains.items()}, counts=counts)
+
+
+def _check_decodable(cells: Sequence[Cell]) -> None:
+    """Refuse a set that lists a file the calibration could not read (found now, not deep in an INT8 export)."""
+    from dorl.data.images import decode_image
+    from dorl.errors import ImageError
+
+    bad = []
+    for cell in cells:
+        try:
+            decode_image(cell.path, reduce_for=256)
+        except ImageError as exc:
+            bad.append(str(exc))
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ConfigError(f"{bad[0]}{more}: a calibration set lists only images; remove or fix such files in the domain "
+                          "folders, then draw the set again.")
 
 
 def read_calibration_set(folder: str | Path, verify_images: bool = True) -> CalibrationSet:

@@ -41,3 +41,7 @@ def calibrate(
     for name, classes in manifest["counts"].items():
         typer.echo(f"{name}: " + ", ".join(f"{label} {n}" for label, n in classes.items()), err=True)
     typer.echo(f"wrote a calibration set of {manifest['size']} cells (seed {seed}) to {output}")
+    if manifest["size"] < size:
+        typer.secho(f"warning: the domains hold only {manifest['size']} cells, fewer than the {size} asked for: INT8 "
+                    "ranges from so few cells may not cover the next lab's; add cells if you can.", fg="yellow",
+                    err=True)

@@ -99,3 +99,26 @@ def test_domains_without_images_are_clear_errors(tmp_path: Path) -> None:
         draw_cells({"lab": tmp_path / "nowhere"})
     with pytest.raises(ConfigError, match="no domains"):
         draw_cells({})
+
+
+def test_a_file_that_is_not_an_image_is_refused_when_drawn(wbc_dir: Path, tmp_path: Path) -> None:
+    lab = tmp_path / "lab"
+    shutil.copytree(wbc_dir / "bccd", lab)
+    (lab / "neutrophil" / "zz_notes.jpg").write_text("not an image")
+    with pytest.raises(ConfigError, match="zz_notes.jpg .*a calibration set lists only images; remove or fix"):
+        write_calibration_set({"lab": lab}, tmp_path / "cal", size=10_000)
+    assert not (tmp_path / "cal").exists()
+
+
+def test_a_set_smaller_than_asked_is_said(wbc_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dorl.cli import app
+
+    lab = tmp_path / "lab" / "neutrophil"
+    lab.mkdir(parents=True)
+    shutil.copy(min((wbc_dir / "bccd" / "neutrophil").glob("*.jpg")), lab)
+    result = CliRunner().invoke(app, ["calibrate", "-d", f"lab={tmp_path / 'lab'}", "-o", str(tmp_path / "cal"),
+                                      "--size", "64"])
+    assert result.exit_code == 0 and "wrote a calibration set of 1 cells" in result.output
+    assert "the domains hold only 1 cells, fewer than the 64 asked for" in result.output
