@@ -34,7 +34,8 @@ def export(
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Node name, module or group pattern kept in float (int8).")
     ] = None,
-    opset: Annotated[int, typer.Option(min=17, help="ONNX opset (17+ keeps LayerNormalization one node).")] = 18,
+    opset: Annotated[int, typer.Option(min=17, max=23, help="ONNX opset (17+ keeps LayerNormalization one node; 23 is "
+                                                       "the newest the exporter writes).")] = 18,
     fp32: Annotated[
         Path | None, typer.Option("--fp32", help="Derive fp16/int8 from this FP32 export of the bundle (no re-export).")
     ] = None,
@@ -72,7 +73,7 @@ def export(
     from dorl.export.onnx_export import check_precision, export_onnx
     from dorl.export.parity import tolerances_from
 
-    check_precision(precision)
+    check_precision(precision, opset)
     tolerances = tolerances_from(atol or [], rtol or [])
     gate = GateThresholds(min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
                           min_mask_iou=min_mask_iou, min_cells=gate_cells)

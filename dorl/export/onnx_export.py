@@ -34,17 +34,21 @@ if TYPE_CHECKING:
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # LayerNormalization is a single ONNX op from opset 17 on
+MAX_OPSET = 23  # the newest opset torch.onnx writes (its ONNX_MAX_OPSET, torch 2.14): above it the exporter fails late
 MAX_BATCH = 4096
 
 Reporter = Callable[[str], None]
 
 
 def check_precision(precision: str, opset: int = DEFAULT_OPSET) -> None:
-    """Raise ConfigError unless `precision` is one of PRECISIONS and `opset` keeps LayerNorm whole."""
+    """Raise ConfigError unless `precision` is one of PRECISIONS and `opset` keeps LayerNorm whole and can be written."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}.")
     if opset < MIN_OPSET:
         raise ConfigError(f"opset {opset} splits LayerNormalization into pieces that overflow in FP16: use {MIN_OPSET}+.")
+    if opset > MAX_OPSET:
+        raise ConfigError(f"opset {opset} is newer than the exporter writes: use {MIN_OPSET} to {MAX_OPSET} "
+                          f"(default {DEFAULT_OPSET}).")
 
 
 def export_graph(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> list[str]:
@@ -221,6 +225,9 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
             existing artifact without `overwrite`, a folder of other files).
     """
     check_precision(precision, opset)
+    if precision == "fp32" and (fp32_artifact is not None or calibration is not None):
+        raise ConfigError("an FP32 export takes neither --fp32 nor --calibration (they derive FP16/INT8 graphs): "
+                          "leave them out, or choose --precision fp16 or int8.")
     what = ExportSource.of(source)
     outputs = [Path(out_dir)]
     if precision == "int8":

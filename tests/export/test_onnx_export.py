@@ -72,6 +72,17 @@ def test_wrong_precision_is_a_clear_error(tinyvit_bundle: tuple[Path, list[str]]
         export_onnx(tinyvit_bundle[0], tmp_path / "out", precision="fp8", images=["x.png"])
 
 
+def test_options_an_export_cannot_use_fail_before_it(tinyvit_bundle: tuple[Path, list[str]], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="opset 99 is newer than the exporter writes: use 17 to 23"):
+        export_onnx(tinyvit_bundle[0], tmp_path / "out", opset=99, images=["x.png"])
+    with pytest.raises(ConfigError, match="opset 16 splits LayerNormalization"):
+        export_onnx(tinyvit_bundle[0], tmp_path / "out", opset=16, images=["x.png"])
+    for given in ({"fp32_artifact": tmp_path / "missing"}, {"calibration": tmp_path / "missing"}):
+        with pytest.raises(ConfigError, match="an FP32 export takes neither --fp32 nor --calibration"):
+            export_onnx(tinyvit_bundle[0], tmp_path / "out", images=["x.png"], **given)
+    assert not (tmp_path / "out").exists()
+
+
 def test_unreadable_images_fail_before_the_export(tinyvit_bundle: tuple[Path, list[str]], tmp_path: Path) -> None:
     bad = tmp_path / "cell.jpg"
     bad.write_bytes(b"not a jpeg")
