@@ -34,6 +34,9 @@ MANIFEST_DIGEST_FILE = "manifest.sha256"
 FORMAT_VERSION = 2  # sealed: the manifest's digest beside it, the class names bound into the files
 READABLE_VERSIONS = (2,)  # format 1 carried no seal: reading it would let an edited manifest pass as an old one
 KINDS = ("bundle", "onnx", "engine", "site-profile", "calibration-set")
+WHERE_FROM = {"bundle": "the bundle `dorl train` wrote (OUT/bundle)", "onnx": "an ONNX artifact from `dorl export`",
+              "engine": "an engine folder from `dorl build`", "site-profile": "a site profile from `dorl adapt`",
+              "calibration-set": "a calibration set from `dorl calibrate`"}
 FILE_MODE = 0o644
 CLASS_NAMES_KEY = "dorl.class_names"  # ONNX metadata and safetensors metadata
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -150,11 +153,15 @@ def read_manifest(path: str | Path, kinds: str | tuple[str, ...] | None = None, 
             with the manifest's class names.
     """
     folder = resolve_folder(path)
+    if Path(path).is_file() and not (folder / MANIFEST_FILE).is_file():
+        raise ArtifactError(f"{path} is a file, not an artifact folder, and {folder} holds no {MANIFEST_FILE}: give the "
+                            "folder dorl wrote.")
     manifest = _load(folder)
     accepted = (kinds,) if isinstance(kinds, str) else kinds
     if accepted is not None and manifest["kind"] not in accepted:
         raise ArtifactError(
-            f"{folder} is a {manifest['kind']!r} artifact, but a {' or '.join(accepted)} is needed here."
+            f"{folder} is a {manifest['kind']!r} artifact, but this needs {' or '.join(map(repr, accepted))}: give "
+            f"{' or '.join(WHERE_FROM.get(k, k) for k in accepted)}."
         )
     for name in manifest["files"]:
         check_name(folder, name)

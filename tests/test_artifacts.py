@@ -33,7 +33,7 @@ def test_write_then_read_verifies(tmp_path: Path) -> None:
 def test_corruptions(tmp_path: Path) -> None:
     (tmp_path / "a.bin").write_bytes(b"hello")
     write_manifest(tmp_path, "bundle", ["a.bin"])
-    with pytest.raises(ArtifactError, match="'bundle' artifact, but a engine"):
+    with pytest.raises(ArtifactError, match="'bundle' artifact, but this needs 'engine': give an engine folder"):
         read_manifest(tmp_path, "engine")
     (tmp_path / "a.bin").write_bytes(b"hellO")
     with pytest.raises(ArtifactError, match="sha256"):
@@ -206,3 +206,9 @@ def test_a_manifest_never_records_a_non_finite_number(tmp_path: Path, value: flo
     assert not (tmp_path / "manifest.json").exists()  # refused before anything is written
     write_manifest(tmp_path, "onnx", ["a.bin"], gate={"runs": [{"drift": 0.5}, {"drift": None}]})
     assert read_manifest(tmp_path)["gate"]["runs"][1]["drift"] is None
+
+
+def test_a_file_outside_any_artifact_is_named(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ArtifactError, match="afile is a file, not an artifact folder, and .* holds no manifest.json"):
+        read_manifest(tmp_path / "afile")

@@ -126,7 +126,7 @@ def test_options_are_refused_before_any_work(artifact: Path, corpus: Corpus, tmp
         (["--backend", "cuda"], b"unknown backend"),
         (["--save-masks", tmp_path / "file.txt"], b"not a folder"),
         (["--site", tmp_path / "nowhere"], b"does not exist"),
-        (["--site", artifact], b"site-profile is needed"),
+        (["--site", artifact], b"this needs 'site-profile': give a site profile from `dorl adapt`"),
         (["--json", "--csv"], b"exclude each other"),
     ]:
         done = run_dorl("predict", artifact, cells, *args)

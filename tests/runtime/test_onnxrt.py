@@ -113,7 +113,7 @@ def test_manifest_of_another_kind(tmp_path: Path) -> None:
     write_manifest(tmp_path, "bundle", ["weights.safetensors"])
     with pytest.raises(ArtifactError, match="'bundle' artifact, which cannot be run: export it"):
         load_runner(tmp_path)
-    with pytest.raises(ArtifactError, match="'bundle' artifact, but a onnx is needed"):
+    with pytest.raises(ArtifactError, match="'bundle' artifact, but this needs 'onnx': give an ONNX artifact from `dorl export`"):
         OnnxRuntimeRunner(tmp_path)
 
 

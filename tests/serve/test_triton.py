@@ -154,7 +154,7 @@ def test_refusals(tiny_artifact: TinyArtifact, tmp_path: Path) -> None:
     profile.mkdir()
     (profile / "profile.npz").write_bytes(b"x")
     write_manifest(profile, "site-profile", ["profile.npz"])
-    with pytest.raises(ArtifactError, match="is a 'site-profile' artifact, but a onnx or engine is needed"):
+    with pytest.raises(ArtifactError, match="is a 'site-profile' artifact, but this needs 'onnx' or 'engine'"):
         write_repository(profile, tmp_path / "other")
 
 

@@ -202,4 +202,4 @@ def test_cli_refuses_a_missing_or_wrong_artifact(tmp_path: Path) -> None:
     (engine / "model.engine").write_bytes(b"plan")
     write_manifest(engine, "engine", ["model.engine"])
     result = CliRunner().invoke(_cli(), ["build", str(engine)])
-    assert result.exit_code == 1 and "is a 'engine' artifact, but a onnx is needed" in result.output
+    assert result.exit_code == 1 and "is a 'engine' artifact, but this needs 'onnx'" in result.output
