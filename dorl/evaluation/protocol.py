@@ -210,14 +210,23 @@ def restrict(domains: DomainArrays, classes: Sequence[Any]) -> dict[str, tuple[n
     return out
 
 
-def _splits(y: np.ndarray, protocol: Protocol) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """(seed, train indices, test indices) of every fold of every seed's split."""
-    _, counts = np.unique(y, return_counts=True)
+def check_source(y: Any, protocol: Protocol) -> None:
+    """Refuse source labels the cross-validation cannot split (checked before any token is computed).
+
+    Raises:
+        ConfigError: fewer than 2 classes, or a class with fewer cells than folds.
+    """
+    _, counts = np.unique(np.asarray(y), return_counts=True)
     if counts.size < 2:
         raise ConfigError(f"the source domain {protocol.source!r} holds fewer than 2 classes: nothing to classify.")
     if counts.min() < protocol.folds:
         raise ConfigError(f"the smallest class of the source domain {protocol.source!r} has {counts.min()} cells, "
                           f"fewer than the {protocol.folds} folds: add cells or lower --folds.")
+
+
+def _splits(y: np.ndarray, protocol: Protocol) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(seed, train indices, test indices) of every fold of every seed's split."""
+    check_source(y, protocol)
     return [(seed, train, test) for seed in protocol.seeds for train, test in stratified_kfold(y, protocol.folds, seed)]
 
 

@@ -40,7 +40,7 @@ from dorl.data.framing import FRAMINGS, FramingConfig
 from dorl.errors import ConfigError
 from dorl.evaluation.compare import compare_rows
 from dorl.evaluation.domain_maps import align_to_source
-from dorl.evaluation.protocol import Evaluation, Method, Protocol, evaluate
+from dorl.evaluation.protocol import Evaluation, Method, Protocol, check_source, evaluate
 from dorl.models.cae import CAE
 from dorl.models.dorl_model import DoRLModel
 from dorl.runtime.site_profile import DEFAULT_METHOD, METHODS
@@ -234,6 +234,7 @@ def evaluate_bundle(bundle: str | Path, domains: Sequence[str | tuple[str, str |
     model = load_bundle(manifest, str(torch_device))
     loaded = load_domains(list(domains), model.config.class_names)
     protocol = options.protocol(loaded[0].name)
+    check_source([s.label for s in loaded[0].samples], protocol)  # before any token is computed
     train, recorded = _train_config(manifest.metadata)
     trusted = tuple(manifest.metadata.get("ssim_targets", {}).get("segmenter_trusted_on", []))
     methods, trained = [], {}

@@ -102,8 +102,9 @@ def adapt_site(
     key = artifact_id(manifest)
     previous = load_profile(update, key, source=source) if update is not None else None
     if previous is not None and previous.site != site:
-        raise SiteProfileError(f"profile {update} is of site {previous.site!r}, not {site!r}: update a profile with "
-                               "cells of its own site (or give --site).")
+        raise SiteProfileError(f"profile {update} is of site {previous.site!r}, not {site!r}: update it with cells of "
+                               f"{previous.site!r} (--site {previous.site}), or write a new profile for {site!r} "
+                               "without --update.")
     found = _distinct_cells(cells, previous.seen if previous is not None else None, max_cells)
     if not found.files and previous is None:
         raise ArtifactError(f"no images found in {cells}: give a folder of the site's cell images.")

@@ -122,6 +122,12 @@ def test_bad_inputs_give_clear_errors(bundle: Path, domains: dict[str, Path], tm
     assert code == 1 and "CAE rows on input 'whole', which is not among the scored framings" in err
     code, _, err = invoke(tmp_path, "-d", pbc, "-o", tmp_path / "o")
     assert code == 1 and "manifest" in err
+    one = tmp_path / "one" / "neutrophil"
+    one.mkdir(parents=True)
+    for image in sorted((domains["pbc"] / "neutrophil").glob("*.jpg"))[:6]:
+        (one / image.name).write_bytes(image.read_bytes())
+    code, _, err = invoke(bundle, "-d", f"one={tmp_path / 'one'}", "-o", tmp_path / "o1")
+    assert code == 1 and "holds fewer than 2 classes" in err and not (tmp_path / "o1").exists()  # nothing computed
     code, _, err = invoke(bundle, "-d", pbc, "-o", bundle)
     assert code == 1 and "is a dorl bundle folder" in err and not (bundle / "cache").exists()
 

@@ -334,3 +334,9 @@ def test_cells_far_from_the_source_without_a_profile_are_warned_about(sample_art
     with Analyzer(sample_artifact, warn=warnings.append) as analyzer:
         analyzer.analyze(sorted((SAMPLE / "pbc").rglob("*.jpg"))[:24])
     assert warnings == []  # the source lab itself
+
+
+def test_updating_another_sites_profile_says_how_to_go_on(sample_artifact, bccd_profile):
+    with pytest.raises(SiteProfileError, match="is of site 'bccd', not 'jtsc': update it with cells of 'bccd' "
+                                               r"\(--site bccd\), or write a new profile for 'jtsc' without --update"):
+        adapt_site(sample_artifact, SAMPLE / "bccd", "jtsc", update=bccd_profile)
