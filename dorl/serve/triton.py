@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dorl.artifacts import MANIFEST_NAME, read_manifest, sha256_file
+from dorl.artifacts import MANIFEST_NAME, sha256_file
 from dorl.errors import ArtifactError, ConfigError
+from dorl.manifests import read_artifact
 from dorl.safe_write import OutputError, check_output
 from dorl.serve.config import check_model_name
 
@@ -185,7 +186,7 @@ def write_repository(artifact: str | Path, repository: str | Path, name: str = "
     Returns:
         The model's folder.
     """
-    manifest = read_manifest(artifact, kinds=("onnx", "engine"))
+    manifest = read_artifact(artifact, ("onnx", "engine")).to_dict()  # typed: a manifest lacking a field is refused
     config = model_config(manifest, name, **options)
     target = Path(repository) / name
     check_output(target, overwrite=True, inputs=[artifact])  # never in, over or around the artifact or another

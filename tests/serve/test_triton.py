@@ -99,7 +99,9 @@ def engine_artifact(tiny_artifact: TinyArtifact, folder: Path, max_batch: int = 
                    compute_capability="8.7", precision="fp16", max_batch=max_batch, opt_batch=max_batch,
                    inputs=onnx_manifest["inputs"], outputs=onnx_manifest["outputs"],
                    class_names=onnx_manifest["class_names"], image_size=224,
-                   source_bundle_sha256=onnx_manifest["source_bundle_sha256"])
+                   source_bundle_sha256=onnx_manifest["source_bundle_sha256"],
+                   source_onnx={"folder": str(tiny_artifact.folder), "sha256": onnx_manifest["files"]["model.onnx"]["sha256"],
+                                "precision": "fp32"})
     return folder
 
 
@@ -178,3 +180,14 @@ def test_overwrite_replaces_only_a_triton_model_never_the_artifact(tiny_artifact
     (tmp_path / "afile").write_text("x")
     with pytest.raises(OutputError, match="is a file, not a folder"):
         write_repository(tiny_artifact.folder, tmp_path / "afile")
+
+
+def test_a_resealed_manifest_without_its_tensors_is_refused(tiny_artifact: TinyArtifact, tmp_path: Path) -> None:
+    from manifests import edit_manifest
+
+    forged = tmp_path / "forged"
+    shutil.copytree(tiny_artifact.folder, forged)
+    edit_manifest(forged, lambda m: m.pop("inputs"))
+    with pytest.raises(ArtifactError, match="inputs"):
+        write_repository(forged, tmp_path / "repo")
+    assert not (tmp_path / "repo" / "dorl").exists()
