@@ -168,8 +168,8 @@ def _check_decodable(cells: Sequence[Cell]) -> None:
             bad.append(str(exc))
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ConfigError(f"{bad[0]}{more}: a calibration set lists only images; remove or fix such files in the domain "
-                          "folders, then draw the set again.")
+        raise ConfigError(f"{bad[0].rstrip('.')}{more}. A calibration set lists only images: remove or fix such files "
+                          "in the domain folders, then draw the set again.")
 
 
 def read_calibration_set(folder: str | Path, verify_images: bool = True) -> CalibrationSet:

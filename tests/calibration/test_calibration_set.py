@@ -105,7 +105,7 @@ def test_a_file_that_is_not_an_image_is_refused_when_drawn(wbc_dir: Path, tmp_pa
     lab = tmp_path / "lab"
     shutil.copytree(wbc_dir / "bccd", lab)
     (lab / "neutrophil" / "zz_notes.jpg").write_text("not an image")
-    with pytest.raises(ConfigError, match="zz_notes.jpg .*a calibration set lists only images; remove or fix"):
+    with pytest.raises(ConfigError, match="zz_notes.jpg .*file. A calibration set lists only images: remove or fix"):
         write_calibration_set({"lab": lab}, tmp_path / "cal", size=10_000)
     assert not (tmp_path / "cal").exists()
 
