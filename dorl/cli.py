@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from dorl.commands import (
@@ -21,6 +23,7 @@ from dorl.commands import (
     train,
     triton,
 )
+from dorl.runtime.records import EXIT_INTERRUPTED
 
 app = typer.Typer(
     name="dorl",
@@ -51,7 +54,14 @@ app.command("demo", help="Run the whole path on the bundled sample and write a r
 
 
 def main() -> None:
+    # SIGTERM ends a command as Ctrl-C would, by an exception: locks are released and temporary output
+    # folders removed on the way out (commands that stream results install their own handler).
+    signal.signal(signal.SIGTERM, _terminate)
     app()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(EXIT_INTERRUPTED + signum)
 
 
 if __name__ == "__main__":

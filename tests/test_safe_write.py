@@ -104,6 +104,26 @@ def test_a_killed_writer_leaves_the_old_folder_and_its_leftovers_are_swept(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
 
 
+def test_a_terminated_command_cleans_up_on_its_way_out(tmp_path: Path) -> None:
+    target = artifact(tmp_path / "site", "site-profile", b"old")
+    script = textwrap.dedent(f"""
+        import signal, time
+        from dorl.cli import _terminate
+        from dorl.safe_write import atomic_folder
+        signal.signal(signal.SIGTERM, _terminate)  # what `dorl`'s main() installs
+        with atomic_folder({str(target)!r}, kind="site-profile", overwrite=True) as tmp:
+            (tmp / "data.bin").write_bytes(b"half")
+            print("writing", flush=True)
+            time.sleep(60)
+    """)
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as writer:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
+        writer.send_signal(signal.SIGTERM)
+        assert writer.wait(timeout=60) == 128 + signal.SIGTERM
+    assert (target / "data.bin").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no temporary sibling, no lock left
+
+
 def test_a_second_writer_fails_with_a_sentence(tmp_path: Path) -> None:
     target = tmp_path / "site"
     script = textwrap.dedent(f"""
