@@ -122,6 +122,8 @@ def _check_file(path: Path) -> None:
         if exc.errno == errno.ELOOP:
             raise ImageError(f"{path} is a loop of symbolic links: fix the link.") from None
         raise ImageError(f"{path} cannot be examined ({exc.strerror or exc}): check the path.") from None
+    except ValueError:  # a NUL byte in the name: no file can have it
+        raise ImageError(f"{str(path)!r} holds a NUL character, which no file name can: check the path.") from None
     if not stat.S_ISREG(info.st_mode):
         kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe, socket or device)"
         raise ImageError(f"{path} is {kind}, not an image file: give image files or folders holding them.")
@@ -289,8 +291,12 @@ def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise ImageError(f"{name} holds NaN or infinite values: fix the camera or preprocessing output.")
-        scale = 255.0 if array.size and float(array.max()) <= 1.0 else 1.0
-        return np.round(np.clip(array * scale, 0.0, 255.0)).astype(np.uint8)
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if low < 0.0 or high > 255.0:
+            raise ImageError(f"{name} has float values from {low:.4g} to {high:.4g}, outside 0..1 and 0..255: give "
+                             "pixel values (not normalised or high-bit-depth data scaled to 0..255).")
+        scale = 255.0 if high <= 1.0 else 1.0
+        return np.round(array * scale).astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer):
         if array.size and (int(array.min()) < 0 or int(array.max()) > 255):
             raise ImageError(f"{name} has values outside 0..255: give uint8, uint16 or float data.")

@@ -107,8 +107,10 @@ def _prepare(index: int, source: ImageSource | ScanEntry, config: FieldConfig) -
 
 
 def is_greyscale(rgb: np.ndarray) -> bool:
-    """Whether the three channels are one (a monochrome camera or a grey image): the finder needs the stain's colours."""
-    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
+    """Whether the three channels are one (a monochrome camera or a grey image): the finder needs the stain's colours.
+    A frame of one value throughout (a black or white frame) is not greyscale: it is empty."""
+    same = np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
+    return bool(same and rgb[..., 0].min() != rgb[..., 0].max())
 
 
 def _classify(analyzer: Any, queued: list[tuple[_Pending, np.ndarray]]) -> None:

@@ -41,6 +41,8 @@ def collect_frames(paths: Sequence[str | Path]) -> list[ScanEntry]:
     Raises:
         ConfigError: a path does not exist, or nothing with an image's name was found.
     """
+    if not paths:
+        raise ConfigError("no frames given: give folders or files of camera frames.")
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
         raise ConfigError(f"{', '.join(missing)} does not exist: give folders or files of camera frames.")

@@ -17,7 +17,7 @@ import numpy as np
 
 from dorl.artifacts import read_manifest
 from dorl.data.scan import require_existing, scan_images
-from dorl.errors import ArtifactError
+from dorl.errors import ArtifactError, ConfigError
 from dorl.runtime.analyzer import Analyzer
 from dorl.runtime.head import load_head
 from dorl.runtime.site_profile import (
@@ -96,7 +96,12 @@ def adapt_site(
         The fitted profile (not yet saved).
     """
     check_method(method)
-    require_existing([cells] if isinstance(cells, (str, Path)) else cells, "the site's cell images or folders of them")
+    given = [cells] if isinstance(cells, (str, Path)) else list(cells)  # a generator is read once, here
+    odd = next((c for c in given if not isinstance(c, (str, Path))), None)
+    if odd is not None:
+        raise ConfigError(f"a site profile is made from image files or folders (each file counts once by its "
+                          f"content), not from {type(odd).__name__} data: save the site's images as files first.")
+    require_existing(given, "the site's cell images or folders of them")
     manifest = read_manifest(artifact, ("onnx", "engine"))
     _, source = load_head(manifest)
     key = artifact_id(manifest)
@@ -105,9 +110,10 @@ def adapt_site(
         raise SiteProfileError(f"profile {update} is of site {previous.site!r}, not {site!r}: update it with cells of "
                                f"{previous.site!r} (--site {previous.site}), or write a new profile for {site!r} "
                                "without --update.")
-    found = _distinct_cells(cells, previous.seen if previous is not None else None, max_cells)
+    found = _distinct_cells(given, previous.seen if previous is not None else None, max_cells)
     if not found.files and previous is None:
-        raise ArtifactError(f"no images found in {cells}: give a folder of the site's cell images.")
+        where = (f"{given[0]}" + (f" and {len(given) - 1} more paths" if len(given) > 1 else "")) if given else "nothing given"
+        raise ArtifactError(f"no images found in {where}: give a folder of the site's cell images.")
     stats = previous.stats if previous is not None else RunningStats(source["mean"].shape[0])
     # the profile is made from the plain view's feature: no test-time views (their passes would be thrown away)
     with Analyzer(artifact, backend=backend, check_cells=False, tta="none") as analyzer:
@@ -124,11 +130,11 @@ def adapt_site(
     return profile
 
 
-def _distinct_cells(cells: str | Path | Sequence[str | Path], seen: np.ndarray | None, max_cells: int) -> _Cells:
+def _distinct_cells(cells: Sequence[str | Path], seen: np.ndarray | None, max_cells: int) -> _Cells:
     """The first `max_cells` files whose content was neither seen before nor repeated here."""
     counted = {bytes(row) for row in seen} if seen is not None else set()
     here: set[bytes] = set()
-    scan = scan_images([cells] if isinstance(cells, (str, Path)) else list(cells))
+    scan = scan_images(cells)
     out = _Cells([], [], 0, 0)
     for path, digest in _digests(scan.files):
         if len(out.files) >= max_cells:

@@ -19,6 +19,7 @@ when there is one). Its feature, "no cell" check and drift watch read the plain 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,11 @@ PROBS, LOGITS, FEATURE, MASK_LOGITS = "probs", "logits", "feature", "mask_logits
 # activations per cell in ONNX Runtime, so 64 cells stay near 1 GB. An engine's own max batch
 # (its optimisation profile) lowers it further.
 MAX_BATCH = 64
+
+
+def is_count(value: object) -> bool:
+    """Whether `value` is a whole number (a Python or numpy integer; not a bool, float or string)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def batch_cap(manifest: dict[str, Any]) -> int:
@@ -100,8 +106,8 @@ class Analyzer:
                 None: what the artifact's manifest records (`dorl train` records the best row of
                 `dorl evaluate`'s table), "none" for a runner given directly.
         """
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+        if not is_count(batch_size) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number of at least 1, got {batch_size!r}.")
         if tta is not None:
             check_tta(tta)
         if not 0.0 <= threshold <= 1.0:
@@ -229,7 +235,15 @@ class Analyzer:
         """Like `analyze`, yielding each batch's results as soon as the batch is done.
 
         Only the current batch is held: the iterable is consumed one batch at a time.
+
+        Raises:
+            ConfigError: `images` is one image (a path, bytes or an HxW(xC) array) or None, not a
+                collection of them.
         """
+        if images is None or isinstance(images, (str, Path, bytes, bytearray)) or (
+                isinstance(images, np.ndarray) and images.ndim != 4):
+            raise ConfigError("analyze takes a list (or other iterable) of images, not one image: pass [image]; "
+                              "an array holds a batch only as N x H x W x C.")
         chunk: list[ImageSource] = []
         for image in images:
             chunk.append(image)
@@ -240,8 +254,11 @@ class Analyzer:
             yield from self.analyze_batch(chunk)
 
     def analyze_batch(self, sources: Sequence[ImageSource]) -> list[CellResult]:
-        """Analyse at most `batch_size` images in one inference call (two for a cell-centric
-        artifact); one result per image, in order."""
+        """Analyse images in inference calls of at most `batch_size` (two per batch for a
+        cell-centric artifact); one result per image, in order."""
+        if len(sources) > self.batch_size:
+            return [r for start in range(0, len(sources), self.batch_size)
+                    for r in self.analyze_batch(sources[start:start + self.batch_size])]
         results: list[CellResult | None] = [None] * len(sources)
         pixels, slots, decoded_rgb = [], [], []
         for i, source in enumerate(sources):

@@ -10,7 +10,7 @@ from pathlib import Path
 from dorl.artifacts import read_manifest
 from dorl.contract import check_tta
 from dorl.errors import ArtifactError, ConfigError
-from dorl.runtime.analyzer import Analyzer, batch_cap
+from dorl.runtime.analyzer import Analyzer, batch_cap, is_count
 from dorl.runtime.loader import BACKENDS, RUNNABLE_KINDS
 
 
@@ -33,8 +33,8 @@ class AnalyzerOptions:
         Raises:
             ConfigError: with the option's name and what it must be.
         """
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if not is_count(self.batch_size) or self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be a whole number of at least 1, got {self.batch_size!r}.")
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"--threshold must be within [0, 1], got {self.threshold}.")
         if self.backend not in BACKENDS:

@@ -224,6 +224,20 @@ def test_integer_array_out_of_range_and_tiny_array() -> None:
         load_rgb(12345)  # type: ignore[arg-type]
 
 
+def test_float_arrays_outside_pixel_ranges_are_refused_not_clipped() -> None:
+    rgb = np.random.default_rng(0).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    with pytest.raises(ImageError, match="float values from .* to 1019, outside 0..1 and 0..255"):
+        load_rgb(rgb * 1020)  # 10-bit camera data as floats
+    with pytest.raises(ImageError, match="outside 0..1 and 0..255"):
+        load_rgb((rgb - 0.485) / 0.229)  # normalised model input
+    np.testing.assert_array_equal(load_rgb(rgb * 255), np.round(rgb * 255).astype(np.uint8))
+
+
+def test_a_path_with_a_nul_character_is_an_image_error() -> None:
+    with pytest.raises(ImageError, match="holds a NUL character"):
+        load_rgb("frame\0.jpg")
+
+
 # -- resize and listing -------------------------------------------------------------------------
 def test_resize_square_is_pil_bilinear() -> None:
     rgb = np.random.default_rng(2).integers(0, 256, (363, 360, 3), dtype=np.uint8)

@@ -67,3 +67,12 @@ def test_crop_scale_is_configurable(tiny, frame_paths: list[Path]) -> None:
         (large,) = analyze_fields([frame_paths[3]], analyzer)
     side = lambda b: b[2] - b[0]
     assert side(small.cells[0].crop_box) * CROP_SCALE == pytest.approx(side(large.cells[0].crop_box), abs=2)
+
+
+def test_a_blank_frame_is_empty_a_grey_one_an_error(tiny, frame_paths: list[Path]) -> None:
+    grey = load_rgb(frame_paths[0]).mean(axis=2, keepdims=True).repeat(3, axis=2).astype(np.uint8)
+    black, white = np.zeros((480, 640, 3), np.uint8), np.full((480, 640, 3), 255, np.uint8)
+    with Analyzer(tiny.folder) as analyzer:
+        results = list(analyze_fields([black, white, grey], analyzer))
+    assert [r.status for r in results] == ["empty", "empty", "error"]
+    assert "greyscale" in str(results[2].error)

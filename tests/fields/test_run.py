@@ -80,14 +80,16 @@ def test_exit_codes() -> None:
 
 
 @pytest.mark.parametrize(("options", "frames", "error", "message"), [
-    ({"batch_size": 0}, None, ConfigError, "--batch-size must be at least 1"),
+    ({"batch_size": 0}, None, ConfigError, "--batch-size must be a whole number of at least 1"),
     ({"threshold": 1.5}, None, ConfigError, "--threshold must be within [0, 1]"),
     ({"backend": "cuda"}, None, ConfigError, "unknown backend 'cuda'"),
     ({}, (Path("no-such-folder"),), ConfigError, "does not exist"),
+    ({}, (), ConfigError, "no frames given"),
     ({}, None, ArtifactError, "not-an-artifact"),
 ])
 def test_bad_requests_fail_before_any_model_is_loaded(tmp_path: Path, frame_paths: list[Path], options: dict,
                                                       frames: tuple | None, error: type, message: str) -> None:
-    request = FieldRequest(AnalyzerOptions(tmp_path / "not-an-artifact", **options), frames or (frame_paths[0],))
+    request = FieldRequest(AnalyzerOptions(tmp_path / "not-an-artifact", **options),
+                           (frame_paths[0],) if frames is None else frames)
     with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")):
         run_fields(request, lambda record: None)

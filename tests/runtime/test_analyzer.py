@@ -83,6 +83,36 @@ def test_bad_images_fail_alone(tiny_artifact, cell_images: list[Path], tmp_path:
     assert results[0].label is not None and results[0].source == str(cell_images[0])
 
 
+class CountingRunner(OnnxRuntimeRunner):
+    """The real runner, recording the batch size of every call."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.calls: list[int] = []
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls.append(len(next(iter(feed.values()))))
+        return super().infer_impl(feed)
+
+
+def test_misuse_is_refused_or_contained(tiny_artifact, cell_images: list[Path]) -> None:
+    with Analyzer(tiny_artifact.folder) as analyzer:
+        results = analyzer.analyze([cell_images[0], "frame\0.jpg", cell_images[1]])
+        assert [r.ok for r in results] == [True, False, True] and "NUL character" in results[1].error
+        for one in (str(cell_images[0]), cell_images[0], cell_images[0].read_bytes(), load_rgb(cell_images[0]), None):
+            with pytest.raises(ConfigError, match="not one image: pass \\[image\\]"):
+                analyzer.analyze(one)  # type: ignore[arg-type]
+        stacked = np.stack([resize_square(load_rgb(p), 224) for p in cell_images[:2]])
+        assert len(analyzer.analyze(stacked)) == 2  # an N x H x W x C array is a batch
+    for size in (1.5, "8", None, True):
+        with pytest.raises(ConfigError, match="batch_size must be a whole number"):
+            Analyzer(tiny_artifact.folder, batch_size=size)  # type: ignore[arg-type]
+    runner = CountingRunner(tiny_artifact.folder)
+    with Analyzer.from_runner(runner, tiny_artifact.class_names, batch_size=np.int64(3)) as analyzer:
+        many = analyzer.analyze_batch([cell_images[0]] * 8)
+    assert len(many) == 8 and max(runner.calls) == 3  # split into calls of at most batch_size
+
+
 def test_batching_keeps_order_and_values(tiny_artifact, cell_images: list[Path]) -> None:
     sources = [cell_images[0], b"", *cell_images[1:], cell_images[0].read_bytes()]
     with Analyzer(tiny_artifact.folder, batch_size=8) as analyzer:
@@ -129,7 +159,7 @@ def test_from_runner_checks_the_contract(tiny_artifact) -> None:
     runner = OnnxRuntimeRunner(tiny_artifact.folder)
     with pytest.raises(ArtifactError, match="outputs 5 classes but names 2"):
         Analyzer.from_runner(runner, ["a", "b"])
-    with pytest.raises(ConfigError, match="batch_size must be at least 1"):
+    with pytest.raises(ConfigError, match="batch_size must be a whole number of at least 1"):
         Analyzer.from_runner(runner, tiny_artifact.class_names, batch_size=0)
     with pytest.raises(ConfigError, match="threshold must be within"):
         Analyzer.from_runner(runner, tiny_artifact.class_names, threshold=1.5)

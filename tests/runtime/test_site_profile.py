@@ -340,3 +340,13 @@ def test_updating_another_sites_profile_says_how_to_go_on(sample_artifact, bccd_
     with pytest.raises(SiteProfileError, match="is of site 'bccd', not 'jtsc': update it with cells of 'bccd' "
                                                r"\(--site bccd\), or write a new profile for 'jtsc' without --update"):
         adapt_site(sample_artifact, SAMPLE / "bccd", "jtsc", update=bccd_profile)
+
+
+def test_a_profile_is_made_from_files_only(sample_artifact):
+    from dorl.data.images import load_rgb
+
+    cells = sorted((SAMPLE / "bccd").rglob("*.jpg"))
+    with pytest.raises(ConfigError, match="image files or folders .*not from ndarray data: save the site's images"):
+        adapt_site(sample_artifact, [load_rgb(cells[0])], "bccd", min_cells=1)
+    profile = adapt_site(sample_artifact, (p for p in cells), "bccd")  # a generator is read once
+    assert profile.stats.n == len(cells)
