@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -51,6 +52,8 @@ def serve(
                          max_inflight_bytes=int(max_inflight_mb * (1 << 20)), timeout_s=timeout, drain_s=drain,
                          threshold=threshold, mask_format=mask, backend=backend, threads=threads, tta=tta)
     server = Server(artifact, config, site)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # from "ready" on, a signal drains (uvicorn takes over while it runs)
+        signal.signal(sig, server.uvicorn.handle_exit)
     typer.echo(server.describe())
     typer.echo(f"  endpoints: {server.url}/v2/models/{name}/infer (KServe v2), {server.url}/v2/models/{name}/analyze "
                f"(image bytes), {server.url}/metrics")

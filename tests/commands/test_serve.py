@@ -132,6 +132,21 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
             process.wait(10)
 
 
+def test_sigterm_right_after_ready_still_stops_cleanly(artifact: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "dorl.cli", "serve", str(artifact), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        assert "ready on http://127.0.0.1:" in line, line
+        process.send_signal(signal.SIGTERM)  # before uvicorn has installed its own handlers
+        assert process.wait(60) == 0
+        assert "stopped after finishing the requests in flight" in (process.stderr.read() if process.stderr else "")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
 def test_triton_command_writes_a_repository(artifact: Path, tmp_path: Path) -> None:
     code, output = invoke(triton, artifact, "-o", tmp_path / "repo", "--name", "wbc")
     assert code == 0 and "wrote" in output and "tritonserver --model-repository=" in output
