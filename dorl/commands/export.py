@@ -48,7 +48,7 @@ def export(
         min=0.0, max=1.0, help="INT8 gate: least mean IoU of the cell masks with FP32's.")] = 0.90,
     gate_cells: Annotated[int, typer.Option(
         min=1, help="INT8 gate: least number of labelled cells outside the calibration set it scores.")] = 200,
-    quantizer: Annotated[str, typer.Option(help="INT8 Q/DQ quantizer: ort or modelopt (pip install 'dorl[modelopt]').")
+    quantizer: Annotated[str, typer.Option(help="INT8 Q/DQ quantizer: ort or modelopt (pip install 'dorl\\[modelopt]').")
                          ] = "ort",
     auto_float: Annotated[bool, typer.Option(
         help="INT8: keep the most damaging node groups in float until the gate holds.")] = True,
