@@ -251,7 +251,11 @@ def _check_size(width: int, height: int, name: str, min_side: int, max_pixels: i
 def _pil_to_rgb(img: Image.Image, name: str, bits: int | None) -> tuple[np.ndarray, tuple[str, ...]]:
     if img.mode in _SIXTEEN_BIT_MODES:
         # PIL's convert("L") clips 16-bit values instead of scaling them.
-        data = np.clip(np.asarray(img, dtype=np.int64), 0, 65535).astype(np.uint16)
+        values = np.asarray(img, dtype=np.int64)
+        if values.size and (int(values.min()) < 0 or int(values.max()) > 65535):
+            raise ImageError(f"{name} holds 32-bit integer values outside 0..65535, which are not camera pixels: give "
+                             "8- or 16-bit image data.")
+        data = values.astype(np.uint16)
         scaled, note = scale_to_uint8(data, bits)
         return array_to_rgb(scaled, min_side=1, max_pixels=MAX_PIXELS), (note,) if note else ()
     if img.mode == "F":

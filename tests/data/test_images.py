@@ -364,3 +364,11 @@ def test_paths_that_are_not_readable_image_files(tmp_path: Path) -> None:
                           ("folder.jpg", "is a folder"), ("pipe.png", "not a regular file")]:
         with pytest.raises(ImageError, match=message):
             load_rgb(tmp_path / name)
+
+
+def test_signed_32_bit_tiff_values_are_refused(tmp_path: Path) -> None:
+    Image.fromarray(np.full((32, 32), -5, np.int32), mode="I").save(tmp_path / "signed.tif")
+    with pytest.raises(ImageError, match="32-bit integer values outside 0..65535"):
+        load_rgb(tmp_path / "signed.tif")
+    Image.fromarray(np.full((32, 32), 4000, np.int32), mode="I").save(tmp_path / "twelve.tif")
+    assert load_rgb(tmp_path / "twelve.tif").shape == (32, 32, 3)
