@@ -57,7 +57,8 @@ class BaseRunner(abc.ABC):
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the artifact on `feed` (validated first) and return its outputs by name."""
         if not self.is_active:
-            raise RunnerError(f"runner {self.name} is not active: use it as `with runner:` or call activate() first.")
+            raise RunnerError(f"runner {self.name} is not active: use it as `with runner:` or call activate() first "
+                              "(and close it only once no other thread is still running it).")
         self.validate(feed)
         return self.infer_impl(feed)
 
