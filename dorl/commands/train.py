@@ -17,6 +17,9 @@ def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+SHOWN_SKIPPED = 10  # skipped files named on the terminal per domain (the rest are counted)
+
+
 def _load(domain_options: list[str], classes: str | None):  # type: ignore[no-untyped-def]
     """The domains (anchor first), cut to the class list: the given one, else the classes every domain has."""
     from dorl.data.classes import resolve_class_list
@@ -101,7 +104,13 @@ def train(
     show = console()
     show.quiet = not processes.is_main
     for d in domains:
-        show.print(d.describe())
+        show.print(d.describe(), highlight=False)
+        if d.ignored_classes:
+            show.print(f"  left out (classes not trained): {', '.join(d.ignored_classes)}", highlight=False)
+        for path, reason in d.skipped[:SHOWN_SKIPPED]:
+            show.print(f"  skipped {path}: {reason}", highlight=False, markup=False)
+        if len(d.skipped) > SHOWN_SKIPPED:
+            show.print(f"  ... and {len(d.skipped) - SHOWN_SKIPPED} more skipped files", highlight=False)
     show.print(f"classes: {', '.join(class_list)}; schedule: {config.schedule}; device: {device}; "
                f"input: {config.framing.input}" + (f" (crop mask: {config.framing.mask})" if config.framing.cell else "")
                + f"; test-time augmentation: {config.tta}")

@@ -10,6 +10,7 @@ on and saved with.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Literal, Protocol
 
@@ -41,8 +42,9 @@ _ALIAS_TO_CLASS.update({name: name for name in CANONICAL_CLASSES})
 
 
 def normalize_name(name: str) -> str:
-    """Lower-case a name and turn underscores, hyphens and runs of white space into one space."""
-    return re.sub(r"[\s_\-]+", " ", name).strip().lower()
+    """Lower-case a name (in Unicode's composed form: a Mac's and a Linux's "é" are one letter) and turn
+    underscores, hyphens and runs of white space into one space."""
+    return re.sub(r"[\s_\-]+", " ", unicodedata.normalize("NFC", name)).strip().lower()
 
 
 def canonical_class(name: str) -> str:

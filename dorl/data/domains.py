@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,9 +118,23 @@ def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def _masks_folder(root: Path) -> Path | None:
+    """The domain's masks folder, however its name is capitalised."""
+    return next((e for e in sorted(root.iterdir()) if e.is_dir() and e.name.lower() == MASKS_FOLDER), None)
+
+
 def _mask_for(root: Path, folder: str, relative: Path) -> Path | None:
-    mask = root / MASKS_FOLDER / folder / relative.with_suffix(".png")
-    return mask if mask.is_file() else None
+    masks = _masks_folder(root)
+    if masks is None:
+        return None
+    # the masks' class folder may be spelt differently from the images' ("Neutrophils" and "neutrophil")
+    label = canonical_class(folder)
+    for candidate in sorted(e for e in masks.iterdir() if e.is_dir()):
+        if candidate.name == folder or canonical_class(candidate.name) == label:
+            mask = candidate / relative.with_suffix(".png")
+            if mask.is_file():
+                return mask
+    return None
 
 
 def _check_sample(sample: Sample) -> tuple[Sample | None, tuple[Path, str] | None]:
@@ -137,9 +151,21 @@ def _check_sample(sample: Sample) -> tuple[Sample | None, tuple[Path, str] | Non
     return sample, None
 
 
+def _walk_files(folder: Path) -> Iterator[Path]:
+    """Every file below `folder`, following linked sub-folders (a class folder linked to a share), each folder once."""
+    seen: set[str] = set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a link back to a folder above: walked once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        yield from (Path(top) / name for name in names)
+
+
 def _scan_class_folder(root: Path, folder: Path, label: str, skipped: list[tuple[Path, str]]) -> list[Sample]:
     samples = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not _is_hidden(p, root)):
+    for path in sorted(p for p in _walk_files(folder) if p.is_file() and not _is_hidden(p, root)):
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             reason = f"not an image file (suffix {path.suffix or 'none'!r}; expected one of {', '.join(IMAGE_SUFFIXES)})"
             skipped.append((path, reason))
@@ -174,7 +200,7 @@ def load_domain(name: str, root: str | Path, classes: Iterable[str] | None = Non
     skipped: list[tuple[Path, str]] = []
     ignored: set[str] = set()
     for entry in sorted(root.iterdir()):
-        if entry.name.startswith(".") or (entry.is_dir() and entry.name == MASKS_FOLDER):
+        if entry.name.startswith(".") or (entry.is_dir() and entry.name.lower() == MASKS_FOLDER):
             continue
         if not entry.is_dir():
             skipped.append((entry, "a file directly in the domain folder, not inside a class folder"))
@@ -190,6 +216,10 @@ def load_domain(name: str, root: str | Path, classes: Iterable[str] | None = Non
             checked = list(pool.map(_check_sample, samples))
         skipped.extend(entry for _, entry in checked if entry is not None)
         samples = [sample for sample, _ in checked if sample is not None]
+    if not samples and ignored and not skipped:
+        raise ConfigError(f"domain {name!r}: {root} holds none of the classes asked for (it has "
+                          f"{', '.join(sorted(ignored))}; asked: {', '.join(sorted(wanted or ()))}): give a lab with "
+                          "cells of those classes, or train with its classes.")
     if not samples:
         detail = f" ({len(skipped)} files skipped, first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise ConfigError(f"domain {name!r}: no usable images under {root}{detail}; it must hold one "

@@ -102,8 +102,10 @@ def variant_cae(model: DoRLModel, token_sets: Sequence[TokenSet], config: CaeTra
         inputs: what the tokens were made from (the framing), since the image keys do not say it.
         reporter: progress and notes.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save
 
+    from dorl.safe_write import write_bytes
     from dorl.training.cae import train_cae
 
     reporter = reporter or NullReporter()
@@ -118,13 +120,18 @@ def variant_cae(model: DoRLModel, token_sets: Sequence[TokenSet], config: CaeTra
               mask_ratio=c.cae_mask_ratio, projector_dim=c.projector_dim)
     path = Path(cache_dir) / f"cae_{digest[:16]}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
-        cae.load_state_dict(load_file(str(path)))
-        reporter.note(f"CAE ({config.alignment}, mmd_weight {config.mmd_weight}): read from {path}")
-        return cae.eval()
+        try:
+            cae.load_state_dict(load_file(str(path)))
+        except (SafetensorError, OSError, RuntimeError, ValueError):  # damaged or foreign: trained again below
+            reporter.note(f"{path} could not be read: the CAE is trained again")
+        else:
+            reporter.note(f"CAE ({config.alignment}, mmd_weight {config.mmd_weight}): read from {path}")
+            return cae.eval()
     train_cae(cae, token_sets, config, device, reporter, seed)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in cae.state_dict().items()}, str(path))
+        write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in cae.state_dict().items()}),
+                    overwrite=True)
     return cae.eval()
 
 
@@ -262,6 +269,13 @@ def evaluate_bundle(bundle: str | Path, domains: Sequence[str | tuple[str, str |
                 methods += feature_methods(feature, framing, view_arrays(per_view, tta_views(mode)),
                                            options.adapt_methods, mode)
     result = evaluate(methods, protocol, reporter)
+    for domain in loaded:  # what the scores do not cover, said rather than dropped
+        if domain.ignored_classes:
+            result.notes.append(f"{domain.name}: classes the bundle does not know were left out: "
+                                f"{', '.join(domain.ignored_classes)}.")
+        if domain.skipped:
+            result.notes.append(f"{domain.name}: {len(domain.skipped)} files skipped, first {domain.skipped[0][0]}: "
+                                f"{domain.skipped[0][1]}")
     if options.cae_variants and not set(cae_framings) & set(options.framings):
         result.notes.append(f"no CAE rows: they are scored on {', '.join(cae_framings)} input, which is not among the "
                             "framings; choose their input with --cae-framings.")
@@ -308,7 +322,8 @@ def _tokens(model: DoRLModel, loaded: list[Any], cache_dir: Path, settings: Inpu
         for domain in loaded:
             path = folder / f"{domain.name}.safetensors"
             keys = [sha256_file(s.path) for s in domain.samples]
-            hit = load_token_set(path, fingerprint, keys, settings.key(domain.name)) if path.is_file() else None
+            hit = (load_token_set(path, fingerprint, keys, settings.key(domain.name), [s.label for s in domain.samples])
+                   if path.is_file() else None)
             if hit is None:
                 break
             found.append(hit)

@@ -19,6 +19,7 @@ checkpoint, or left as it is (pretrained or freshly initialised) with a note.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -73,7 +74,18 @@ class _Run:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def data_key(self) -> list[list[Any]]:
-        return [[d.name, len(d)] for d in self.domains]
+        """What each stage learnt from: per domain its name, size and a digest of every file's content, label
+        and expert mask, so a resumed run trains a stage again when an image, label or mask changed."""
+        from dorl.artifacts import sha256_file
+
+        key = []
+        for d in self.domains:
+            digest = hashlib.sha256()
+            for s in d.samples:
+                mask = sha256_file(s.mask_path) if s.mask_path is not None else ""
+                digest.update(f"{sha256_file(s.path)} {s.label} {mask}\n".encode())
+            key.append([d.name, len(d), digest.hexdigest()])
+        return key
 
     def settings(self) -> InputSettings:
         """How the cached tokens and SSIM targets are made: the framing, and the trusted segmenter domains."""

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from dorl.data.images import load_rgb, resize_square
 from dorl.data.masks import load_cell_mask
 from dorl.data.pseudo_masks import pseudo_mask
 from dorl.models.dorl_model import DoRLModel
+from dorl.safe_write import atomic_file
 from dorl.training.cell_inputs import SSIM_MASKS, CellMasks, cell_inputs
 from dorl.training.device import autocast
 from dorl.training.distributed import main_writes, sharded_encode
@@ -209,7 +211,7 @@ def domain_pseudo_masks(domain: Domain, keys: list[str], size: int, cache_dir: s
             with np.load(path, allow_pickle=False) as data:
                 if data["keys"].tolist() == keys and int(data["size"]) == size:
                     return np.unpackbits(data["bits"], axis=1)[:, : size * size].reshape(-1, size, size).astype(bool)
-        except (OSError, ValueError, KeyError):  # a damaged file is computed again
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # a damaged file is computed again
             pass
     task = f"pseudo masks {domain.name}"
     reporter.start(task, len(keys))
@@ -221,7 +223,8 @@ def domain_pseudo_masks(domain: Domain, keys: list[str], size: int, cache_dir: s
     reporter.finish(task)
     stacked = np.stack(masks) if masks else np.zeros((0, size, size), bool)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, keys=np.array(keys), size=np.array(size), bits=np.packbits(stacked.reshape(len(stacked), -1), axis=1))
+    with atomic_file(path, overwrite=True) as f:  # a killed run leaves no half-written file behind
+        np.savez(f, keys=np.array(keys), size=np.array(size), bits=np.packbits(stacked.reshape(len(stacked), -1), axis=1))
     return stacked
 
 
@@ -234,8 +237,12 @@ def save_token_set(tokens: TokenSet, path: Path, fingerprint: str, settings: str
     save_file({"tokens": tokens.tokens, "targets": tokens.targets}, str(path), metadata=meta)
 
 
-def load_token_set(path: Path, fingerprint: str, keys: list[str], settings: str = "") -> TokenSet | None:
-    """The cached set at `path` if it was made by these weights and settings from these files; None otherwise."""
+def load_token_set(path: Path, fingerprint: str, keys: list[str], settings: str = "",
+                   labels: list[str] | None = None) -> TokenSet | None:
+    """The cached set at `path` if it was made by these weights and settings from these files; None otherwise.
+
+    `labels` (the files' labels now) replace the cached ones: a file moved to another class folder keeps its
+    tokens but takes its new label."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -249,7 +256,8 @@ def load_token_set(path: Path, fingerprint: str, keys: list[str], settings: str 
             tokens, targets = f.get_tensor("tokens"), f.get_tensor("targets")
     except (SafetensorError, OSError, ValueError, KeyError):  # a truncated or foreign file is computed again
         return None
-    return TokenSet(meta["domain"], keys, json.loads(meta["labels"]), tokens, targets, json.loads(meta["info"]))
+    return TokenSet(meta["domain"], keys, list(labels) if labels is not None else json.loads(meta["labels"]), tokens,
+                    targets, json.loads(meta["info"]))
 
 
 def cached_tokens(model: DoRLModel, domains: list[Domain], cache_dir: str | Path, device: torch.device,
@@ -277,7 +285,8 @@ def cached_tokens(model: DoRLModel, domains: list[Domain], cache_dir: str | Path
         path = Path(cache_dir) / f"{domain.name}.safetensors"
         keys = [sha256_file(s.path) for s in domain.samples]
         key = settings.key(domain.name)
-        cached = load_token_set(path, fingerprint, keys, key) if path.is_file() else None
+        cached = (load_token_set(path, fingerprint, keys, key, [s.label for s in domain.samples]) if path.is_file()
+                  else None)
         if cached is not None:
             reporter.note(f"tokens of {domain.name}: read from {path}")
             cached.domain = domain.name

@@ -110,3 +110,29 @@ def test_load_domains_errors(messy_domain: Path) -> None:
         load_domains([])
     with pytest.raises(ConfigError, match="has no '='"):
         load_domains([str(messy_domain)])
+
+
+def test_lab_folders_as_labs_spell_them(tmp_path: Path, write_image) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import unicodedata
+
+    lab = tmp_path / "lab"
+    write_image(lab / "Neutrophils" / "a.jpg")
+    write_image(tmp_path / "share" / "more" / "b.jpg")
+    os.symlink(tmp_path / "share", lab / "Neutrophils" / "linked")  # a linked sub-folder is followed
+    os.symlink(lab / "Neutrophils", lab / "Neutrophils" / "loop")  # a link back up is walked once
+    write_image(lab / "Masks" / "neutrophil" / "a.png", mode="L")  # the masks folder, capitalised and spelt apart
+    write_image(lab / unicodedata.normalize("NFD", "Lymphocyté") / "c.jpg")
+    domain = load_domain("lab", lab)
+    assert sorted(p.name for p in (s.path for s in domain.samples)) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert "masks" not in domain.class_names and domain.num_masks == 1
+    other = tmp_path / "other"
+    write_image(other / unicodedata.normalize("NFC", "Lymphocyté") / "d.jpg")
+    (spelt,) = load_domain("other", other).class_names
+    assert spelt in domain.class_names  # the Mac's (NFD) é is the Linux's (NFC) é
+
+
+def test_a_lab_without_the_classes_asked_for_says_so(tmp_path: Path, write_image) -> None:  # type: ignore[no-untyped-def]
+    write_image(tmp_path / "lab" / "monocyte" / "a.jpg")
+    with pytest.raises(ConfigError, match="holds none of the classes asked for \\(it has monocyte; asked: neutrophil\\)"):
+        load_domain("lab", tmp_path / "lab", classes=["neutrophil"])

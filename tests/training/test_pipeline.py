@@ -92,6 +92,33 @@ def test_resume_skips_finished_stages(trained, domains: list[Domain], tmp_path: 
     assert read_bundle_manifest(out / "bundle")["config"]["head"] == "mlp"
 
 
+def test_a_changed_label_or_image_trains_again(trained, domains: list[Domain], tmp_path: Path) -> None:
+    out = copy_run(trained, tmp_path)
+    pbc = domains[0]
+    relabelled = dataclasses.replace(pbc.samples[0], label=pbc.samples[-1].label)  # one cell moved to another class
+    moved = [dataclasses.replace(pbc, samples=(relabelled, *pbc.samples[1:])), domains[1]]
+    result = train(moved, out, TINY, device="cpu")
+    assert result.ran == ["seg", "cae", "head"] and result.reused == []  # nothing learnt from the old labels is kept
+
+
+def test_cached_tokens_take_the_files_current_labels(trained, domains: list[Domain]) -> None:
+    from safetensors import safe_open
+
+    from dorl.artifacts import sha256_file
+    from dorl.training.token_cache import load_token_set
+
+    out, _ = trained
+    pbc = domains[0]
+    path = out / "tokens" / f"{pbc.name}.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    keys = [sha256_file(s.path) for s in pbc.samples]
+    labels = ["moved", *(s.label for s in pbc.samples[1:])]
+    hit = load_token_set(path, meta["fingerprint"], keys, meta["settings"], labels)
+    assert hit is not None and hit.labels == labels  # the tokens are reused, the label is the file's own now
+    assert load_token_set(path, meta["fingerprint"], keys, meta["settings"]).labels[0] == pbc.samples[0].label
+
+
 def test_a_corrupted_checkpoint_is_a_clear_error(trained, domains: list[Domain], tmp_path: Path) -> None:
     out = copy_run(trained, tmp_path)
     weights = out / "checkpoints" / "cae" / "weights.safetensors"

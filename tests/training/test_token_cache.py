@@ -115,3 +115,17 @@ def test_a_flipped_view_is_encoded_flipped_and_cached_apart(model, tiny_domains:
     assert reporter.tasks() == ["tokens pbc"]  # the flipped file does not stand for the plain view
     with pytest.raises(ValueError, match="view must be one of"):
         InputSettings(framing, view="rot90")
+
+
+def test_a_cut_short_pseudo_mask_file_is_computed_again(tiny_domains: list[Domain], tmp_path: Path) -> None:
+    import dataclasses
+
+    from dorl.training.token_cache import domain_pseudo_masks
+
+    domain = dataclasses.replace(tiny_domains[0], samples=tiny_domains[0].samples[:3])
+    keys = [sha256_file(s.path) for s in domain.samples]
+    first = domain_pseudo_masks(domain, keys, 64, tmp_path)
+    path = tmp_path / f"{domain.name}.pseudo.npz"
+    path.write_bytes(path.read_bytes()[:40])  # a run killed while writing, before atomic writes
+    again = domain_pseudo_masks(domain, keys, 64, tmp_path)
+    assert (again == first).all() and [p.name for p in tmp_path.iterdir()] == [path.name]  # rewritten whole
