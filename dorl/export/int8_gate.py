@@ -104,12 +104,23 @@ def gate_set(paths: Sequence[Any], class_names: Sequence[str], held_out_from: fr
         ConfigError: fewer than `min_cells` labelled held-out cells remain.
     """
     sources, labels = [], []
+    seen: set[str] = set()  # a copy of a cell counts once: the gate's size is its number of distinct cells
+    labelled = calibration = 0
     for path in (Path(p) for p in paths if isinstance(p, (str, Path))):  # arrays carry no label
-        if path.parent.name in class_names and not path.is_file():
+        if path.parent.name not in class_names:
+            continue
+        if not path.is_file():
             raise ImageError(f"{path} does not exist or is not a file: check the --images paths.")
-        if path.parent.name in class_names and sha256_file(path) not in held_out_from:
+        labelled += 1
+        digest = sha256_file(path)
+        calibration += digest in held_out_from
+        if digest not in held_out_from and digest not in seen:
+            seen.add(digest)
             sources.append(str(path))
             labels.append(list(class_names).index(path.parent.name))
+    if not sources and labelled and labelled == calibration:
+        raise ConfigError(f"all {labelled} labelled images given are in the calibration set, which the INT8 gate must "
+                          "not score: pass --images with other cells of the same labs.")
     if not sources:
         raise ConfigError(
             f"the INT8 gate needs labelled cells outside the calibration set (files in folders named after "
@@ -118,7 +129,7 @@ def gate_set(paths: Sequence[Any], class_names: Sequence[str], held_out_from: fr
         )
     if len(sources) < min_cells:
         raise ConfigError(
-            f"the INT8 gate scores at least {min_cells} labelled cells outside the calibration set, and only "
+            f"the INT8 gate scores at least {min_cells} distinct labelled cells outside the calibration set, and only "
             f"{len(sources)} of the {len(paths)} images given qualify: pass more --images (<class>/<image> folders) "
             "or lower --gate-cells."
         )

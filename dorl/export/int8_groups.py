@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from dorl.errors import ConfigError
+
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
 # Never quantized (not in QUANT_OPS); named in the manifest so the choice is visible.
 FLOAT_OPS = ("LayerNormalization", "Softmax")
@@ -174,9 +176,22 @@ def head_nodes(model: Any) -> list[str]:
 
 
 def excluded_nodes(model: Any, patterns: Iterable[str] = ()) -> list[str]:
-    """Quantizable nodes kept in float: output producers, the head, attention matmuls and `patterns`."""
+    """Quantizable nodes kept in float: output producers, the head, attention matmuls and `patterns`.
+
+    Raises:
+        ConfigError: a pattern matches no quantizable node (a typo would quietly quantize what it
+            meant to keep), or the patterns leave nothing to quantize.
+    """
+    patterns = tuple(patterns)
+    for pattern in patterns:
+        if not matching_nodes(model, (pattern,)):
+            raise ConfigError(f"--exclude {pattern!r} matches no quantizable node: check its spelling against the "
+                              "groups the export prints (e.g. 'encoder.layers.0*', 'cae*').")
     chosen = set(output_producers(model)) | set(attention_matmuls(model))
-    chosen |= set(matching_nodes(model, tuple(DEFAULT_EXCLUDE) + tuple(patterns)))
+    chosen |= set(matching_nodes(model, tuple(DEFAULT_EXCLUDE) + patterns))
+    if patterns and not set(quantizable_nodes(model)) - chosen:
+        raise ConfigError(f"--exclude {', '.join(map(repr, patterns))} keeps every quantizable node in float, so the "
+                          "graph would hold no INT8 at all: exclude less, or export FP16.")
     return [n.name for n in model.graph.node if n.name in chosen]
 
 

@@ -95,7 +95,10 @@ def test_too_few_held_out_cells_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs labelled cells outside the calibration set"):
         gate_set([tmp_path / "cells" / "x.jpg"], CLASSES)
     cells = sample_cells("pbc")
-    with pytest.raises(ConfigError, match=f"at least 200 labelled cells .* only {len(cells)} of the {len(cells)} "
-                                          "images given qualify.*--gate-cells"):
+    with pytest.raises(ConfigError, match=f"at least 200 distinct labelled cells .* only {len(cells)} of the "
+                                          f"{len(cells)} images given qualify.*--gate-cells"):
         gate_set(cells, CLASSES, min_cells=MIN_GATE_CELLS)
     assert len(gate_set(cells, CLASSES, min_cells=len(cells)).sources) == len(cells)
+    copies = tmp_path / "copies"
+    shutil.copytree(Path(cells[0]).parents[1], copies)  # the same lab again: no new cell for the gate
+    assert len(gate_set([*cells, *map(str, sorted(copies.rglob("*.jpg")))], CLASSES).sources) == len(cells)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from int8_graphs import mini_dorl, sample_cells
 
+from dorl.errors import ConfigError
 from dorl.export.int8_groups import (
     attention_matmuls,
     excluded_nodes,
@@ -49,6 +51,10 @@ def test_always_float_attention_head_and_output_matmuls() -> None:
     assert matching_nodes(model, ["encoder.layers.*"]) == ["node_hidden", "node_hidden2", "node_scores", "node_values",
                                                             "node_attended", "node_wide", "node_narrow"]
     assert "node_patches" in excluded_nodes(model, ["node_patch*"])
+    with pytest.raises(ConfigError, match="--exclude 'enocder.layers.\\*' matches no quantizable node"):
+        excluded_nodes(model, ["node_patch*", "enocder.layers.*"])  # a typo would quantize what it meant to keep
+    with pytest.raises(ConfigError, match="keeps every quantizable node in float"):
+        excluded_nodes(model, ["*"])
 
 
 def test_macs_come_from_one_real_run(tmp_path: Path) -> None:
