@@ -166,20 +166,25 @@ def quantize_artifact(fp32_artifact: str | Path, out_dir: str | Path, calibratio
         written = {name: _write_variant(name, r, folders[name], common, scorer, manifest, overwrite, inputs)
                    for name, r in results.items()}
         for name in set(folders) - set(written):  # refused, or not asked for
-            _remove_stale(folders[name], overwrite)
+            if _remove_stale(folders[name], name, overwrite):
+                say(f"removed the earlier INT8 {name} variant at {folders[name]}: this export did not write one")
     say("INT8 gate passed: " + "; ".join(f"{name} {r.report.describe()}" for name, r in results.items()))
     return written[QDQ]
 
 
-def _remove_stale(folder: Path, overwrite: bool) -> None:
-    """Remove an INT8 artifact left at a refused variant's folder by an earlier export (with `overwrite`)."""
+def _remove_stale(folder: Path, variant: str, overwrite: bool) -> bool:
+    """Remove the `variant` an earlier export left at its folder (with `overwrite`), so that no stale
+    variant sits beside the new graph; any other artifact there is left alone. Returns whether it did."""
     from dorl.safe_write import MANIFEST_NAME, output_lock
 
     if not overwrite or not (folder / MANIFEST_NAME).is_file():
-        return
+        return False
     with output_lock(folder):
-        if read_manifest(folder, verify=False).get("precision") == "int8":
-            shutil.rmtree(folder)
+        found = read_manifest(folder, verify=False)
+        if found.get("precision") != "int8" or found.get("variant") != variant:
+            return False
+        shutil.rmtree(folder)
+        return True
 
 
 @dataclass

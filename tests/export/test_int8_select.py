@@ -213,6 +213,13 @@ def test_a_variant_that_fails_on_its_own_is_left_out_and_its_old_folder_removed(
     assert manifest["gate"]["passed"] and manifest["gate"]["top1_agreement"] >= RELAXED.min_agreement
     assert not (tmp_path / "a" / "int8-fp16").exists()  # no stale twin of the previous graph beside the new one
     assert read_manifest(tmp_path / "a" / "int8-cpu", "onnx")["refused_variants"] == refused
+    import dataclasses
+    import shutil
+
+    shutil.copytree(tmp_path / "a" / "int8", tmp_path / "c" / "int8-cpu")  # another export's Q/DQ graph sits there
+    _quantize(fp32, tmp_path / "c" / "int8", calibration, dataclasses.replace(settings, cpu_variant=False),
+              overwrite=True)
+    assert read_manifest(tmp_path / "c" / "int8-cpu", "onnx")["variant"] == QDQ  # not this export's CPU variant: kept
 
 
 def test_without_the_cpu_variant_no_cpu_graph_is_made_and_an_old_one_goes(tmp_path: Path, calibration: Path) -> None:
