@@ -112,8 +112,8 @@ def fit_non_cells(artifact: str | Path, output: str | Path, *, non_cells: Sequen
     from dorl.runtime.head import load_head
     from dorl.safe_write import atomic_folder, check_output
 
-    if not 0.5 < quantile < 1.0:
-        raise ConfigError(f"the quantile must be between 0.5 and 1, got {quantile}.")
+    if not 0.5 <= quantile < 1.0:
+        raise ConfigError(f"the quantile must be at least 0.5 and below 1, got {quantile}.")
     if not non_cells and not cells:
         raise ConfigError("give the source lab's white cells (for the stain floor), images that hold no white cell "
                           "(for the discriminant), or both.")
