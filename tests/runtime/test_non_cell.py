@@ -107,7 +107,7 @@ def test_refusals_come_before_any_image_is_read(headed, tiny_artifact, tmp_path)
         fit_non_cells(headed, headed / "inside", non_cells=FIT)
     with pytest.raises(OutputError, match="lies inside the input"):
         fit_non_cells(headed, PLATELETS / "out", non_cells=FIT, inputs=[PLATELETS])
-    with pytest.raises(ConfigError, match="quantile must be between 0.5 and 1"):
+    with pytest.raises(ConfigError, match="quantile must be at least 0.5 and below 1"):
         fit_non_cells(headed, tmp_path / "q", non_cells=FIT, quantile=1.0)
     grey = [np.full((224, 224, 3), 200, np.uint8)] * 12  # no stained region at all: not stained white cells
     with pytest.raises(ConfigError, match="stain floor cannot be set from these cells .*no stained"):
