@@ -228,6 +228,9 @@ def export_onnx(source: Any, out_dir: str | Path, precision: str = "fp32", opset
     if precision == "fp32" and (fp32_artifact is not None or calibration is not None):
         raise ConfigError("an FP32 export takes neither --fp32 nor --calibration (they derive FP16/INT8 graphs): "
                           "leave them out, or choose --precision fp16 or int8.")
+    if precision == "fp16" and (calibration is not None or (int8 is not None and int8.exclude)):
+        raise ConfigError("an FP16 export takes neither --calibration nor --exclude (they are for INT8): leave them "
+                          "out, or choose --precision int8.")
     what = ExportSource.of(source)
     outputs = [Path(out_dir)]
     if precision == "int8":

@@ -80,6 +80,11 @@ def test_options_an_export_cannot_use_fail_before_it(tinyvit_bundle: tuple[Path,
     for given in ({"fp32_artifact": tmp_path / "missing"}, {"calibration": tmp_path / "missing"}):
         with pytest.raises(ConfigError, match="an FP32 export takes neither --fp32 nor --calibration"):
             export_onnx(tinyvit_bundle[0], tmp_path / "out", images=["x.png"], **given)
+    from dorl.export.int8 import Int8Settings
+
+    for given in ({"calibration": tmp_path / "missing"}, {"int8": Int8Settings(exclude=("cae*",))}):
+        with pytest.raises(ConfigError, match="an FP16 export takes neither --calibration nor --exclude"):
+            export_onnx(tinyvit_bundle[0], tmp_path / "out", "fp16", images=["x.png"], **given)
     assert not (tmp_path / "out").exists()
 
 
