@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from pathlib import Path
 from dorl.data.classes import canonical_class
 from dorl.data.images import IMAGE_SUFFIXES, load_rgb
 from dorl.data.masks import read_mask
+from dorl.data.scan import scan_images
 from dorl.errors import ConfigError, ImageError
 
 MASKS_FOLDER = "masks"
@@ -114,27 +115,18 @@ def _check_name(name: str) -> None:
                           "letters, digits, '_', '-' and '.'.")
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def _masks_folder(root: Path) -> Path | None:
-    """The domain's masks folder, however its name is capitalised."""
-    return next((e for e in sorted(root.iterdir()) if e.is_dir() and e.name.lower() == MASKS_FOLDER), None)
-
-
-def _mask_for(root: Path, folder: str, relative: Path) -> Path | None:
-    masks = _masks_folder(root)
+def _mask_folders(root: Path, folder: str) -> list[Path]:
+    """Where the masks of the class folder `folder` may be: its namesakes in the domain's masks folder (that
+    folder's name in any case, the class under any of its spellings: "Neutrophils" and "neutrophil")."""
+    masks = next((e for e in sorted(root.iterdir()) if e.is_dir() and e.name.lower() == MASKS_FOLDER), None)
     if masks is None:
-        return None
-    # the masks' class folder may be spelt differently from the images' ("Neutrophils" and "neutrophil")
+        return []
     label = canonical_class(folder)
-    for candidate in sorted(e for e in masks.iterdir() if e.is_dir()):
-        if candidate.name == folder or canonical_class(candidate.name) == label:
-            mask = candidate / relative.with_suffix(".png")
-            if mask.is_file():
-                return mask
-    return None
+    return [e for e in sorted(masks.iterdir()) if e.is_dir() and (e.name == folder or canonical_class(e.name) == label)]
+
+
+def _mask_for(candidates: list[Path], relative: Path) -> Path | None:
+    return next((m for m in (c / relative.with_suffix(".png") for c in candidates) if m.is_file()), None)
 
 
 def _check_sample(sample: Sample) -> tuple[Sample | None, tuple[Path, str] | None]:
@@ -151,28 +143,15 @@ def _check_sample(sample: Sample) -> tuple[Sample | None, tuple[Path, str] | Non
     return sample, None
 
 
-def _walk_files(folder: Path) -> Iterator[Path]:
-    """Every file below `folder`, following linked sub-folders (a class folder linked to a share), each folder once."""
-    seen: set[str] = set()
-    for top, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:  # a link back to a folder above: walked once
-            dirs[:] = []
-            continue
-        seen.add(real)
-        yield from (Path(top) / name for name in names)
-
-
 def _scan_class_folder(root: Path, folder: Path, label: str, skipped: list[tuple[Path, str]]) -> list[Sample]:
-    samples = []
-    for path in sorted(p for p in _walk_files(folder) if p.is_file() and not _is_hidden(p, root)):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+    scan = scan_images([folder])  # linked sub-folders followed, each folder once; links that go nowhere are said
+    skipped.extend((entry.path, str(entry.problem)) for entry in scan.problems)
+    for path in scan.ignored:  # hidden files, and a folder reached a second time, pass without a word
+        if not path.name.startswith(".") and not path.is_dir():
             reason = f"not an image file (suffix {path.suffix or 'none'!r}; expected one of {', '.join(IMAGE_SUFFIXES)})"
             skipped.append((path, reason))
-            continue
-        relative = path.relative_to(folder)
-        samples.append(Sample(path, label, _mask_for(root, folder.name, relative)))
-    return samples
+    masks = _mask_folders(root, folder.name)
+    return [Sample(path, label, _mask_for(masks, path.relative_to(folder))) for path in sorted(scan.files)]
 
 
 def load_domain(name: str, root: str | Path, classes: Iterable[str] | None = None, check: bool = True) -> Domain:
