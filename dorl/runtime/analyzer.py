@@ -32,8 +32,9 @@ from dorl.data.images import ImageSource, decode_image, describe_source, resize_
 from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.runtime import postprocess
 from dorl.runtime.base import BaseRunner
+from dorl.runtime.batch_results import BatchResults
 from dorl.runtime.cell_check import CellCheck, FeatureDistance, stain_area
-from dorl.runtime.cell_framing import BORDER_NOTE, EMPTY_CROP, Framed, frame_batch
+from dorl.runtime.cell_framing import Framed, frame_batch
 from dorl.runtime.cell_result import CellResult
 from dorl.runtime.loader import load_runner
 from dorl.runtime.site_profile import DriftWatch, SiteProfile
@@ -282,7 +283,7 @@ class Analyzer:
                     i = slots[row][0]
                     results[i] = CellResult.failed(describe_source(sources[i]), error)
             views = [self.runner.infer({self.input_name: view(classified, name)}) for name in tta_views(self.tta)[1:]]
-            batch = _Batch(self, outputs, views)
+            batch = BatchResults(self, outputs, views)
             for row, (i, size_hw, notes, stain) in enumerate(slots):
                 if results[i] is None:
                     where = framed[row]
@@ -336,69 +337,3 @@ def _cell_check(source: dict[str, np.ndarray] | None, distance: FeatureDistance 
     except ValueError as exc:
         raise ArtifactError(f"the \"no cell\" check recorded in {artifact} cannot be used ({exc}): re-run "
                             "`dorl non-cells` on the original artifact.") from exc
-
-
-class _Batch:
-    """One batch's outputs and what follows from them, read once per batch.
-
-    `views` are the classifying pass's outputs on the other test-time views of its input: the
-    probabilities are the mean over all views; everything else reads `outputs` (the plain view).
-    """
-
-    def __init__(self, analyzer: Analyzer, outputs: dict[str, np.ndarray],
-                 views: Sequence[dict[str, np.ndarray]] = ()) -> None:
-        self.analyzer, self.outputs = analyzer, outputs
-        features = outputs.get(FEATURE)
-        adapted = analyzer.site.apply(features) if analyzer.site is not None and features is not None else features
-        self.probs = analyzer.class_probabilities(outputs, adapted)
-        if views:
-            self.probs = np.mean([self.probs, *(analyzer.class_probabilities(v) for v in views)], axis=0)
-        self.finite = postprocess.finite_rows(outputs) & np.isfinite(self.probs).all(axis=1)
-        self.distances: np.ndarray | None = None
-        self.scores: np.ndarray | None = None
-        if features is not None and adapted is not None:
-            if analyzer.drift_watch is not None:
-                analyzer.drift_watch.update(features[self.finite])
-            check = analyzer.cell_check
-            if check is not None and check.distance is not None:
-                self.distances = check.distance(adapted)  # after the site's map: distance to the source
-            if check is not None and check.non_cell is not None:
-                self.scores = check.non_cell(adapted)
-
-    def cell(self, row: int, source: str, size_hw: tuple[int, int], notes: tuple[str, ...],
-             framed: Framed | None = None, stain: float | None = None) -> CellResult:
-        analyzer, outputs = self.analyzer, self.outputs
-        site = analyzer.site.site if analyzer.site is not None else None
-        if not self.finite[row]:
-            return CellResult(source=source, label=None, probs={}, feature=None, mask_lowres=None, size_hw=size_hw,
-                              uncertain=True, notes=notes, site=site,
-                              error="the model's outputs for this image are not finite (NaN or infinity): compare with "
-                                    "the FP32 artifact (`--backend onnxruntime`) and re-export or rebuild this "
-                                    "one if it repeats.")
-        probs = self.probs[row]
-        mask = postprocess.low_res_mask(outputs[MASK_LOGITS][row]) if MASK_LOGITS in outputs else None
-        distance = float(self.distances[row]) if self.distances is not None else None
-        score = float(self.scores[row]) if self.scores is not None else None
-        no_cell = analyzer.cell_check.reasons(mask, distance, score, stain) if analyzer.cell_check is not None else ()
-        if framed is not None and framed.empty and not no_cell:
-            no_cell = (EMPTY_CROP,)  # never a label from the whole field in place of the cell, even unchecked
-        if framed is not None and framed.touches_border:
-            notes = (*notes, BORDER_NOTE)
-        label, uncertain = postprocess.decide(probs, analyzer.class_names, analyzer.threshold)
-        return CellResult(
-            source=source,
-            label=None if no_cell else label,
-            probs={name: float(p) for name, p in zip(analyzer.class_names, probs)},
-            feature=outputs[FEATURE][row].copy() if FEATURE in outputs else None,
-            mask_lowres=mask,
-            size_hw=size_hw,
-            uncertain=uncertain or bool(no_cell),
-            no_cell=no_cell,
-            distance=distance,
-            non_cell_score=score,
-            stain_area=stain,
-            notes=notes,
-            site=site,
-            crop_box=framed.box if framed is not None else None,
-            touches_border=framed.touches_border if framed is not None else None,
-        )
