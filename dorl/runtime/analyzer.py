@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dorl.artifacts import read_manifest
-from dorl.contract import check_tta, tta_views, view
+from dorl.contract import FEATURE, LOGITS, MASK_LOGITS, PROBS, check_tta, tta_views, view
 from dorl.data.images import ImageSource, decode_image, describe_source, resize_square
 from dorl.errors import ArtifactError, ConfigError, ImageError
 from dorl.runtime import postprocess
@@ -44,8 +44,6 @@ if TYPE_CHECKING:  # typing.Self is Python 3.11+; JetPack 6 runs 3.10, where thi
 
 __all__ = ["Analyzer", "CellResult", "batch_cap"]
 
-# Output roles of the deployed graph, named once by the export wrapper.
-PROBS, LOGITS, FEATURE, MASK_LOGITS = "probs", "logits", "feature", "mask_logits"
 # Cells per inference call at most, whatever is asked: a TinyViT DoRL graph holds about 15 MB of
 # activations per cell in ONNX Runtime, so 64 cells stay near 1 GB. An engine's own max batch
 # (its optimisation profile) lowers it further.
